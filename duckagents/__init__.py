@@ -1,0 +1,72 @@
+"""duckagents: supervised LLM provider agents on Trio, talking through typed signals."""
+
+from .errors import (
+    BusClosed,
+    ConfigError,
+    DuckAgentsError,
+    ErrorKind,
+    GatewayError,
+    ProviderError,
+    Secret,
+    StreamProtocolError,
+    SupervisorGaveUp,
+)
+from .messages import (
+    Features,
+    FinishReason,
+    ImagePart,
+    Message,
+    RequestOptions,
+    TextPart,
+    ToolCall,
+    ToolSpec,
+    Usage,
+)
+from .signals import (
+    FeatureCheck,
+    FeatureReply,
+    ProviderChunk,
+    ProviderFailure,
+    ProviderRequest,
+    ProviderResponse,
+    ProviderStatus,
+    Signal,
+    TokenEstimate,
+    TokenEstimateReply,
+    make_signal,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BusClosed",
+    "ConfigError",
+    "DuckAgentsError",
+    "ErrorKind",
+    "FeatureCheck",
+    "FeatureReply",
+    "Features",
+    "FinishReason",
+    "GatewayError",
+    "ImagePart",
+    "Message",
+    "ProviderChunk",
+    "ProviderError",
+    "ProviderFailure",
+    "ProviderRequest",
+    "ProviderResponse",
+    "ProviderStatus",
+    "RequestOptions",
+    "Secret",
+    "Signal",
+    "StreamProtocolError",
+    "SupervisorGaveUp",
+    "TextPart",
+    "TokenEstimate",
+    "TokenEstimateReply",
+    "ToolCall",
+    "ToolSpec",
+    "Usage",
+    "__version__",
+    "make_signal",
+]

@@ -1,0 +1,134 @@
+"""The one cattrs converter: signals and data types to and from JSON (CloudEvents 1.0 structured mode)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from typing import Any, TypeVar
+
+import cattrs
+from cattrs.preconf.json import make_converter
+
+from .messages import ImagePart, Part, TextPart
+from .signals import PAYLOAD_TYPES, Payload, Signal
+
+T = TypeVar("T")
+
+converter: cattrs.Converter = make_converter(omit_if_default=False, forbid_extra_keys=False)
+
+_PARTS: dict[str, type[Any]] = {"text": TextPart, "image": ImagePart}
+
+
+def _structure_part(value: Any, _: Any) -> Part:
+    if not isinstance(value, dict):
+        raise TypeError(f"a message part must be an object, got {type(value).__name__}")
+    kind = value.get("type", "text")
+    cls = _PARTS.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown message part type {kind!r}; expected 'text' or 'image'")
+    return converter.structure(value, cls)  # type: ignore[no-any-return]
+
+
+converter.register_structure_hook(Part, _structure_part)  # type: ignore[arg-type]
+
+
+def _unstructure_payload(value: Any) -> Any:
+    return converter.unstructure(value, unstructure_as=type(value))
+
+
+converter.register_unstructure_hook(Payload, _unstructure_payload)  # type: ignore[arg-type]
+
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+_MICROSECOND = _dt.timedelta(microseconds=1)
+
+
+def _rfc3339(micros: int) -> str:
+    return (_EPOCH + micros * _MICROSECOND).isoformat().replace("+00:00", "Z")
+
+
+def _parse_time(value: Any) -> int:
+    when = _dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        raise ValueError("signal time must carry a UTC offset (RFC 3339)")
+    return (when - _EPOCH) // _MICROSECOND
+
+
+def signal_to_dict(signal: Signal) -> dict[str, Any]:
+    """The CloudEvents JSON object of a signal (``provider`` is an extension attribute)."""
+    out: dict[str, Any] = {
+        "specversion": signal.specversion,
+        "id": signal.id,
+        "source": signal.source,
+        "type": signal.type,
+        "time": _rfc3339(signal.time),
+        "datacontenttype": signal.datacontenttype,
+        "data": converter.unstructure(signal.data, unstructure_as=type(signal.data)),
+    }
+    if signal.subject is not None:
+        out["subject"] = signal.subject
+    if signal.provider is not None:
+        out["provider"] = signal.provider
+    return out
+
+
+def signal_from_dict(obj: Any) -> Signal:
+    """Parse a CloudEvents JSON object into a :class:`Signal`; raises ``ValueError`` on bad input."""
+    if not isinstance(obj, dict):
+        raise ValueError("a signal must be a JSON object")
+    if obj.get("specversion") != "1.0":
+        raise ValueError("unsupported or missing specversion (expected '1.0')")
+    kind = obj.get("type")
+    cls = PAYLOAD_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(f"unknown signal type {kind!r}")
+    for key in ("id", "source"):
+        if not isinstance(obj.get(key), str):
+            raise ValueError(f"signal attribute {key!r} must be a string")
+    try:
+        data = converter.structure(obj.get("data"), cls)
+        when = _parse_time(obj["time"]) if "time" in obj else None
+    except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"invalid {kind} data: {_describe(exc)}") from None
+    extra: dict[str, Any] = {} if when is None else {"time": when}
+    return Signal(
+        type=kind,  # type: ignore[arg-type]
+        source=obj["source"],
+        id=obj["id"],
+        data=data,
+        subject=obj.get("subject"),
+        provider=obj.get("provider"),
+        datacontenttype=obj.get("datacontenttype", "application/json"),
+        **extra,
+    )
+
+
+def dumps_signal(signal: Signal) -> str:
+    """Serialise a signal to a CloudEvents JSON string."""
+    return json.dumps(signal_to_dict(signal), separators=(",", ":"))
+
+
+def loads_signal(text: str | bytes) -> Signal:
+    """Parse a CloudEvents JSON string; raises ``ValueError`` with a clear message on bad input."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON: {exc.msg} at position {exc.pos}") from None
+    return signal_from_dict(obj)
+
+
+def structure(value: Any, cls: type[T]) -> T:
+    """Structure plain data into ``cls`` with the shared converter."""
+    return converter.structure(value, cls)
+
+
+def unstructure(value: Any) -> Any:
+    """Unstructure an attrs value into plain JSON-ready data with the shared converter."""
+    return converter.unstructure(value)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, cattrs.BaseValidationError):
+        msgs = cattrs.transform_error(exc)
+        return "; ".join(msgs)
+    return str(exc)

@@ -1,0 +1,174 @@
+"""Incremental stream parsers: Server-Sent Events and newline-delimited JSON.
+
+Both are fed byte chunks however the network split them and yield complete items; the result is the
+same for every split. Bounded: a line longer than ``max_line`` raises instead of growing without limit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+
+MAX_LINE = 4 * 1024 * 1024
+
+
+class StreamFormatError(ValueError):
+    """The bytes are not a valid stream of the expected format."""
+
+
+@attrs.frozen
+class SSEEvent:
+    """One Server-Sent Event (``event`` defaults to ``"message"``)."""
+
+    data: str
+    event: str = "message"
+    id: str | None = None
+
+    def json(self) -> Any:
+        """The data parsed as JSON; raises :class:`StreamFormatError` when it is not JSON."""
+        try:
+            return json.loads(self.data)
+        except json.JSONDecodeError as exc:
+            raise StreamFormatError(f"SSE data is not JSON: {exc.msg}: {self.data[:80]!r}") from None
+
+
+class _LineSplitter:
+    def __init__(self, max_line: int) -> None:
+        self._buffer = bytearray()
+        self._max_line = max_line
+        self._pending_cr = False
+
+    def feed(self, data: bytes) -> list[str]:
+        if self._pending_cr and data[:1] == b"\n":
+            data = data[1:]  # the \n of a \r\n that was split across chunks
+        self._pending_cr = False
+        self._buffer += data
+        buf = self._buffer
+        lines: list[str] = []
+        start = 0
+        size = len(buf)
+        while True:
+            idx_n = buf.find(b"\n", start)
+            idx_r = buf.find(b"\r", start, idx_n if idx_n >= 0 else size)
+            idx = idx_r if idx_r >= 0 else idx_n
+            if idx < 0:
+                break
+            lines.append(_decode(bytes(buf[start:idx])))
+            if idx == idx_r and idx + 1 < size and buf[idx + 1] == 0x0A:
+                start = idx + 2
+            else:
+                start = idx + 1
+                self._pending_cr = idx == idx_r and idx + 1 == size
+        del buf[:start]
+        if len(buf) > self._max_line:
+            raise StreamFormatError(f"stream line longer than {self._max_line} bytes")
+        return lines
+
+    def rest(self) -> str:
+        out = _decode(bytes(self._buffer))
+        self._buffer.clear()
+        return out
+
+
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise StreamFormatError(f"stream is not valid UTF-8: {exc.reason}") from None
+
+
+class SSEParser:
+    """Feed bytes, get :class:`SSEEvent` objects (per the WHATWG event-stream rules we need)."""
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self._lines = _LineSplitter(max_line)
+        self._data: list[str] = []
+        self._event = ""
+        self._id: str | None = None
+
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        """Consume a chunk; return the events it completed."""
+        events: list[SSEEvent] = []
+        for line in self._lines.feed(data):
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def close(self) -> list[SSEEvent]:
+        """End of input: an unterminated final event is dispatched if it has data."""
+        events: list[SSEEvent] = []
+        rest = self._lines.rest()
+        if rest:
+            self._line(rest)
+        event = self._line("")
+        if event is not None:
+            events.append(event)
+        return events
+
+    def _line(self, line: str) -> SSEEvent | None:
+        if line == "":
+            if not self._data:
+                self._event = ""
+                return None
+            event = SSEEvent("\n".join(self._data), self._event or "message", self._id)
+            self._data, self._event = [], ""
+            return event
+        if line.startswith(":"):
+            return None  # comment / keep-alive
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            self._data.append(value)
+        elif field == "event":
+            self._event = value
+        elif field == "id":
+            self._id = value
+        return None
+
+
+class NDJSONParser:
+    """Feed bytes, get parsed JSON values, one per non-empty line."""
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self._lines = _LineSplitter(max_line)
+
+    def feed(self, data: bytes) -> list[Any]:
+        """Consume a chunk; return the values of the lines it completed."""
+        return [_parse_json_line(line) for line in self._lines.feed(data) if line.strip()]
+
+    def close(self) -> list[Any]:
+        """End of input: parse a final line that had no newline."""
+        rest = self._lines.rest()
+        return [_parse_json_line(rest)] if rest.strip() else []
+
+
+def _parse_json_line(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise StreamFormatError(f"NDJSON line is not JSON: {exc.msg}: {line[:80]!r}") from None
+
+
+async def iter_sse(chunks: AsyncIterator[bytes], max_line: int = MAX_LINE) -> AsyncIterator[SSEEvent]:
+    """Parse an async byte stream (e.g. ``response.aiter_raw()``) into SSE events."""
+    parser = SSEParser(max_line)
+    async for chunk in chunks:
+        for event in parser.feed(chunk):
+            yield event
+    for event in parser.close():
+        yield event
+
+
+async def iter_ndjson(chunks: AsyncIterator[bytes], max_line: int = MAX_LINE) -> AsyncIterator[Any]:
+    """Parse an async byte stream into JSON values, one per line."""
+    parser = NDJSONParser(max_line)
+    async for chunk in chunks:
+        for value in parser.feed(chunk):
+            yield value
+    for value in parser.close():
+        yield value
