@@ -89,7 +89,7 @@ def signal_from_dict(obj: Any) -> Signal:
         data = converter.structure(obj.get("data"), cls)
         when = _parse_time(obj["time"]) if "time" in obj else None
     except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
-        raise ValueError(f"invalid {kind} data: {_describe(exc)}") from None
+        raise ValueError(f"invalid {kind} data: {describe_error(exc)}") from None
     extra: dict[str, Any] = {} if when is None else {"time": when}
     return Signal(
         type=kind,  # type: ignore[arg-type]
@@ -127,8 +127,16 @@ def unstructure(value: Any) -> Any:
     return converter.unstructure(value)
 
 
-def _describe(exc: BaseException) -> str:
+def _format_leaf(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    if str(exc):
+        return str(exc)
+    return cattrs.v.format_exception(exc, type_)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line, path-qualified description of a structuring error (for users' error messages)."""
     if isinstance(exc, cattrs.BaseValidationError):
-        msgs = cattrs.transform_error(exc)
-        return "; ".join(msgs)
+        return "; ".join(cattrs.transform_error(exc, format_exception=_format_leaf))
     return str(exc)

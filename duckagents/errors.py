@@ -124,7 +124,10 @@ class ProviderError(DuckAgentsError):
         return f"{head}] {self.message}"
 
     def __repr__(self) -> str:
-        return f"ProviderError(kind={self.kind.value!r}, provider={self.provider!r}, message={self.message!r})"
+        return (
+            f"ProviderError(kind={self.kind.value!r}, provider={self.provider!r}, "
+            f"message={self.message!r})"
+        )
 
 
 class StreamProtocolError(ProviderError):

@@ -164,7 +164,10 @@ class LoopbackServer:
         fault = self._take_fault(request.path)
         if fault is not None and fault.latency:
             await trio.sleep(fault.latency)
-        reply = fault.reply if fault is not None and fault.reply is not None else await self.app(request, fault)
+        if fault is not None and fault.reply is not None:
+            reply = fault.reply
+        else:
+            reply = await self.app(request, fault)
         cut_after = fault.cut_after if fault is not None else None
         first_delay = fault.first_byte_delay if fault is not None else 0.0
         if isinstance(reply, Reply):

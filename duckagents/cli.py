@@ -1,0 +1,251 @@
+"""The ``duckagents`` command: serve, ask, status, providers, watch."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+import trio
+
+from .config import DEFAULT_BASE_URLS, Config, default_config, load_config
+from .errors import DuckAgentsError, ProviderError
+
+OLLAMA_PROBE_TIMEOUT = 0.5
+
+
+async def _ollama_answers(base_url: str = DEFAULT_BASE_URLS["ollama"]) -> bool:
+    """True when a local Ollama answers ``/api/version`` quickly."""
+    try:
+        async with httpx.AsyncClient(timeout=OLLAMA_PROBE_TIMEOUT) as client:
+            response = await client.get(f"{base_url}/api/version")
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+async def resolve_config(path: str | None) -> Config:
+    """The config file given (or ``$DUCKAGENTS_CONFIG``), else the embedded default."""
+    path = path or os.environ.get("DUCKAGENTS_CONFIG")
+    if path:
+        return load_config(Path(path))
+    return default_config(with_ollama=await _ollama_answers())
+
+
+def _table(rows: Sequence[Sequence[Any]], out: TextIO) -> None:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    for n, row in enumerate(cells):
+        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+        if n == 0:
+            out.write("  ".join("-" * w for w in widths) + "\n")
+
+
+def _fmt_opt(value: float | None, spec: str = ".0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+async def cmd_ask(args: argparse.Namespace, out: TextIO) -> int:
+    """One request through the router; the answer streams to ``out``."""
+    from .app import open_router
+
+    config = await resolve_config(args.config)
+    options: dict[str, Any] = {}
+    if args.max_tokens is not None:
+        options["max_tokens"] = args.max_tokens
+    async with open_router(config) as router:
+        if args.no_stream:
+            response = await router.complete(
+                args.prompt, model=args.model, provider=args.provider, timeout=args.timeout, **options
+            )
+            out.write(response.content + "\n")
+        else:
+            async with router.stream(
+                args.prompt, model=args.model, provider=args.provider, timeout=args.timeout, **options
+            ) as stream:
+                async for chunk in stream:
+                    out.write(chunk.delta)
+                    out.flush()
+                response = stream.response
+            out.write("\n")
+    if args.verbose:
+        sys.stderr.write(
+            f"[{response.provider}/{response.model}] {response.usage.prompt_tokens}+"
+            f"{response.usage.completion_tokens} tokens, {response.latency * 1000:.1f} ms, "
+            f"finish={response.finish_reason.value}\n"
+        )
+    return 0
+
+
+async def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+    """Start the tree, probe every provider once, print a table."""
+    from .app import open_router
+
+    config = await resolve_config(args.config)
+    async with open_router(config) as router:
+        statuses = await router.status()
+    rows: list[list[Any]] = [
+        ["provider", "health", "breaker", "reachable", "req headroom", "tok headroom", "requests", "p50 ms"]
+    ]
+    for s in statuses:
+        rows.append(
+            [
+                s.provider,
+                f"{s.health:.2f}",
+                s.breaker_state,
+                "yes" if s.reachable else "no",
+                _fmt_opt(s.headroom.requests),
+                _fmt_opt(s.headroom.tokens),
+                s.metrics.total_requests,
+                f"{s.metrics.latency.p50 * 1000:.1f}",
+            ]
+        )
+    _table(rows, out)
+    return 0
+
+
+async def cmd_providers(args: argparse.Namespace, out: TextIO) -> int:
+    """Print the features of every provider/model."""
+    from .app import open_router
+
+    config = await resolve_config(args.config)
+    async with open_router(config) as router:
+        replies = await router.features()
+    rows: list[list[Any]] = [
+        ["provider", "model", "stream", "tools", "vision", "json", "context", "max out"]
+    ]
+    for r in replies:
+        f = r.features
+        yes = {True: "yes", False: "no"}
+        rows.append(
+            [r.provider, r.model, yes[f.streaming], yes[f.tools], yes[f.vision], yes[f.json_mode],
+             f.context_window, f.max_output_tokens]
+        )
+    _table(rows, out)
+    return 0
+
+
+async def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    """Run the tree (and the gateway) until interrupted, printing status changes."""
+    import attrs
+
+    from .app import open_router
+
+    config = await resolve_config(args.config)
+    if args.gateway or args.port is not None or args.host is not None:
+        gateway = attrs.evolve(
+            config.gateway,
+            enabled=True,
+            host=args.host or config.gateway.host,
+            port=config.gateway.port if args.port is None else args.port,
+        )
+        config = attrs.evolve(config, gateway=gateway)
+    async with open_router(config) as router:
+        names = ", ".join(p.name for p in config.providers)
+        out.write(f"duckagents serving providers: {names}\n")
+        if config.gateway.enabled:
+            from .gateway import open_gateway
+
+            async with open_gateway(router, config.gateway) as gw:
+                out.write(f"gateway listening on {gw.url}\n")
+                out.flush()
+                await _print_events(router, out)
+        else:
+            out.flush()
+            await _print_events(router, out)
+    return 0
+
+
+async def _print_events(router: Any, out: TextIO) -> None:
+    from .bus import Overflow, SignalFilter
+    from .gateway.client import format_signal
+
+    interesting = frozenset({"provider_status", "provider_error", "supervisor_event", "progress"})
+    signal_filter = SignalFilter(types=interesting)
+    with router.bus.subscribe(signal_filter, buffer=256, overflow=Overflow.DROP_OLDEST) as sub:
+        async for signal in sub:
+            out.write(format_signal(signal) + "\n")
+            out.flush()
+
+
+async def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
+    """Connect to a running gateway and print the live signal stream."""
+    from .gateway.client import watch
+
+    token = os.environ.get(args.token_env) if args.token_env else None
+    await watch(
+        args.url,
+        token=token,
+        types=tuple(args.type or ()),
+        providers=tuple(args.provider or ()),
+        request_ids=tuple(args.request_id or ()),
+        json_lines=args.json,
+        out=out,
+        limit=args.limit,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``duckagents`` command."""
+    parser = argparse.ArgumentParser(prog="duckagents", description=__doc__)
+    parser.add_argument("--config", "-c", help="TOML config file (default: $DUCKAGENTS_CONFIG or built-in)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ask = sub.add_parser("ask", help="send one prompt through the router and stream the answer")
+    ask.add_argument("prompt")
+    ask.add_argument("--model")
+    ask.add_argument("--provider", help="pin the request to one provider agent")
+    ask.add_argument("--timeout", type=float, default=None, help="seconds")
+    ask.add_argument("--max-tokens", type=int, default=None)
+    ask.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
+    ask.add_argument("--verbose", "-v", action="store_true", help="print provider, usage and latency")
+    ask.set_defaults(func=cmd_ask)
+
+    status = sub.add_parser("status", help="providers, breaker states, limits and metrics")
+    status.set_defaults(func=cmd_status)
+
+    providers = sub.add_parser("providers", help="features per provider and model")
+    providers.set_defaults(func=cmd_providers)
+
+    serve = sub.add_parser("serve", help="run the supervision tree (and the WebSocket gateway)")
+    serve.add_argument("--gateway", action="store_true", help="start the WebSocket gateway")
+    serve.add_argument("--host", default=None, help="gateway bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="gateway port (default 8765)")
+    serve.set_defaults(func=cmd_serve)
+
+    watch = sub.add_parser("watch", help="print the live signal stream of a running gateway")
+    watch.add_argument("--url", default="ws://127.0.0.1:8765/")
+    watch.add_argument("--token-env", default="DUCKAGENTS_TOKEN", help="env var holding the bearer token")
+    watch.add_argument("--type", action="append", help="signal type to show (repeatable)")
+    watch.add_argument("--provider", action="append", help="provider to show (repeatable)")
+    watch.add_argument("--request-id", action="append", help="request id to show (repeatable)")
+    watch.add_argument("--json", action="store_true", help="one JSON object per line (for jq)")
+    watch.add_argument("--limit", type=int, default=None, help="exit after this many signals")
+    watch.set_defaults(func=cmd_watch)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Entry point of the ``duckagents`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    stream = out or sys.stdout
+    try:
+        return int(trio.run(args.func, args, stream))
+    except KeyboardInterrupt:
+        return 130
+    except ProviderError as exc:
+        sys.stderr.write(f"duckagents: request failed: {exc}\n")
+        return 2
+    except DuckAgentsError as exc:
+        sys.stderr.write(f"duckagents: {exc}\n")
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

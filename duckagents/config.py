@@ -1,0 +1,189 @@
+"""Configuration: a TOML file structured by the shared cattrs converter, with clear errors.
+
+API keys are never in the file: a provider names the environment variable that holds its key
+(``api_key_env``), and :meth:`ProviderConfig.api_key` reads it as a :class:`~duckagents.errors.Secret`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import cattrs
+
+from .codec import converter, describe_error
+from .errors import ConfigError, Secret
+
+ProviderKind = Literal["openai", "anthropic", "ollama", "tgi", "mock"]
+StrategyName = Literal["priority", "round_robin", "least_busy", "lowest_latency", "cheapest"]
+
+DEFAULT_BASE_URLS: dict[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "ollama": "http://127.0.0.1:11434",
+    "tgi": "http://127.0.0.1:8080",
+    "mock": "mock://",
+}
+
+
+def _positive(_: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+@attrs.frozen
+class LimitsConfig:
+    """Rate limits of one provider; ``None`` means unlimited (or the agent's per-model default)."""
+
+    requests_per_minute: int | None = attrs.field(default=None, validator=_positive)
+    tokens_per_minute: int | None = attrs.field(default=None, validator=_positive)
+
+
+@attrs.frozen
+class BreakerSettings:
+    """Circuit breaker settings (the seed's defaults: 5 consecutive failures, 60 s open)."""
+
+    failure_threshold: int = attrs.field(default=5, validator=_positive)
+    open_timeout: float = attrs.field(default=60.0, validator=_positive)
+    half_open_trials: int = attrs.field(default=1, validator=_positive)
+
+
+@attrs.frozen
+class ProviderConfig:
+    """One provider agent."""
+
+    name: str
+    kind: ProviderKind
+    base_url: str | None = None
+    api_key_env: str | None = None
+    models: tuple[str, ...] = ()
+    default_model: str | None = None
+    priority: int = 0
+    #: Prices in USD per 1,000 tokens, for the ``cheapest`` strategy.
+    cost_per_1k_input: float = 0.0
+    cost_per_1k_output: float = 0.0
+    limits: LimitsConfig = LimitsConfig()
+    breaker: BreakerSettings = BreakerSettings()
+    max_concurrency: int = attrs.field(default=64, validator=_positive)
+    timeout: float = attrs.field(default=120.0, validator=_positive)
+    #: Provider-specific extras (e.g. the mock's scripted behaviour).
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def url(self) -> str:
+        """The base URL, or the kind's default."""
+        return self.base_url or DEFAULT_BASE_URLS[self.kind]
+
+    def api_key(self, environ: Mapping[str, str] | None = None) -> Secret | None:
+        """The API key from the environment variable named by ``api_key_env``.
+
+        Raises :class:`ConfigError` when the variable is named but not set.
+        """
+        if not self.api_key_env:
+            return None
+        env = os.environ if environ is None else environ
+        value = env.get(self.api_key_env)
+        if not value:
+            raise ConfigError(
+                f"provider {self.name!r}: environment variable {self.api_key_env} (api_key_env) is not set"
+            )
+        return Secret(value)
+
+
+@attrs.frozen
+class RouterConfig:
+    """How the router chooses agents and retries."""
+
+    strategy: StrategyName = "priority"
+    max_attempts: int = attrs.field(default=3, validator=_positive)
+    backoff_initial: float = 0.05
+    backoff_max: float = 2.0
+    request_timeout: float = attrs.field(default=120.0, validator=_positive)
+
+
+@attrs.frozen
+class TokenConfig:
+    """A gateway bearer token, read from ``env``; ``scopes`` are ``subscribe`` and/or ``request``."""
+
+    env: str
+    scopes: tuple[Literal["subscribe", "request"], ...] = ("subscribe", "request")
+
+
+@attrs.frozen
+class GatewayConfig:
+    """The optional WebSocket gateway."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8765
+    tokens: tuple[TokenConfig, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    max_connections: int = attrs.field(default=1000, validator=_positive)
+    max_subscriptions: int = attrs.field(default=32, validator=_positive)
+    max_in_flight: int = attrs.field(default=16, validator=_positive)
+    max_frame_bytes: int = attrs.field(default=1024 * 1024, validator=_positive)
+    send_buffer: int = attrs.field(default=1024, validator=_positive)
+    slow_consumer: Literal["drop_oldest", "disconnect"] = "drop_oldest"
+
+
+@attrs.frozen
+class Config:
+    """The whole configuration."""
+
+    providers: tuple[ProviderConfig, ...] = ()
+    router: RouterConfig = RouterConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    health_interval: float = attrs.field(default=30.0, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        names = [p.name for p in self.providers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate provider names: {', '.join(dupes)}")
+
+
+def parse_config(data: Mapping[str, Any]) -> Config:
+    """Structure a mapping (e.g. parsed TOML) into a :class:`Config`; raises :class:`ConfigError`."""
+    if "providers" in data and isinstance(data["providers"], list):
+        for index, entry in enumerate(data["providers"]):
+            if isinstance(entry, dict):
+                unknown = set(entry) - set(attrs.fields_dict(ProviderConfig))
+                if unknown:
+                    raise ConfigError(f"providers[{index}]: unknown key(s) {', '.join(sorted(unknown))}")
+    unknown_top = set(data) - set(attrs.fields_dict(Config))
+    if unknown_top:
+        raise ConfigError(f"unknown top-level key(s): {', '.join(sorted(unknown_top))}")
+    try:
+        return converter.structure(dict(data), Config)
+    except cattrs.BaseValidationError as exc:
+        raise ConfigError(f"invalid configuration: {describe_error(exc)}") from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML configuration file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    try:
+        return parse_config(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def default_config(*, with_ollama: bool = False) -> Config:
+    """The embedded default: the mock provider (no keys), plus a local Ollama when one answers."""
+    providers = [ProviderConfig(name="mock", kind="mock", default_model="mock-1", priority=10)]
+    if with_ollama:
+        providers.insert(0, ProviderConfig(name="ollama", kind="ollama", priority=0, max_concurrency=2))
+    return Config(providers=tuple(providers))
