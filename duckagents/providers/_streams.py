@@ -7,7 +7,7 @@ same for every split. Bounded: a line longer than ``max_line`` raises instead of
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import attrs
@@ -31,6 +31,8 @@ class SSEEvent:
         """The data parsed as JSON; raises :class:`StreamFormatError` when it is not JSON."""
         try:
             return json.loads(self.data)
+        except RecursionError:
+            raise StreamFormatError("SSE data is JSON nested too deeply") from None
         except json.JSONDecodeError as exc:
             raise StreamFormatError(f"SSE data is not JSON: {exc.msg}: {self.data[:80]!r}") from None
 
@@ -42,6 +44,8 @@ class _LineSplitter:
         self._pending_cr = False
 
     def feed(self, data: bytes) -> list[str]:
+        if not data:
+            return []  # an empty chunk must not forget a pending \r (of a \r\n split around it)
         if self._pending_cr and data[:1] == b"\n":
             data = data[1:]  # the \n of a \r\n that was split across chunks
         self._pending_cr = False
@@ -56,6 +60,8 @@ class _LineSplitter:
             idx = idx_r if idx_r >= 0 else idx_n
             if idx < 0:
                 break
+            if idx - start > self._max_line:  # also when the whole line came in one chunk
+                raise StreamFormatError(f"stream line longer than {self._max_line} bytes")
             lines.append(_decode(bytes(buf[start:idx])))
             if idx == idx_r and idx + 1 < size and buf[idx + 1] == 0x0A:
                 start = idx + 2
@@ -150,11 +156,13 @@ class NDJSONParser:
 def _parse_json_line(line: str) -> Any:
     try:
         return json.loads(line)
+    except RecursionError:
+        raise StreamFormatError("NDJSON line is JSON nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise StreamFormatError(f"NDJSON line is not JSON: {exc.msg}: {line[:80]!r}") from None
 
 
-async def iter_sse(chunks: AsyncIterator[bytes], max_line: int = MAX_LINE) -> AsyncIterator[SSEEvent]:
+async def iter_sse(chunks: AsyncIterator[bytes], max_line: int = MAX_LINE) -> AsyncGenerator[SSEEvent, None]:
     """Parse an async byte stream (e.g. ``response.aiter_raw()``) into SSE events."""
     parser = SSEParser(max_line)
     async for chunk in chunks:
@@ -164,7 +172,7 @@ async def iter_sse(chunks: AsyncIterator[bytes], max_line: int = MAX_LINE) -> As
         yield event
 
 
-async def iter_ndjson(chunks: AsyncIterator[bytes], max_line: int = MAX_LINE) -> AsyncIterator[Any]:
+async def iter_ndjson(chunks: AsyncIterator[bytes], max_line: int = MAX_LINE) -> AsyncGenerator[Any, None]:
     """Parse an async byte stream into JSON values, one per line."""
     parser = NDJSONParser(max_line)
     async for chunk in chunks:

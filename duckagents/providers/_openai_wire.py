@@ -1,0 +1,385 @@
+"""The OpenAI Chat Completions wire format: request bodies, replies, stream chunks, errors, headers.
+
+Pure functions over JSON values and headers, no I/O; :mod:`duckagents.providers.openai` does the HTTP.
+Parsers raise :class:`~duckagents.providers._streams.StreamFormatError` on a malformed value (never a raw
+``KeyError``/``TypeError``); the provider turns that into a ``PROTOCOL`` error with its context.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..errors import ErrorKind, ProviderError, Secret, redact
+from ..messages import FinishReason, ImagePart, Message, TextPart, ToolCall, ToolSpec, Usage
+from ..signals import ProviderRequest, ToolCallDelta
+from ._http import error_message_from_body, kind_for_status, parse_duration, parse_int, parse_retry_after
+from ._streams import StreamFormatError
+from .base import Completion, RateLimitInfo, StreamDelta
+
+FINISH_REASONS: dict[str, FinishReason] = {
+    "stop": FinishReason.STOP,
+    "length": FinishReason.LENGTH,
+    "tool_calls": FinishReason.TOOL_CALLS,
+    "function_call": FinishReason.TOOL_CALLS,  # deprecated functions API
+    "content_filter": FinishReason.CONTENT_FILTER,
+}
+
+# --- requests ------------------------------------------------------------------------------------
+
+
+def image_url(part: ImagePart) -> str:
+    """The ``image_url.url`` of an image part: its URL, or a base64 data URL."""
+    if part.url is not None:
+        return part.url
+    return f"data:{part.media_type or 'image/png'};base64,{part.data}"
+
+
+def encode_message(message: Message) -> dict[str, Any]:
+    """One neutral message as a Chat Completions message object."""
+    out: dict[str, Any] = {"role": message.role}
+    if message.images:
+        out["content"] = [
+            {"type": "text", "text": p.text}
+            if isinstance(p, TextPart)
+            else {"type": "image_url", "image_url": {"url": image_url(p)}}
+            for p in message.content
+        ]
+    elif message.role == "assistant" and message.tool_calls and not message.text:
+        out["content"] = None  # the API's shape for a pure tool-call turn
+    else:
+        out["content"] = message.text
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    if message.name is not None:
+        out["name"] = message.name
+    return out
+
+
+def encode_tool(tool: ToolSpec) -> dict[str, Any]:
+    """A tool spec as a ``function`` tool."""
+    function: dict[str, Any] = {"name": tool.name, "parameters": tool.parameters}
+    if tool.description:
+        function["description"] = tool.description
+    return {"type": "function", "function": function}
+
+
+def encode_tool_choice(choice: str) -> str | dict[str, Any]:
+    """``auto``/``none``/``required`` pass through; anything else names the function to force."""
+    if choice in ("auto", "none", "required"):
+        return choice
+    return {"type": "function", "function": {"name": choice}}
+
+
+def build_body(
+    request: ProviderRequest, model: str, *, stream: bool, reasoning: bool, stream_usage: bool = True
+) -> dict[str, Any]:
+    """The JSON body of ``POST /chat/completions`` for ``request``.
+
+    ``reasoning`` models (o-series, gpt-5) take ``max_completion_tokens`` and reject sampling parameters,
+    so those are left out for them; other models get ``max_tokens``, which every OpenAI-compatible
+    server understands.
+    """
+    opts = request.options
+    body: dict[str, Any] = {"model": model, "messages": [encode_message(m) for m in request.messages]}
+    if stream:
+        body["stream"] = True
+        if stream_usage:
+            body["stream_options"] = {"include_usage": True}
+    if opts.max_tokens is not None:
+        body["max_completion_tokens" if reasoning else "max_tokens"] = opts.max_tokens
+    if not reasoning:
+        if opts.temperature is not None:
+            body["temperature"] = opts.temperature
+        if opts.top_p is not None:
+            body["top_p"] = opts.top_p
+    if opts.stop:
+        body["stop"] = list(opts.stop)
+    if opts.tools:
+        body["tools"] = [encode_tool(t) for t in opts.tools]
+        if opts.tool_choice is not None:  # the API rejects tool_choice without tools
+            body["tool_choice"] = encode_tool_choice(opts.tool_choice)
+    if opts.response_format is not None:
+        body["response_format"] = {"type": opts.response_format}
+    return body
+
+
+# --- replies -------------------------------------------------------------------------------------
+
+
+def _fail(what: str) -> StreamFormatError:
+    return StreamFormatError(f"malformed OpenAI reply: {what}")
+
+
+def _obj(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(f"{what} is not an object")
+    return value
+
+
+def _opt_str(value: Any, what: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise _fail(f"{what} is not a string")
+
+
+def _int(value: Any, what: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise _fail(f"{what} is not a non-negative integer")
+
+
+def parse_usage(value: Any) -> Usage:
+    """``usage`` of a reply or the final stream chunk (missing or null: zeros)."""
+    if value is None:
+        return Usage()
+    usage = _obj(value, "usage")
+    return Usage(
+        prompt_tokens=_int(usage.get("prompt_tokens", 0), "usage.prompt_tokens"),
+        completion_tokens=_int(usage.get("completion_tokens", 0), "usage.completion_tokens"),
+    )
+
+
+def finish_reason(raw: str | None, refused: bool = False) -> FinishReason:
+    """Map the API's ``finish_reason``; a refusal (the ``refusal`` field instead of content) wins."""
+    if refused:
+        return FinishReason.REFUSAL
+    return FINISH_REASONS.get(raw or "", FinishReason.OTHER)
+
+
+def _tool_call(value: Any, index: int) -> ToolCall:
+    call = _obj(value, f"tool_calls[{index}]")
+    function = _obj(call.get("function"), f"tool_calls[{index}].function")
+    name = _opt_str(function.get("name"), "function.name")
+    if not name:
+        raise _fail(f"tool_calls[{index}] has no function name")
+    return ToolCall(
+        id=_opt_str(call.get("id"), "tool call id") or f"call_{index}",
+        name=name,
+        arguments=_opt_str(function.get("arguments"), "function.arguments") or "{}",
+    )
+
+
+def parse_completion(body: Any, model: str, rate_limit: RateLimitInfo | None = None) -> Completion:
+    """A ``chat.completion`` object as a :class:`Completion` (the first choice)."""
+    reply = _obj(body, "body")
+    choices = reply.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise _fail("no choices")
+    choice = _obj(choices[0], "choices[0]")
+    message = _obj(choice.get("message"), "choices[0].message")
+    content = _opt_str(message.get("content"), "message.content") or ""
+    refusal = _opt_str(message.get("refusal"), "message.refusal")
+    raw_calls = message.get("tool_calls") or []
+    if not isinstance(raw_calls, list):
+        raise _fail("message.tool_calls is not a list")
+    raw_reason = _opt_str(choice.get("finish_reason"), "finish_reason")
+    return Completion(
+        model=_opt_str(reply.get("model"), "model") or model,
+        content=content or refusal or "",
+        tool_calls=tuple(_tool_call(c, i) for i, c in enumerate(raw_calls)),
+        finish_reason=finish_reason(raw_reason, refused=bool(refusal) and not content),
+        usage=parse_usage(reply.get("usage")),
+        rate_limit=rate_limit,
+        raw_finish_reason=raw_reason,
+    )
+
+
+class ChunkAssembler:
+    """Turns ``chat.completion.chunk`` objects into stream deltas and, at the end, one Completion.
+
+    Tool-call fragments are keyed by their ``index``: OpenAI sends ``id`` and ``name`` whole in the
+    first fragment of a call and only ``arguments`` pieces after it, so the first id/name seen wins
+    (some compatible servers repeat them in every fragment).
+    """
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self._text: list[str] = []
+        self._refusal: list[str] = []
+        self._calls: dict[int, list[Any]] = {}  # index -> [id, name, argument pieces]
+        self._raw_reason: str | None = None
+        self._usage = Usage()
+
+    def feed(self, chunk: Any) -> list[StreamDelta]:
+        """Consume one parsed chunk; return the deltas it carries (only choice 0 is followed)."""
+        data = _obj(chunk, "chunk")
+        if isinstance(data.get("model"), str) and data["model"]:
+            self.model = data["model"]
+        if data.get("usage") is not None:
+            self._usage = parse_usage(data["usage"])
+        choices = data.get("choices") or []
+        if not isinstance(choices, list):
+            raise _fail("chunk choices is not a list")
+        deltas: list[StreamDelta] = []
+        for raw_choice in choices:
+            choice = _obj(raw_choice, "chunk choice")
+            if choice.get("index", 0) != 0:
+                continue
+            reason = _opt_str(choice.get("finish_reason"), "finish_reason")
+            if reason:
+                self._raw_reason = reason
+            delta = _obj(choice.get("delta") or {}, "delta")
+            text = _opt_str(delta.get("content"), "delta.content") or ""
+            refusal = _opt_str(delta.get("refusal"), "delta.refusal") or ""
+            self._text.append(text)
+            self._refusal.append(refusal)
+            if text or refusal:
+                deltas.append(StreamDelta(text=text or refusal))
+            raw_calls = delta.get("tool_calls") or []
+            if not isinstance(raw_calls, list):
+                raise _fail("delta.tool_calls is not a list")
+            deltas.extend(StreamDelta(tool_call=self._tool_fragment(c)) for c in raw_calls)
+        return deltas
+
+    def _tool_fragment(self, value: Any) -> ToolCallDelta:
+        frag = _obj(value, "tool call fragment")
+        index = _int(frag.get("index"), "tool call index")
+        function = _obj(frag.get("function") or {}, "tool call function")
+        fragment = ToolCallDelta(
+            index=index,
+            id=_opt_str(frag.get("id"), "tool call id"),
+            name=_opt_str(function.get("name"), "function.name"),
+            arguments=_opt_str(function.get("arguments"), "function.arguments") or "",
+        )
+        slot = self._calls.setdefault(index, [None, None, []])
+        slot[0] = slot[0] or fragment.id
+        slot[1] = slot[1] or fragment.name
+        slot[2].append(fragment.arguments)
+        return fragment
+
+    def finish(self, rate_limit: RateLimitInfo | None = None) -> Completion:
+        """The assembled completion; call after ``[DONE]``."""
+        calls = []
+        for index in sorted(self._calls):
+            call_id, name, pieces = self._calls[index]
+            if not name:
+                raise _fail(f"streamed tool call {index} has no function name")
+            arguments = "".join(pieces) or "{}"
+            calls.append(ToolCall(id=call_id or f"call_{index}", name=name, arguments=arguments))
+        text, refusal = "".join(self._text), "".join(self._refusal)
+        return Completion(
+            model=self.model,
+            content=text or refusal,
+            tool_calls=tuple(calls),
+            finish_reason=finish_reason(self._raw_reason, refused=bool(refusal) and not text),
+            usage=self._usage,
+            rate_limit=rate_limit,
+            raw_finish_reason=self._raw_reason,
+        )
+
+
+# --- headers and errors --------------------------------------------------------------------------
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """``retry-after-ms`` (OpenAI's precise form) or ``retry-after``, in seconds."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000.0)
+        except ValueError:
+            pass
+    return parse_retry_after(headers.get("retry-after"))
+
+
+def parse_rate_limit(headers: Mapping[str, str]) -> RateLimitInfo | None:
+    """The ``x-ratelimit-*`` and retry headers (a case-insensitive mapping), or None when absent."""
+    info = RateLimitInfo(
+        limit_requests=parse_int(headers.get("x-ratelimit-limit-requests")),
+        remaining_requests=parse_int(headers.get("x-ratelimit-remaining-requests")),
+        reset_requests=parse_duration(headers.get("x-ratelimit-reset-requests")),
+        limit_tokens=parse_int(headers.get("x-ratelimit-limit-tokens")),
+        remaining_tokens=parse_int(headers.get("x-ratelimit-remaining-tokens")),
+        reset_tokens=parse_duration(headers.get("x-ratelimit-reset-tokens")),
+        retry_after=retry_after(headers),
+    )
+    return None if info == RateLimitInfo() else info
+
+
+_TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?(?:ms|s|m|h)(?:\d+(?:\.\d+)?(?:ms|s))*)")
+
+
+def classify(status: int | None, code: str | None, err_type: str | None, message: str) -> ErrorKind:
+    """The error kind of an OpenAI error: the ``code``/``type`` refine what the status says."""
+    if code == "insufficient_quota" or err_type == "insufficient_quota":
+        return ErrorKind.QUOTA_EXCEEDED
+    if code == "rate_limit_exceeded":
+        return ErrorKind.RATE_LIMITED
+    # vLLM and other compatible servers send no code, only OpenAI's wording.
+    if code == "context_length_exceeded" or "maximum context length" in message:
+        return ErrorKind.CONTEXT_LENGTH
+    if code == "model_not_found":
+        return ErrorKind.NOT_FOUND
+    if code == "invalid_api_key":
+        return ErrorKind.AUTH
+    if status is not None:
+        return kind_for_status(status)
+    return ErrorKind.INVALID_REQUEST if err_type == "invalid_request_error" else ErrorKind.UPSTREAM_5XX
+
+
+def _error_fields(body: Any) -> tuple[str | None, str | None, str | None]:
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return None, None, None
+    # Codes are usually strings but Cloudflare-fronted 5xx bodies carry an int.
+    fields = (err.get("code"), err.get("type"), err.get("param"))
+    return tuple(None if f is None else str(f) for f in fields)  # type: ignore[return-value]
+
+
+def make_error(
+    status: int | None,
+    headers: Mapping[str, str],
+    body: Any,
+    *,
+    provider: str,
+    model: str | None,
+    secrets: Iterable[Secret | str | None],
+) -> ProviderError:
+    """The :class:`ProviderError` for an OpenAI error reply (``body`` parsed JSON, or text)."""
+    code, err_type, param = _error_fields(body)
+    message = error_message_from_body(body).strip() or "upstream error"
+    kind = classify(status, code, err_type, message)
+    wait = retry_after(headers)
+    if wait is None and kind is ErrorKind.RATE_LIMITED:
+        match = _TRY_AGAIN.search(message)
+        wait = parse_duration(match.group(1)) if match else None
+    details = [f"{name}={value}" for name, value in (("type", err_type), ("code", code), ("param", param))
+               if value]
+    request_id = headers.get("x-request-id")
+    if request_id:
+        details.append(f"request id {request_id}")
+    text = f"{message} ({', '.join(details)})" if details else message
+    return ProviderError(
+        kind,
+        redact(text, secrets),
+        provider=provider,
+        model=model,
+        retryable=False if kind is ErrorKind.QUOTA_EXCEEDED else None,
+        retry_after=wait,
+        status=status,
+    )
+
+
+def decode_error_body(raw: bytes) -> Any:
+    """An error reply's body: parsed JSON when it is JSON, else the text (an HTML gateway page...)."""
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+
+
+def stream_error(chunk: Any) -> Any | None:
+    """The ``error`` object of a mid-stream error event (``data: {"error": {...}}``), else None."""
+    if isinstance(chunk, dict) and isinstance(chunk.get("error"), dict):
+        return chunk
+    return None
+

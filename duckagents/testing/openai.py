@@ -1,0 +1,279 @@
+"""A loopback OpenAI Chat Completions server: the real wire format, scripted replies, fault injection.
+
+Serves ``POST /v1/chat/completions`` (JSON or SSE stream with ``include_usage``), ``GET /v1/models`` and
+``GET /v1/models/{id}`` with OpenAI's headers (``x-request-id``, ``x-ratelimit-*``) and error bodies
+(``{"error": {"message", "type", "param", "code"}}``), validating requests the way the API does where it
+is cheap. Point any OpenAI client at :attr:`OpenAIServer.base_url`::
+
+    async with open_openai_server(api_key="sk-test") as server:
+        server.script.push(ScriptedReply(text="hi"))
+        server.inject(Fault(status=429))
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+
+from ..messages import FinishReason
+from ._openai_rules import APIError, RequestFacts, error_for_fault, validate_chat_request
+from ._script import ReplyScript, ScriptedReply, echo_reply, estimate_prompt_tokens, split_text
+from ._server import Fault, HTTPRequest, LoopbackServer, Reply, StreamReply, serve_loopback, sse
+
+DEFAULT_MODELS: tuple[str, ...] = (
+    "gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-3.5-turbo", "o3-mini", "o4-mini", "gpt-5",
+)
+_FINISH = {
+    FinishReason.STOP: "stop",
+    FinishReason.LENGTH: "length",
+    FinishReason.TOOL_CALLS: "tool_calls",
+    FinishReason.CONTENT_FILTER: "content_filter",
+    FinishReason.REFUSAL: "stop",  # a refusal is a normal stop with the ``refusal`` field set
+    FinishReason.OTHER: "stop",
+}
+_JSON = "application/json"
+_MALFORMED_BODY = b'{"id": "chatcmpl-broken", "object": "chat.completion", "choices": [{"message": {"conte'
+_GARBAGE_EVENT = b'data: {"id": "chatcmpl-broken", "choices": [{"delta": {"content": \n\n'
+
+
+@attrs.frozen
+class OpenAIRateLimits:
+    """What the ``x-ratelimit-*`` headers announce; ``remaining`` counts down as requests arrive."""
+
+    limit_requests: int = 10_000
+    limit_tokens: int = 2_000_000
+    reset_requests: str = "6ms"
+    reset_tokens: str = "0s"
+
+
+class OpenAIServer:
+    """The app; start it with :func:`open_openai_server`. ``models=None`` accepts any model name."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        models: Sequence[str] | None = DEFAULT_MODELS,
+        context_window: int = 128_000,
+        rate_limits: OpenAIRateLimits = OpenAIRateLimits(),
+        stream_interval: float = 0.0,
+    ) -> None:
+        self.script = ReplyScript()
+        self.http = LoopbackServer(self._app)
+        self.api_key = api_key
+        self.models = tuple(models) if models is not None else None
+        self.context_window = context_window
+        self.rate_limits = rate_limits
+        self.stream_interval = stream_interval
+        self.tokens_used = 0
+        self._ids = itertools.count(1)
+
+    @property
+    def url(self) -> str:
+        """The server root, e.g. ``http://127.0.0.1:54321`` (the API is under ``/v1``)."""
+        return self.http.url
+
+    @property
+    def base_url(self) -> str:
+        """The URL to give an OpenAI client: :attr:`url` + ``/v1``."""
+        return self.http.url + "/v1"
+
+    @property
+    def requests(self) -> deque[HTTPRequest]:
+        """Requests received, most recent last (bounded)."""
+        return self.http.requests
+
+    def inject(self, *faults: Fault) -> None:
+        """Queue faults for the next matching requests (see :class:`~duckagents.testing._server.Fault`)."""
+        self.http.inject(*faults)
+
+    # --- dispatch --------------------------------------------------------------------------------
+
+    async def _app(self, request: HTTPRequest, fault: Fault | None) -> Reply | StreamReply:
+        n = next(self._ids)
+        headers = {
+            "x-request-id": f"req_{n:032x}",
+            "openai-version": "2020-10-01",
+            "openai-organization": "user-duckagents",
+            "openai-processing-ms": "1",
+            **self._rate_headers(),
+        }
+        try:
+            if fault is not None and fault.status is not None:
+                raise error_for_fault(fault, self.context_window)
+            self._check_auth(request)
+            reply = self._route(request, n, fault)
+        except (TypeError, AttributeError, KeyError, ValueError):
+            # A body of the wrong shape somewhere the rules do not look: the API's generic schema refusal.
+            err = APIError(400, "Invalid request body: a parameter has the wrong type.")
+            reply = Reply.json({"error": err.body()}, err.status)
+        except APIError as err:
+            reply = Reply.json({"error": err.body()}, err.status, {**err.headers})
+        extra = fault.headers if fault is not None else {}
+        return attrs.evolve(reply, headers={**headers, **reply.headers, **extra})
+
+    def _rate_headers(self) -> dict[str, str]:
+        limits = self.rate_limits
+        return {
+            "x-ratelimit-limit-requests": str(limits.limit_requests),
+            "x-ratelimit-limit-tokens": str(limits.limit_tokens),
+            "x-ratelimit-remaining-requests": str(max(0, limits.limit_requests - self.http.request_count)),
+            "x-ratelimit-remaining-tokens": str(max(0, limits.limit_tokens - self.tokens_used)),
+            "x-ratelimit-reset-requests": limits.reset_requests,
+            "x-ratelimit-reset-tokens": limits.reset_tokens,
+        }
+
+    def _check_auth(self, request: HTTPRequest) -> None:
+        if self.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not given.startswith("Bearer ") or not given[7:].strip():
+            raise APIError(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an Authorization header "
+                "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). You can obtain an API key from "
+                "https://platform.openai.com/account/api-keys.",
+            )
+        key = given[7:].strip()
+        if key != self.api_key:
+            masked = f"{key[:3]}{'*' * max(0, len(key) - 7)}{key[-4:]}" if len(key) > 8 else "***"
+            raise APIError(
+                401,
+                f"Incorrect API key provided: {masked}. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.",
+                code="invalid_api_key",
+            )
+
+    def _route(self, request: HTTPRequest, n: int, fault: Fault | None) -> Reply | StreamReply:
+        malformed = fault is not None and fault.malformed
+        if request.method == "POST" and request.path == "/v1/chat/completions":
+            return self._chat(request, n, malformed)
+        if request.method == "GET" and request.path.startswith("/v1/models"):
+            if malformed:
+                return Reply(200, b'{"object": "list", "data": [{"id": ', {"content-type": _JSON})
+            return self._models(request.path.removeprefix("/v1/models").strip("/"))
+        raise APIError(404, f"Invalid URL ({request.method} {request.path})")
+
+    def _models(self, model_id: str) -> Reply:
+        def entry(name: str) -> dict[str, Any]:
+            owner = "system" if name.startswith(("o", "gpt-4.1", "gpt-5")) else "openai"
+            return {"id": name, "object": "model", "created": 1_715_367_049, "owned_by": owner}
+
+        known = self.models if self.models is not None else DEFAULT_MODELS
+        if not model_id:
+            return Reply.json({"object": "list", "data": [entry(m) for m in known]})
+        if self.models is not None and model_id not in self.models:
+            raise APIError.model_not_found(model_id)
+        return Reply.json(entry(model_id))
+
+    # --- chat completions ------------------------------------------------------------------------
+
+    def _chat(self, request: HTTPRequest, n: int, malformed: bool) -> Reply | StreamReply:
+        facts = validate_chat_request(request.body, self.models, self.context_window)
+        reply = self.script.next(facts.last_user_text)
+        if facts.json_mode and reply == echo_reply(facts.last_user_text):
+            reply = attrs.evolve(reply, text=json.dumps({"echo": facts.last_user_text}))
+        if facts.max_output is not None and not reply.tool_calls:
+            words = reply.text.split(" ")
+            if len(words) > facts.max_output:  # stand-in tokenizer: a word is a token
+                reply = attrs.evolve(reply, text=" ".join(words[: facts.max_output]),
+                                     finish_reason=FinishReason.LENGTH)
+        usage = self._usage(reply, facts)
+        head = {"id": f"chatcmpl-{n:024x}", "created": int(time.time()), "model": facts.model,
+                "system_fingerprint": "fp_duckagents"}
+        if facts.stream:
+            pieces = self._chunks(head, reply, usage, facts.include_usage)
+            if malformed:
+                pieces.insert(1, _GARBAGE_EVENT)
+            headers = {"content-type": "text/event-stream; charset=utf-8"}
+            return StreamReply(pieces, headers=headers, interval=self.stream_interval)
+        if malformed:
+            return Reply(200, _MALFORMED_BODY, {"content-type": _JSON})
+        refused = reply.finish_reason is FinishReason.REFUSAL
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": None if refused or (reply.tool_calls and not reply.text) else reply.text,
+            "refusal": reply.text if refused else None,
+            "annotations": [],
+        }
+        if reply.tool_calls:
+            message["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in reply.tool_calls
+            ]
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": _raw_finish(reply)}
+        body = {**head, "object": "chat.completion", "choices": [choice], "usage": usage,
+                "service_tier": "default"}
+        return Reply.json(body)
+
+    def _usage(self, reply: ScriptedReply, facts: RequestFacts) -> dict[str, Any]:
+        prompt = reply.prompt_tokens if reply.prompt_tokens is not None else facts.prompt_tokens
+        completion = reply.completion_tokens
+        if completion is None:
+            produced = reply.text + "".join(c.name + " " + c.arguments for c in reply.tool_calls)
+            completion = estimate_prompt_tokens(produced)
+        self.tokens_used += prompt + completion
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+        }
+
+    def _chunks(
+        self, head: dict[str, Any], reply: ScriptedReply, usage: dict[str, Any], include_usage: bool
+    ) -> list[bytes]:
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            obj: dict[str, Any] = {**head, "object": "chat.completion.chunk", "choices": [choice]}
+            if include_usage:
+                obj["usage"] = None  # every chunk carries a null usage until the last one
+            return sse(None, obj)
+
+        refused = reply.finish_reason is FinishReason.REFUSAL
+        field = "refusal" if refused else "content"
+        silent = refused or (not reply.text and bool(reply.tool_calls))
+        first = {"role": "assistant", "content": None if silent else "", "refusal": None}
+        pieces = [chunk(first)]
+        if reply.text:
+            pieces += [chunk({field: piece}) for piece in split_text(reply.text, reply.chunk_size)]
+        for i, call in enumerate(reply.tool_calls):
+            opening = {"index": i, "id": call.id, "type": "function",
+                       "function": {"name": call.name, "arguments": ""}}
+            pieces.append(chunk({"tool_calls": [opening]}))
+            pieces += [chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
+                       for piece in split_text(call.arguments, reply.chunk_size)]
+        pieces.append(chunk({}, _raw_finish(reply)))
+        if include_usage:
+            last = {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+            pieces.append(sse(None, last))
+        pieces.append(b"data: [DONE]\n\n")
+        return pieces
+
+
+def _raw_finish(reply: ScriptedReply) -> str:
+    if reply.raw_finish_reason is not None:
+        return reply.raw_finish_reason
+    if reply.tool_calls and reply.finish_reason is FinishReason.STOP:
+        return "tool_calls"
+    return _FINISH[reply.finish_reason]
+
+
+@asynccontextmanager
+async def open_openai_server(**options: Any) -> AsyncIterator[OpenAIServer]:
+    """Run an :class:`OpenAIServer` on 127.0.0.1 (free port) for the duration of the block."""
+    server = OpenAIServer(**options)
+    async with serve_loopback(server.http):
+        yield server
+
+
+__all__ = ["DEFAULT_MODELS", "OpenAIRateLimits", "OpenAIServer", "open_openai_server"]
