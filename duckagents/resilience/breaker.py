@@ -1,0 +1,226 @@
+"""A circuit breaker as a pure state machine: no I/O, no clock of its own, ``now`` passed to every method.
+
+States follow the classic pattern (closed → open → half-open → closed). The breaker counts *consecutive*
+failures of the kinds in :attr:`BreakerConfig.tripping_kinds`; a success in the closed state resets the
+count. Once open it refuses everything until ``open_timeout`` has passed, then admits at most
+``half_open_trials`` concurrent trial calls: a trial success closes it, a trial failure re-opens it with a
+fresh timeout. :meth:`CircuitBreaker.force_open` holds it open until :meth:`CircuitBreaker.reset`.
+
+Call protocol: every call that :meth:`CircuitBreaker.allow` admitted ends with exactly one of
+:meth:`~CircuitBreaker.record_success`, :meth:`~CircuitBreaker.record_failure` or
+:meth:`~CircuitBreaker.release`. Verdicts are applied to the breaker's *current* state, whenever the call
+was admitted.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+
+import attrs
+
+from ..errors import ErrorKind
+
+__all__ = [
+    "DEFAULT_TRIPPING_KINDS",
+    "BreakerConfig",
+    "BreakerSnapshot",
+    "BreakerState",
+    "CircuitBreaker",
+]
+
+
+class BreakerState(str, enum.Enum):
+    """Where a breaker is in its cycle."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+#: Failures that say the upstream itself is unwell. A rejected request (400, auth, context length) says
+#: nothing about the upstream's health, so it never trips the breaker.
+DEFAULT_TRIPPING_KINDS: frozenset[ErrorKind] = frozenset(
+    {
+        ErrorKind.UPSTREAM_5XX,
+        ErrorKind.TIMEOUT,
+        ErrorKind.NETWORK,
+        ErrorKind.OVERLOADED,
+        ErrorKind.PROTOCOL,
+    }
+)
+
+
+def _kinds(value: Iterable[ErrorKind | str]) -> frozenset[ErrorKind]:
+    return frozenset(ErrorKind(k) for k in value)
+
+
+@attrs.frozen
+class BreakerConfig:
+    """Tuning of a :class:`CircuitBreaker`. Defaults are the seed design's: 5 failures, 60 s open."""
+
+    #: Consecutive counted failures that open a closed breaker.
+    failure_threshold: int = attrs.field(default=5, validator=attrs.validators.ge(1))
+    #: Seconds an opened breaker refuses everything before admitting trials.
+    open_timeout: float = attrs.field(default=60.0, validator=attrs.validators.ge(0.0))
+    #: Trial calls admitted concurrently while half-open.
+    half_open_trials: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    #: Error kinds that count as failures; other kinds are ignored by the breaker.
+    tripping_kinds: frozenset[ErrorKind] = attrs.field(default=DEFAULT_TRIPPING_KINDS, converter=_kinds)
+
+
+@attrs.frozen
+class BreakerSnapshot:
+    """A read-only view of a breaker at one instant, for status reports."""
+
+    state: BreakerState
+    consecutive_failures: int
+    #: When the breaker last opened (Trio clock), or ``None`` if it is not open or half-open.
+    opened_at: float | None
+    #: Half-open trial slots currently taken (an upper bound; see :class:`CircuitBreaker`).
+    trials_in_flight: int = 0
+    #: True while held open by :meth:`CircuitBreaker.force_open`.
+    forced: bool = False
+
+
+class CircuitBreaker:
+    """Closed / open / half-open breaker; see the module docstring for the call protocol.
+
+    The open → half-open transition is lazy: it happens when a method is called with a ``now`` past the
+    timeout, so the breaker needs no timer.
+
+    Trial accounting has no per-call handle, so a call admitted *before* the current half-open episode
+    (a slow stream started while closed) can end while half-open. Calls are therefore kept in two
+    counters, trials and others, and an ending call is charged to ``others`` first. That over-estimates
+    the trials outstanding, never under-estimates, so at most ``half_open_trials`` real trials run at once;
+    the price is that a cancelled trial's slot may stay taken until the older call ends.
+    """
+
+    def __init__(self, config: BreakerConfig = BreakerConfig()) -> None:
+        self.config = config
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._forced = False
+        self._trials = 0  # calls admitted in the current half-open episode, still running (upper bound)
+        self._others = 0  # allowed calls still running that are not counted as trials
+
+    # --- queries ---------------------------------------------------------------------------------
+
+    def state(self, now: float) -> BreakerState:
+        """The state at ``now`` (an open breaker whose timeout passed is half-open)."""
+        self._advance(now)
+        return self._state
+
+    def retry_at(self, now: float) -> float | None:
+        """When an open breaker will admit a trial; ``None`` when not open, or forced open (no set time)."""
+        self._advance(now)
+        if self._state is not BreakerState.OPEN or self._forced or self._opened_at is None:
+            return None
+        return self._opened_at + self.config.open_timeout
+
+    def snapshot(self, now: float) -> BreakerSnapshot:
+        """State, consecutive failures and opening time at ``now``."""
+        self._advance(now)
+        return BreakerSnapshot(
+            state=self._state,
+            consecutive_failures=self._failures,
+            opened_at=self._opened_at,
+            trials_in_flight=self._trials,
+            forced=self._forced,
+        )
+
+    # --- transitions -----------------------------------------------------------------------------
+
+    def allow(self, now: float) -> bool:
+        """May a call go upstream now? When half-open, a True takes one of the trial slots."""
+        self._advance(now)
+        if self._state is BreakerState.CLOSED:
+            self._others += 1
+            return True
+        if self._state is BreakerState.HALF_OPEN and self._trials < self.config.half_open_trials:
+            self._trials += 1
+            return True
+        return False
+
+    def record_success(self, now: float) -> None:
+        """An allowed call succeeded: resets the failure count; closes a half-open breaker."""
+        self._advance(now)
+        self._end_call()
+        if self._state is BreakerState.CLOSED:
+            self._failures = 0
+        elif self._state is BreakerState.HALF_OPEN:
+            self._close()
+        # While open, a late success of a call admitted before the breaker opened proves little about
+        # the upstream now; the trial after the timeout decides.
+
+    def record_failure(self, now: float, kind: ErrorKind | None = None) -> bool:
+        """An allowed call failed. Returns False (and changes no verdict) if ``kind`` is not counted.
+
+        ``kind=None`` (an unclassified failure) counts. A not-counted failure while half-open frees the
+        trial slot like :meth:`release`: it says nothing about the upstream's health.
+        """
+        self._advance(now)
+        self._end_call()
+        if kind is not None and ErrorKind(kind) not in self.config.tripping_kinds:
+            return False
+        if self._state is BreakerState.CLOSED:
+            self._failures += 1
+            if self._failures >= self.config.failure_threshold:
+                self._open(now)
+        elif self._state is BreakerState.HALF_OPEN:
+            self._failures += 1
+            self._open(now)
+        # While open, a late failure must not extend the timeout: the upstream was already judged.
+        return True
+
+    def release(self, now: float) -> None:
+        """An allowed call ended with no verdict (cancelled): frees its slot, changes no state."""
+        self._advance(now)
+        self._end_call()
+
+    def force_open(self, now: float) -> None:
+        """Open the breaker and hold it open (no half-open trials) until :meth:`reset`."""
+        self._open(now)
+        self._forced = True
+
+    def reset(self, now: float) -> None:
+        """Close the breaker and forget the failure count (also ends a forced open)."""
+        self._close()
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _advance(self, now: float) -> None:
+        if (
+            self._state is BreakerState.OPEN
+            and not self._forced
+            and self._opened_at is not None
+            and now >= self._opened_at + self.config.open_timeout
+        ):
+            self._state = BreakerState.HALF_OPEN
+            self._retire_trials()
+
+    def _open(self, now: float) -> None:
+        self._state = BreakerState.OPEN
+        self._opened_at = now
+        self._forced = False
+        self._retire_trials()
+
+    def _close(self) -> None:
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._opened_at = None
+        self._forced = False
+        self._retire_trials()
+
+    def _retire_trials(self) -> None:
+        # Trials still running when an episode ends are ordinary calls from now on: they must not hold
+        # slots of the next half-open episode, yet they will still report a verdict.
+        self._others += self._trials
+        self._trials = 0
+
+    def _end_call(self) -> None:
+        if self._others > 0:
+            self._others -= 1
+        elif self._trials > 0:
+            self._trials -= 1
