@@ -1,0 +1,296 @@
+"""A loopback server speaking Ollama's wire format: chat, generate, tags, ps, show, pull, version.
+
+It keeps a table of local models and of loaded models with expiry times (on the Trio clock, so a
+``MockClock`` drives it): chat/generate requests load a model for ``keep_alive`` (default 5 minutes),
+``keep_alive: 0`` unloads it, a negative one keeps it forever, and ``/api/ps`` lists what is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+
+from ..messages import FinishReason
+from ._ollama_models import DEFAULT_MODELS, ModelStore, OllamaModel, now_iso
+from ._script import ReplyScript, ScriptedReply, echo_reply, estimate_prompt_tokens, split_text
+from ._server import Fault, HTTPRequest, LoopbackServer, Reply, StreamReply, ndjson, serve_loopback
+
+__all__ = ["DEFAULT_MODELS", "OllamaModel", "OllamaServer", "open_ollama_server"]
+
+VERSION = "0.9.0"
+NDJSON = "application/x-ndjson"
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
+    return Reply.json({"error": message}, status, headers)
+
+
+class OllamaServer:
+    """The Ollama wire server app; ``script`` scripts chat replies, ``inject`` queues faults."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        models: Iterable[OllamaModel] = DEFAULT_MODELS,
+        pull_chunks: int = 3,
+    ) -> None:
+        self.script = ReplyScript()
+        self.server = LoopbackServer(self._app)
+        self.api_key = api_key
+        self.store = ModelStore(models)
+        self.pull_chunks = pull_chunks
+
+    @property
+    def url(self) -> str:
+        """Base URL of the running server."""
+        return self.server.url
+
+    @property
+    def requests(self) -> Any:
+        """Recorded requests (most recent last)."""
+        return self.server.requests
+
+    def inject(self, *faults: Fault) -> None:
+        """Queue faults for the next matching requests."""
+        self.server.inject(*faults)
+
+    def loaded_models(self) -> list[str]:
+        """Names of the models loaded now (expired ones are dropped)."""
+        return self.store.loaded_names()
+
+    # --- dispatch -------------------------------------------------------------------------------------
+
+    async def _app(self, request: HTTPRequest, fault: Fault | None) -> Reply | StreamReply:
+        if self.api_key is not None and request.headers.get("authorization") != f"Bearer {self.api_key}":
+            return _error(401, "unauthorized")
+        if fault is not None and fault.status is not None:
+            headers = dict(fault.headers)
+            if fault.status == 429:
+                headers = {
+                    "retry-after": "2",
+                    "x-ratelimit-limit-requests": "60",
+                    "x-ratelimit-remaining-requests": "0",
+                    "x-ratelimit-reset-requests": "2s",
+                    **headers,
+                }
+            return _error(fault.status, fault.message, headers)
+        malformed = fault is not None and fault.malformed
+        routes = {
+            ("GET", "/"): self._root,
+            ("HEAD", "/"): self._root,
+            ("GET", "/api/version"): self._version,
+            ("GET", "/api/tags"): self._tags,
+            ("GET", "/api/ps"): self._ps,
+            ("POST", "/api/show"): self._show,
+            ("POST", "/api/pull"): self._pull,
+            ("POST", "/api/chat"): self._chat,
+            ("POST", "/api/generate"): self._generate,
+        }
+        handler = routes.get((request.method, request.path))
+        if handler is None:
+            if any(path == request.path for _, path in routes):
+                return Reply(405, b"405 method not allowed", {"content-type": "text/plain"})
+            return Reply(404, b"404 page not found", {"content-type": "text/plain"})
+        return await handler(request, malformed)
+
+    async def _root(self, request: HTTPRequest, malformed: bool) -> Reply:
+        return Reply(200, b"Ollama is running", {"content-type": "text/plain; charset=utf-8"})
+
+    async def _version(self, request: HTTPRequest, malformed: bool) -> Reply:
+        return _json_reply({"version": VERSION}, malformed)
+
+    async def _tags(self, request: HTTPRequest, malformed: bool) -> Reply:
+        return _json_reply({"models": self.store.tags()}, malformed)
+
+    async def _ps(self, request: HTTPRequest, malformed: bool) -> Reply:
+        return _json_reply({"models": self.store.ps()}, malformed)
+
+    async def _show(self, request: HTTPRequest, malformed: bool) -> Reply:
+        body = _body(request)
+        if isinstance(body, Reply):
+            return body
+        name = body.get("model") or body.get("name")
+        if not name:
+            return _error(400, "model is required")
+        model = self.store.get(str(name))
+        if model is None:
+            return _error(404, f"model '{name}' not found")
+        return _json_reply(self.store.show(model), malformed)
+
+    async def _pull(self, request: HTTPRequest, malformed: bool) -> Reply | StreamReply:
+        body = _body(request)
+        if isinstance(body, Reply):
+            return body
+        name = body.get("model") or body.get("name")
+        if not name:
+            return _error(400, "model is required")
+        model = self.store.add(str(name))
+        if body.get("stream") is False:
+            return _json_reply({"status": "success"}, malformed)
+        total = model.size
+        lines: list[bytes] = [ndjson({"status": "pulling manifest"})]
+        for i in range(1, self.pull_chunks + 1):
+            lines.append(
+                ndjson(
+                    {
+                        "status": f"pulling {model.digest[:12]}",
+                        "digest": f"sha256:{model.digest}",
+                        "total": total,
+                        "completed": total * i // self.pull_chunks,
+                    }
+                )
+            )
+        if malformed:
+            lines.insert(2, b"{garbage\n")
+        lines += [ndjson({"status": s}) for s in ("verifying sha256 digest", "writing manifest", "success")]
+        return StreamReply(lines, headers={"content-type": NDJSON})
+
+    # --- generation ---------------------------------------------------------------------------------
+
+    async def _chat(self, request: HTTPRequest, malformed: bool) -> Reply | StreamReply:
+        body = _body(request)
+        if isinstance(body, Reply):
+            return body
+        model = self._resolve(body)
+        if isinstance(model, Reply):
+            return model
+        messages = body.get("messages") or []
+        if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+            return _error(400, "invalid message format: each message needs a role")
+        if body.get("tools") and "tools" not in model.capabilities:
+            return _error(400, f"registry.ollama.ai/library/{model.name} does not support tools")
+        if any(m.get("images") for m in messages) and "vision" not in model.capabilities:
+            return _error(400, f"model {model.name} does not support images")  # "...missing vision" upstream
+        unload = self.store.touch(model.name, body.get("keep_alive"))
+        if not messages:  # an empty chat just loads (or unloads) the model
+            return _json_reply(self._head(model, "unload" if unload else "load"), malformed)
+        users = [m for m in messages if m.get("role") == "user"]
+        last = str(users[-1].get("content") or "") if users else ""
+        prompt = " ".join(str(m.get("content") or "") for m in messages)
+        reply = self._reply(last, body.get("format"))
+        return self._render(model, reply, prompt, body.get("stream", True) is not False, malformed, chat=True)
+
+    async def _generate(self, request: HTTPRequest, malformed: bool) -> Reply | StreamReply:
+        body = _body(request)
+        if isinstance(body, Reply):
+            return body
+        model = self._resolve(body)
+        if isinstance(model, Reply):
+            return model
+        unload = self.store.touch(model.name, body.get("keep_alive"))
+        prompt = body.get("prompt")
+        if not prompt:  # no prompt: load/unload only, always a single JSON object
+            return _json_reply(
+                {**self._head(model, "unload" if unload else "load"), "response": ""}, malformed
+            )
+        reply = self._reply(str(prompt), body.get("format"))
+        return self._render(
+            model, reply, str(prompt), body.get("stream", True) is not False, malformed, chat=False
+        )
+
+    def _resolve(self, body: dict[str, Any]) -> OllamaModel | Reply:
+        name = body.get("model")
+        if not name:
+            return _error(400, "model is required")
+        model = self.store.get(str(name))
+        return model if model is not None else _error(404, f"model '{name}' not found")
+
+    def _reply(self, last_text: str, fmt: Any) -> ScriptedReply:
+        reply = self.script.next(last_text)
+        if fmt == "json" and reply == echo_reply(last_text):  # JSON mode: the echo is valid JSON too
+            reply = attrs.evolve(reply, text=json.dumps({"echo": last_text}))
+        return reply
+
+    def _head(self, model: OllamaModel, done_reason: str | None = None) -> dict[str, Any]:
+        head: dict[str, Any] = {"model": model.name, "created_at": now_iso()}
+        if done_reason:
+            head.update(done=True, done_reason=done_reason)
+        return head
+
+    def _render(
+        self,
+        model: OllamaModel,
+        reply: ScriptedReply,
+        prompt: str,
+        stream: bool,
+        malformed: bool,
+        *,
+        chat: bool,
+    ) -> Reply | StreamReply:
+        pieces = split_text(reply.text, reply.chunk_size)
+        calls = [
+            {"function": {"name": c.name, "arguments": json.loads(c.arguments or "{}")}}
+            for c in reply.tool_calls
+        ]
+        prompt_tokens = (
+            reply.prompt_tokens if reply.prompt_tokens is not None else estimate_prompt_tokens(prompt)
+        )
+        eval_count = reply.completion_tokens if reply.completion_tokens is not None else len(pieces)
+        reason = reply.raw_finish_reason or (
+            "length" if reply.finish_reason is FinishReason.LENGTH else "stop"
+        )
+        final = {
+            **self._head(model, reason),
+            "total_duration": 5_000_000,
+            "load_duration": 1_000_000,
+            "prompt_eval_count": prompt_tokens,
+            "prompt_eval_duration": 1_000_000,
+            "eval_count": eval_count,
+            "eval_duration": 3_000_000,
+        }
+
+        def payload(text: str, tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+            if not chat:
+                return {"response": text}
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if tool_calls:
+                message["tool_calls"] = tool_calls
+            return {"message": message}
+
+        if not stream:
+            if malformed:
+                return Reply(
+                    200,
+                    b'{"model": "' + model.name.encode() + b'", "message": {',
+                    {"content-type": "application/json; charset=utf-8"},
+                )
+            return _json_reply({**final, **payload(reply.text, calls), "done": True}, False)
+        lines = [ndjson({**self._head(model), **payload(p), "done": False}) for p in pieces if p]
+        if calls:
+            lines.append(ndjson({**self._head(model), **payload("", calls), "done": False}))
+        if malformed:
+            lines.insert(min(1, len(lines)), b"{not json at all\n")
+        lines.append(ndjson({**final, **payload("")}))
+        return StreamReply(lines, headers={"content-type": NDJSON})
+
+
+def _body(request: HTTPRequest) -> dict[str, Any] | Reply:
+    if not request.body:
+        return _error(400, "missing request body")
+    try:
+        body = request.json()
+    except ValueError as exc:
+        return _error(400, f"invalid character in request body: {exc}")
+    return (
+        body if isinstance(body, dict) else _error(400, "json: cannot unmarshal into Go value of type object")
+    )
+
+
+def _json_reply(obj: Any, malformed: bool) -> Reply:
+    headers = {"content-type": "application/json; charset=utf-8"}
+    if malformed:
+        return Reply(200, json.dumps(obj).encode()[:-3] + b"<<", headers)
+    return Reply(200, json.dumps(obj).encode(), headers)
+
+
+@asynccontextmanager
+async def open_ollama_server(**options: Any) -> AsyncIterator[OllamaServer]:
+    """Run an :class:`OllamaServer` on 127.0.0.1 for the duration of the block."""
+    server = OllamaServer(**options)
+    async with serve_loopback(server.server):
+        yield server
