@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args, get_origin
 
 import cattrs
+from cattrs import cols
 from cattrs.preconf.json import make_converter
 
 from .messages import ImagePart, Part, TextPart
@@ -17,6 +18,63 @@ T = TypeVar("T")
 converter: cattrs.Converter = make_converter(omit_if_default=False, forbid_extra_keys=False)
 
 _PARTS: dict[str, type[Any]] = {"text": TextPart, "image": ImagePart}
+
+
+# JSON from outside (gateway clients, config files) must not be coerced silently: 5 is not "5", "yes"
+# is not True, 1.5 is not 1, and the string "tools" is not the tuple ('t', 'o', 'o', 'l', 's').
+def _strict_str(value: Any, _: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _strict_bool(value: Any, _: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {type(value).__name__}")
+    return value
+
+
+def _strict_int(value: Any, _: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _strict_float(value: Any, _: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _array_only(type_: Any) -> Any:
+    origin, args = get_origin(type_), get_args(type_)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        inner = cols.homogenous_tuple_structure_factory(type_, converter)
+    elif origin is list:
+        inner = cols.list_structure_factory(type_, converter)
+    else:
+        inner = converter._structure_frozenset  # noqa: SLF001  (frozenset / set)
+
+    def hook(value: Any, t: Any) -> Any:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"expected an array, got {type(value).__name__}")
+        return inner(value, t)
+
+    return hook
+
+
+def _is_homogeneous_sequence(type_: Any) -> bool:
+    origin, args = get_origin(type_), get_args(type_)
+    if origin is tuple:
+        return len(args) == 2 and args[1] is Ellipsis
+    return origin in (list, frozenset)
+
+
+converter.register_structure_hook(str, _strict_str)
+converter.register_structure_hook(bool, _strict_bool)
+converter.register_structure_hook(int, _strict_int)
+converter.register_structure_hook(float, _strict_float)
+converter.register_structure_hook_factory(_is_homogeneous_sequence, _array_only)
 
 
 def _structure_part(value: Any, _: Any) -> Part:
