@@ -10,7 +10,8 @@ import cattrs
 from cattrs import cols
 from cattrs.preconf.json import make_converter
 
-from .messages import ImagePart, Part, TextPart
+from .errors import ErrorKind
+from .messages import FinishReason, ImagePart, Part, TextPart
 from .signals import PAYLOAD_TYPES, Payload, Signal
 
 T = TypeVar("T")
@@ -70,10 +71,21 @@ def _is_homogeneous_sequence(type_: Any) -> bool:
     return origin in (list, frozenset)
 
 
+def _strict_enum(value: Any, type_: Any) -> Any:
+    try:
+        return type_(value)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in type_)
+        raise ValueError(f"{value!r} is not one of {choices}") from None
+
+
 converter.register_structure_hook(str, _strict_str)
 converter.register_structure_hook(bool, _strict_bool)
 converter.register_structure_hook(int, _strict_int)
 converter.register_structure_hook(float, _strict_float)
+# The ``str`` hook above would catch ``str``-based enums through their MRO; give each its own.
+for _enum in (ErrorKind, FinishReason):
+    converter.register_structure_hook(_enum, _strict_enum)
 converter.register_structure_hook_factory(_is_homogeneous_sequence, _array_only)
 
 

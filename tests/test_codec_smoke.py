@@ -37,3 +37,13 @@ def test_failure_is_terminal_and_round_trips() -> None:
 def test_bad_input_gives_clear_error(text: str, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         loads_signal(text)
+
+
+def test_enums_come_back_as_enums_not_strings() -> None:
+    from duckagents.messages import FinishReason
+    from duckagents.signals import ProviderResponse
+
+    failure = loads_signal(dumps_signal(make_signal(ProviderFailure("r", ErrorKind.TIMEOUT, "x"), "/a")))
+    assert type(failure.data.kind) is ErrorKind
+    response = loads_signal(dumps_signal(make_signal(ProviderResponse("r", "p", "m"), "/a")))
+    assert type(response.data.finish_reason) is FinishReason
