@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import email.utils
+import functools
 import re
+import ssl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import certifi
 import httpx
 
 from ..errors import ErrorKind, ProviderError, Secret, redact
@@ -16,6 +19,16 @@ from ..errors import ErrorKind, ProviderError, Secret, redact
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 # Keep-alive pool sized for high fan-out agents; bounded like everything else.
 DEFAULT_LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=128)
+
+
+@functools.cache
+def shared_ssl_context() -> ssl.SSLContext:
+    """One verifying TLS context per process.
+
+    Loading the CA bundle costs ~15 ms; building it once keeps agent restarts (which re-create their
+    provider's client) in the sub-millisecond range.
+    """
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def make_client(
@@ -32,6 +45,7 @@ def make_client(
         transport=transport,
         timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
         limits=DEFAULT_LIMITS,
+        verify=shared_ssl_context(),
     )
 
 

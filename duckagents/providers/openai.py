@@ -7,6 +7,7 @@ agent layer can ask what a model supports and which request rules apply to it.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
@@ -92,6 +93,11 @@ UNKNOWN_MODEL_FEATURES = Features(
 )
 
 
+#: Seconds to wait for the end of a streamed body after its terminal event.
+DRAIN_TIMEOUT = 1.0
+
+
+@functools.lru_cache(maxsize=512)
 def model_family(model: str) -> OpenAIModelFamily | None:
     """The family of ``model`` (``ft:`` fine-tunes and ``org/`` prefixes included), or None if unknown."""
     name = model.rsplit("/", 1)[-1]
@@ -213,6 +219,12 @@ class OpenAIProvider:
                                 )
                             for delta in assembler.feed(chunk):
                                 yield delta
+                        if done:
+                            # Read the (empty) rest of the body so the connection returns to the pool;
+                            # abandoning it at [DONE] would cost a new connection per stream.
+                            with trio.move_on_after(DRAIN_TIMEOUT):
+                                async for _ in events:
+                                    pass
                     if not done:
                         raise StreamFormatError("stream ended without data: [DONE]")
                     completion = assembler.finish(rate_limit)
