@@ -128,6 +128,10 @@ class GatewayConfig:
     max_frame_bytes: int = attrs.field(default=1024 * 1024, validator=_positive)
     send_buffer: int = attrs.field(default=1024, validator=_positive)
     slow_consumer: Literal["drop_oldest", "disconnect"] = "drop_oldest"
+    #: Client messages per connection: sustained rate and burst (a token bucket); beyond, error frames,
+    #: and a flood of another ``message_burst`` refused messages in a row closes the connection (1008).
+    max_messages_per_second: float = attrs.field(default=100.0, validator=_positive)
+    message_burst: int = attrs.field(default=200, validator=_positive)
 
 
 @attrs.frozen

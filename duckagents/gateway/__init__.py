@@ -1,0 +1,18 @@
+"""The WebSocket gateway: outside clients watch the signal stream and submit requests (docs/gateway.md)."""
+
+from .client import format_signal, watch
+from .outbox import SlowConsumer
+from .protocol import PROTOCOL_VERSION, ErrorCode
+from .server import Gateway, GatewayStats, open_gateway, serve_gateway
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "ErrorCode",
+    "Gateway",
+    "GatewayStats",
+    "SlowConsumer",
+    "format_signal",
+    "open_gateway",
+    "serve_gateway",
+    "watch",
+]

@@ -1,0 +1,235 @@
+"""The orchestrator: start the upstream, run every selected scenario in its own worker process, repeat,
+and collect the raw records for :mod:`benchmarks.report`.
+
+HTTP workloads of one repeat run side by side: for each (mode, concurrency) the clients run back to back,
+in an order rotated every repeat, so slow drifts of a shared machine hit every client alike.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .clients_litellm import available as litellm_available
+from .upstream import Upstream, open_upstream, run_loopback
+from .workload import CLIENTS, HttpSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+HTTP_SCENARIOS = CLIENTS
+INTERNAL_SCENARIOS = ("bus", "supervisor", "gateway", "memory")
+ALL_SCENARIOS = (*HTTP_SCENARIOS, *INTERNAL_SCENARIOS)
+WORKER_TIMEOUT = 300.0
+
+Log = Callable[[str], None]
+
+
+@attrs.frozen
+class Settings:
+    """What to run and how long; built from the command line by :mod:`benchmarks.__main__`."""
+
+    scenarios: tuple[str, ...] = ALL_SCENARIOS
+    concurrency: tuple[int, ...] = (1, 32, 256)
+    modes: tuple[bool, ...] = (False, True)  # stream?
+    repeats: int = 3
+    warmup: float = 0.5
+    duration: float = 2.5
+    max_requests: int | None = None
+    upstream: str = "auto"
+    bus_deliveries: int = 100_000
+    bus_repeats: int = 5
+    restarts: int = 400
+    gateway_clients: int = 100
+    gateway_signals: int = 500
+    memory_agents: int = 50
+    memory_in_flight: int = 256
+    profile: str = "auto"  # auto | always | never
+
+    def http_clients(self) -> tuple[str, ...]:
+        """The selected HTTP clients, in canonical order."""
+        return tuple(c for c in HTTP_SCENARIOS if c in self.scenarios)
+
+
+def run_worker(job: dict[str, Any], timeout: float = WORKER_TIMEOUT) -> dict[str, Any]:
+    """Run one job in a fresh ``python -m benchmarks.worker`` process; return its record.
+
+    A failed worker yields ``{"error": ...}`` instead of raising, so one broken scenario does not lose
+    the others' numbers.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.worker", json.dumps(job)],
+            cwd=str(ROOT),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"worker timed out after {timeout:g} s"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
+        return {"error": f"worker exited {proc.returncode}: " + " | ".join(tail)}
+    record: dict[str, Any] = json.loads(lines[-1])
+    return record
+
+
+def _rotated(items: Sequence[str], shift: int) -> list[str]:
+    if not items:
+        return []
+    shift %= len(items)
+    return [*items[shift:], *items[:shift]]
+
+
+def run_http(settings: Settings, upstream: Upstream, log: Log) -> list[dict[str, Any]]:
+    """Every selected HTTP client x mode x concurrency x repeat; one record each."""
+    clients = list(settings.http_clients())
+    if "litellm" in clients and not litellm_available():
+        log("note: litellm is not installed (pip install litellm): skipping the litellm scenario")
+        clients.remove("litellm")
+    records = []
+    for repeat in range(settings.repeats):
+        for stream in settings.modes:
+            for concurrency in settings.concurrency:
+                for client in _rotated(clients, repeat):
+                    spec = HttpSpec(
+                        client=client,  # type: ignore[arg-type]
+                        concurrency=concurrency,
+                        stream=stream,
+                        json_base=upstream.json_base,
+                        sse_base=upstream.sse_base,
+                        warmup=settings.warmup,
+                        duration=settings.duration,
+                        max_requests=settings.max_requests,
+                        min_requests=0 if settings.max_requests else concurrency + 50,
+                        expected_text=upstream.expected_text,
+                        expected_chunks=upstream.expected_chunks,
+                    )
+                    record = run_worker({"kind": "http", "params": spec.to_dict()})
+                    record.update(client=client, stream=stream, concurrency=concurrency, repeat=repeat)
+                    log(_progress(record))
+                    records.append(record)
+    return records
+
+
+def _progress(record: dict[str, Any]) -> str:
+    head = (
+        f"  {record['client']:<10} {'stream' if record['stream'] else 'json':<6} "
+        f"c={record['concurrency']:<4} #{record['repeat'] + 1}"
+    )
+    if "error" in record:
+        return f"{head}  ERROR {record['error'][:200]}"
+    r = record["result"]
+    p50 = r["p50_ms"]
+    return (
+        f"{head}  {r['throughput_rps']:8.0f} req/s  p50 {p50 if p50 is None else round(p50, 2)} ms  "
+        f"errors {r['errors']}  rss {record['peak_rss_mib']:.0f} MiB"
+    )
+
+
+def run_internal(settings: Settings, upstream: Upstream, log: Log) -> dict[str, Any]:
+    """The internal scenarios that are selected; each record (or error) by scenario name."""
+    out: dict[str, Any] = {}
+    if "bus" in settings.scenarios:
+        log("  bus: signal bus vs bare channel hop")
+        params: dict[str, Any] = {"deliveries": settings.bus_deliveries, "repeats": settings.bus_repeats}
+        out["bus"] = run_worker({"kind": "bus", "params": params})
+    if "supervisor" in settings.scenarios:
+        log("  supervisor: restart latency of a crashed child")
+        out["supervisor"] = run_worker({"kind": "supervisor", "params": {"restarts": settings.restarts}})
+    if "gateway" in settings.scenarios:
+        log(f"  gateway: fan-out to {settings.gateway_clients} WebSocket subscribers")
+        params = {"clients": settings.gateway_clients, "signals": settings.gateway_signals}
+        out["gateway"] = [
+            run_worker({"kind": "gateway", "params": params}) for _ in range(max(1, settings.repeats))
+        ]
+    if "memory" in settings.scenarios:
+        log("  memory: per idle agent and per in-flight request (tracemalloc)")
+        with run_loopback(hang=2 * settings.memory_in_flight + 16) as hanging:
+            params = {
+                "json_base": upstream.json_base,
+                "hang_base": hanging.json_base,
+                "agents": settings.memory_agents,
+                "in_flight": settings.memory_in_flight,
+            }
+            out["memory"] = run_worker({"kind": "memory", "params": params})
+    return out
+
+
+def run_profiles(
+    targets: list[dict[str, Any]], settings: Settings, upstream: Upstream, log: Log
+) -> list[Any]:
+    """Profile the scenarios behind missed targets (or all of them with ``profile="always"``)."""
+    if settings.profile == "never":
+        return []
+    if importlib.util.find_spec("pyinstrument") is None:
+        log("note: pyinstrument is not installed (pip install pyinstrument): no profiles of missed targets")
+        return []
+    wanted = {
+        t["profile"]
+        for t in targets
+        if t.get("profile") and (settings.profile == "always" or t["met"] is False)
+    }
+    profiles = []
+    for key in sorted(wanted):
+        kind, _, rest = key.partition(":")
+        if kind == "http":
+            mode, concurrency = rest.split(":")
+            spec = HttpSpec(
+                client="duckagents",
+                concurrency=int(concurrency),
+                stream=mode == "stream",
+                json_base=upstream.json_base,
+                sse_base=upstream.sse_base,
+                warmup=settings.warmup,
+                duration=settings.duration,
+                expected_text=upstream.expected_text,
+                expected_chunks=upstream.expected_chunks,
+            )
+            params: dict[str, Any] = {"target": "http", "spec": spec.to_dict()}
+        else:
+            params = {"target": "restart", "restarts": max(20, settings.restarts // 4)}
+        log(f"  profiling {key} (pyinstrument)")
+        record = run_worker({"kind": "profile", "params": params})
+        record["key"] = key
+        profiles.append(record)
+    return profiles
+
+
+def collect(
+    settings: Settings, log: Log, evaluate: Callable[[dict[str, Any]], list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """Run everything selected; return the raw data (``meta``, ``http``, ``internal``, ``profiles``).
+
+    ``evaluate`` turns the data so far into target verdicts, used to decide what to profile.
+    """
+    started = time.time()
+    data: dict[str, Any] = {"meta": {"load_before": os.getloadavg()}}
+    with open_upstream(settings.upstream) as upstream:  # type: ignore[arg-type]
+        data["meta"]["upstream"] = attrs.asdict(upstream)
+        log(f"upstream: {upstream.note} at {upstream.json_base.rsplit('/', 2)[0]}")
+        if settings.http_clients():
+            log("HTTP scenarios")
+            data["http"] = run_http(settings, upstream, log)
+        else:
+            data["http"] = []
+        if any(s in settings.scenarios for s in INTERNAL_SCENARIOS):
+            log("internal scenarios")
+        data["internal"] = run_internal(settings, upstream, log)
+        data["targets"] = evaluate(data)
+        data["profiles"] = run_profiles(data["targets"], settings, upstream, log)
+    data["meta"]["load_after"] = os.getloadavg()
+    data["meta"]["elapsed_s"] = time.time() - started
+    return data

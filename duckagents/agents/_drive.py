@@ -1,0 +1,144 @@
+"""The life of one routed request: intake, choice of agent, attempts, retries, the final result.
+
+:func:`drive` runs as one task per request in the router's nursery. Between attempts it asks the
+router's board (:mod:`._board`) for an agent; each attempt waits for the terminal the board records from
+the bus, or answers for a hung agent at the attempt's deadline + grace. :func:`_finish` always publishes
+exactly one final result and wakes the caller, however the request ended.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from ..errors import ErrorKind
+from ..signals import ProviderFailure, ProviderResponse
+from ._board import DISPATCH, SOURCE, NoneFits
+from ._runs import Final, Run
+
+if TYPE_CHECKING:
+    from .router import RouterAgent
+
+__all__ = ["attempt_subject", "drive"]
+
+
+def attempt_subject(request_id: str, attempt: int) -> str:
+    """The envelope subject of attempt-level signals: ``<request id>#<attempt>``."""
+    return f"{request_id}#{attempt}"
+
+
+async def drive(router: RouterAgent, run: Run) -> None:
+    """Route ``run`` to its final result (see the module docstring); runs in the router's nursery."""
+    final: Final | None = None
+    try:
+        with run.scope:
+            # The intake, for observers; unaddressed (``provider`` unset) so no agent executes it.
+            await router.publish(attrs.evolve(run.request, provider=None), SOURCE)
+            final = await _route(router, run)
+    finally:
+        with trio.CancelScope(shield=True):
+            await _finish(router, run, final)
+
+
+async def _route(router: RouterAgent, run: Run) -> Final:
+    last: ProviderFailure | None = None
+    config = router.config
+    for number in range(1, config.max_attempts + 1):
+        if number > 1:
+            delay = min(config.backoff_max, config.backoff_initial * 2 ** (number - 2))
+            if delay > 0:
+                await trio.sleep_until(min(run.deadline, trio.current_time() + delay))
+        choice = await _choose(router, run)
+        if isinstance(choice, ProviderFailure):
+            return last if last is not None else choice
+        result = await _attempt(router, run, choice, number)
+        if isinstance(result, ProviderResponse):
+            return result
+        last = result
+        if router.board.closing or not run.may_retry(result, trio.current_time()):
+            return result
+    assert last is not None
+    return last
+
+
+async def _choose(router: RouterAgent, run: Run) -> str | ProviderFailure:
+    """The agent for the next attempt; waits (within the deadline) while all are temporarily out."""
+    while True:
+        if router.board.closing:
+            return run.router_failure(ErrorKind.SHUTDOWN, "the router is shutting down")
+        now = trio.current_time()
+        choice = router.board.pick(run, router.strategy, now)
+        if isinstance(choice, str):
+            return choice
+        if isinstance(choice, NoneFits):
+            return run.router_failure(ErrorKind.NO_PROVIDER, _no_provider(run, choice.reasons))
+        wake = router.board.wait_bound(choice, run.deadline, now)
+        if wake is None:
+            message = "no provider available before the deadline: " + "; ".join(choice.reasons)
+            failure = run.router_failure(choice.kind, message)
+            if choice.until != math.inf:
+                failure = attrs.evolve(failure, retry_after=choice.until - now)
+            return failure
+        changed = router.board.changed
+        with trio.move_on_at(wake):
+            await changed.wait()
+
+
+async def _attempt(router: RouterAgent, run: Run, agent: str, number: int) -> Final:
+    view = router.views[agent]
+    deadline = min(run.deadline, trio.current_time() + view.config.timeout)
+    request = attrs.evolve(run.request, provider=agent, attempt=number, deadline=deadline)
+    run.begin_attempt(agent, number)
+    view.active += 1
+    await router.publish(request, DISPATCH, attempt_subject(run.request_id, number))
+    with trio.move_on_at(deadline + router.terminal_grace):
+        await run.attempt_done.wait()
+    if run.outstanding:  # the agent neither answered nor crashed: it hangs
+        message = f"provider agent {agent} gave no answer by the deadline"
+        router.board.end_attempt(run, run.attempt_failure(ErrorKind.TIMEOUT, message), on_behalf=True)
+    await _publish_on_behalf(router, run)
+    assert run.result is not None
+    return run.result
+
+
+async def _publish_on_behalf(router: RouterAgent, run: Run) -> None:
+    if run.on_behalf_pending and run.result is not None:
+        run.on_behalf_pending = False
+        await router.publish(run.result, DISPATCH, attempt_subject(run.request_id, run.attempt))
+
+
+async def _finish(router: RouterAgent, run: Run, final: Final | None) -> None:
+    """Close the run: answer for an attempt still outstanding, publish the final result (shielded,
+    bounded), wake the caller and forget the run."""
+    try:
+        with trio.move_on_after(router.publish_timeout):
+            if final is None:
+                final = run.stopped_final()
+            if run.outstanding:
+                if isinstance(final, ProviderFailure):
+                    failure = attrs.evolve(final, attempt=run.attempt, provider=run.agent)
+                else:
+                    failure = run.attempt_failure(ErrorKind.CANCELLED, "the request ended")
+                router.board.end_attempt(run, failure, on_behalf=True)
+            await _publish_on_behalf(router, run)
+            if isinstance(final, ProviderFailure) and run.chunks > 0 and not final.partial:
+                final = attrs.evolve(final, partial=True)
+            run.final = final
+            await router.publish(final, SOURCE)
+    finally:
+        if run.final is None:
+            run.final = final or run.router_failure(ErrorKind.SHUTDOWN, "the router shut down")
+        router.runs.pop(run.request_id, None)
+        if run.chunks_out is not None:
+            run.chunks_out.close()
+        run.done.set()
+
+
+def _no_provider(run: Run, reasons: Sequence[str]) -> str:
+    needs = ", ".join(sorted(run.needs.features)) or "nothing special"
+    detail = "; ".join(reasons) or "no provider agents are configured"
+    return f"no provider can serve this request (needs: {needs}): {detail}"

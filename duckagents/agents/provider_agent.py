@@ -1,0 +1,373 @@
+"""The provider agent: one supervised Trio task around one provider.
+
+It owns the provider and the resilience state in front of it (rate limiter, circuit breaker, metrics),
+takes ``provider_request`` / ``feature_check`` / ``token_estimate`` signals addressed to it from the bus,
+and answers every ``provider_request`` with chunks and exactly one terminal signal. Helpers: one attempt's
+execution in :mod:`._execution`, health reports in :mod:`._status` (score formula in :mod:`._health`),
+feature and token answers in :mod:`._replies`. docs/signals.md has the flows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from ..bus import Overflow, SignalBus, SignalFilter, Subscription
+from ..config import ProviderConfig
+from ..errors import BusClosed, ErrorKind, ProviderError, redact
+from ..messages import Features
+from ..metrics import ProviderMetrics
+from ..providers.base import Completion, HealthProbe, Provider
+from ..resilience.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from ..resilience.ratelimit import RateLimiter, RateLimits
+from ..signals import (
+    FeatureCheck,
+    Payload,
+    ProviderFailure,
+    ProviderRequest,
+    ProviderStatus,
+    Signal,
+    TokenEstimate,
+    make_signal,
+)
+from ._execution import Attempt, execute_attempt
+from ._health import RecentOutcomes
+from ._replies import reply_features, reply_tokens
+from ._status import build_status, health_loop
+
+__all__ = ["ProviderAgent"]
+
+#: Signals an agent takes from its inbox (all addressed to it by the envelope's ``provider``).
+INBOX_TYPES = frozenset({"provider_request", "feature_check", "token_estimate", "provider_error"})
+PROBE_TIMEOUT = 10.0
+#: Inbox signals handled per scheduler turn at most.
+DRAIN_BATCH = 256
+
+
+class ProviderAgent:
+    """Runs one provider behind a rate limiter, a circuit breaker and metrics; see the module docstring.
+
+    Start it with ``await nursery.start(agent.run)`` (a supervisor does). A crash (an unexpected
+    exception in any of its tasks) ends :meth:`run` with that exception, so the supervisor restarts it;
+    the breaker, limiter and metrics survive restarts (they describe the upstream, not this task), the
+    provider is re-created from ``provider_factory`` when one was given.
+
+    Hooks for provider-specific subclasses (all optional):
+
+    * :meth:`default_limits` — per-model rate limits used where the config sets none;
+    * :meth:`prepare` — validate or transform a request before it is sent; raise ``ProviderError`` to
+      fail it fast (it then never reaches the limiter, breaker or upstream);
+    * :meth:`classify` — inspect a finished completion; return it (possibly changed, e.g. a finish reason
+      of ``refusal``) or raise ``ProviderError`` to turn it into a failure;
+    * :meth:`features` — what a model supports (default: the provider's table);
+    * :meth:`resources` — extra ``detail`` for health reports (e.g. loaded models, VRAM);
+    * :meth:`background` — a task run inside the agent's nursery for its lifetime (e.g. polling).
+    """
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        bus: SignalBus,
+        provider: Provider | None = None,
+        *,
+        provider_factory: Callable[[], Provider] | None = None,
+        health_interval: float = 30.0,
+        max_pending: int | None = None,
+        publish_timeout: float = 10.0,
+        probe_timeout: float = PROBE_TIMEOUT,
+    ) -> None:
+        if provider is None:
+            if provider_factory is None:
+                raise ValueError("a ProviderAgent needs a provider or a provider_factory")
+            provider = provider_factory()
+        self.name = config.name
+        self.config = config
+        self.bus = bus
+        self.provider: Provider = provider
+        self._factory = provider_factory
+        self.source = f"/agents/{self.name}"
+        self.health_interval = health_interval
+        #: Requests received but not finished; more are refused as ``overloaded``.
+        self.max_pending = max_pending or max(256, 16 * config.max_concurrency)
+        self.publish_timeout = publish_timeout
+        self.probe_timeout = probe_timeout
+        settings = config.breaker
+        self.breaker = CircuitBreaker(
+            BreakerConfig(settings.failure_threshold, settings.open_timeout, settings.half_open_trials)
+        )
+        self.limits = self._limits(self.model)
+        self.limiter = RateLimiter(self.limits)
+        self.metrics = ProviderMetrics()
+        self.recent = RecentOutcomes()
+        #: In-flight attempts by ``(request_id, attempt)``.
+        self.active_requests: dict[tuple[str, int], Attempt] = {}
+        #: Runs of :meth:`run` so far (1 for the first); part of :attr:`agent_id`.
+        self.incarnation = 0
+        self.last_probe = HealthProbe(True, 0.0, {"probe": "not yet run"})
+        #: Upstream calls in flight at most (``max_concurrency``); more wait for a slot.
+        self.slots = trio.Semaphore(config.max_concurrency)
+        self._nursery: trio.Nursery | None = None
+        self._inbox: Subscription | None = None
+        self._crashed = False
+        self._owns_provider = False
+        self._reported_breaker: BreakerState | None = None
+        #: Set to make the health task publish a status now (see :meth:`poke_status`).
+        self.status_wakeup = trio.Event()
+
+    # --- identity ----------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> str:
+        """The model requests use unless they name one."""
+        return self.config.default_model or self.provider.default_model
+
+    @property
+    def agent_id(self) -> str:
+        """``<name>#<incarnation>``: tells restarts apart in errors."""
+        return f"{self.name}#{self.incarnation}"
+
+    @property
+    def running(self) -> bool:
+        """True while :meth:`run` is serving."""
+        return self._nursery is not None
+
+    @property
+    def pending_signals(self) -> int:
+        """Signals buffered in the agent's inbox, not handled yet (diagnostics)."""
+        return self._inbox.pending if self._inbox is not None else 0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, active={len(self.active_requests)})"
+
+    # --- hooks -------------------------------------------------------------------------------------
+
+    def default_limits(self, model: str) -> RateLimits:
+        """Rate limits for ``model`` where the config sets none (per minute). Base: unlimited."""
+        return RateLimits()
+
+    async def prepare(self, request: ProviderRequest) -> ProviderRequest:
+        """Validate or transform a request before sending; raise ``ProviderError`` to fail it fast."""
+        return request
+
+    def classify(self, request: ProviderRequest, completion: Completion) -> Completion:
+        """Inspect a finished completion; return it (maybe changed) or raise ``ProviderError``."""
+        return completion
+
+    def features(self, model: str | None = None) -> Features:
+        """What ``model`` (default: :attr:`model`) supports."""
+        return self.provider.features(model or self.model)
+
+    async def resources(self) -> dict[str, str]:
+        """Extra health detail (strings). Base: none."""
+        return {}
+
+    async def background(self) -> None:
+        """Runs in the agent's nursery for as long as the agent runs. Base: nothing."""
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled. Reports started once subscribed, so no addressed signal is missed."""
+        if self._nursery is not None:
+            raise RuntimeError(f"agent {self.name!r} is already running")
+        self.incarnation += 1
+        self._crashed = False
+        self.slots = trio.Semaphore(self.config.max_concurrency)
+        if self.incarnation > 1 and self._owns_provider and self._factory is not None:
+            self.provider = self._factory()  # the previous run closed it
+        self._owns_provider = self._factory is not None
+        inbox_filter = SignalFilter(types=INBOX_TYPES, providers=frozenset({self.name}))
+        broadcast_filter = SignalFilter(types=frozenset({"feature_check", "token_estimate"}))
+        try:
+            with (
+                self.bus.subscribe(inbox_filter, overflow=Overflow.BLOCK) as inbox,
+                self.bus.subscribe(broadcast_filter, buffer=64, overflow=Overflow.DROP_OLDEST) as broadcast,
+            ):
+                self._inbox = inbox
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._guard, health_loop, self)
+                    nursery.start_soon(self._guard, self.background)
+                    nursery.start_soon(self._guard, self._broadcast_loop, broadcast)
+                    task_status.started()
+                    await self._guard(self._inbox_loop, inbox)
+        finally:
+            self._nursery = None
+            self._inbox = None
+            if self._owns_provider:
+                with trio.CancelScope(shield=True), trio.move_on_after(self.publish_timeout):
+                    await self.provider.aclose()
+
+    async def _guard(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run one of the agent's tasks; an unexpected exception marks the agent as crashing (so the
+        other tasks, now cancelled, leave the terminals of their requests to the router) and propagates."""
+        try:
+            await fn(*args)
+        except Exception:
+            self._crashed = True
+            raise
+
+    # --- inbox -------------------------------------------------------------------------------------
+
+    async def _inbox_loop(self, inbox: Subscription) -> None:
+        # Never blocks on anything but receive (work is spawned) and handles what is buffered in one
+        # scheduler turn, so the bus never waits on this agent for long.
+        while True:
+            try:
+                self._handle(await inbox.receive())
+                for _ in range(DRAIN_BATCH):
+                    self._handle(inbox.receive_nowait())
+            except trio.WouldBlock:
+                continue
+            except BusClosed:
+                await trio.sleep_forever()  # the tree is shutting down; wait to be cancelled
+
+    def _handle(self, signal: Signal) -> None:
+        data = signal.data
+        if isinstance(data, ProviderRequest):
+            self._accept(data, signal.subject)
+        elif isinstance(data, FeatureCheck):
+            self._spawn(reply_features, self, data)
+        elif isinstance(data, TokenEstimate):
+            self._spawn(reply_tokens, self, data)
+        elif isinstance(data, ProviderFailure) and signal.source != self.source:
+            self._answered_elsewhere(data)
+
+    async def _broadcast_loop(self, broadcast: Subscription) -> None:
+        async for signal in broadcast:
+            data = signal.data
+            if signal.provider is not None:
+                continue  # addressed ones arrive through the inbox
+            if isinstance(data, FeatureCheck):
+                self._spawn(reply_features, self, data)
+            elif isinstance(data, TokenEstimate):
+                self._spawn(reply_tokens, self, data)
+
+    def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._guard, fn, *args)
+
+    def _accept(self, request: ProviderRequest, subject: str | None) -> None:
+        key = (request.request_id, request.attempt)
+        if key in self.active_requests:
+            return  # a duplicate delivery of an attempt already running: it gets one terminal only
+        attempt = Attempt(request, trio.current_time(), trio.CancelScope(), subject)
+        if len(self.active_requests) >= self.max_pending:
+            error = ProviderError(
+                ErrorKind.OVERLOADED, f"agent has {len(self.active_requests)} requests pending",
+                retry_after=1.0,
+            )
+            self._spawn(self._publish_terminal, self.failure(attempt, error), subject)
+            return
+        self.active_requests[key] = attempt
+        self._spawn(self._execute, attempt)
+
+    def _answered_elsewhere(self, failure: ProviderFailure) -> None:
+        """Someone (the router) published the terminal of one of our attempts: stop it, stay silent."""
+        attempt = self.active_requests.get((failure.request_id, failure.attempt))
+        if attempt is not None:
+            attempt.answered = True
+            attempt.scope.cancel()
+
+    async def _execute(self, attempt: Attempt) -> None:
+        key = (attempt.request.request_id, attempt.request.attempt)
+        try:
+            with attempt.scope:
+                terminal = await execute_attempt(self, attempt)
+                if not attempt.answered:
+                    attempt.published = True
+                    await self._publish_terminal(terminal, attempt.subject)
+        except trio.Cancelled:
+            # Shutdown: answer for the request ourselves. A crash: stay silent, the router answers for
+            # every attempt of a crashed agent (it sees the supervisor's event), so nothing is doubled.
+            if not self._crashed and not attempt.answered and not attempt.published:
+                error = ProviderError(ErrorKind.SHUTDOWN, "the provider agent shut down")
+                await self._publish_terminal(self.failure(attempt, error), attempt.subject)
+            raise
+        finally:
+            self.active_requests.pop(key, None)
+
+    # --- replies and publishing --------------------------------------------------------------------
+
+    def failure(self, attempt: Attempt, error: ProviderError) -> ProviderFailure:
+        """The ``provider_error`` payload for ``error``, enriched with this agent's context."""
+        now = trio.current_time()
+        request = attempt.request
+        return ProviderFailure(
+            request_id=request.request_id,
+            kind=error.kind,
+            message=self.redact(error.message),
+            retryable=error.retryable,
+            provider=self.name,
+            model=error.model or attempt.model or request.model or self.model,
+            retry_after=error.retry_after,
+            upstream_status=error.status,
+            attempt=request.attempt,
+            agent_id=self.agent_id,
+            breaker_state=self.breaker.state(now).value,
+            partial=error.partial or attempt.chunks > 0,
+        )
+
+    def redact(self, text: str) -> str:
+        """``text`` with this provider's secrets (and key-shaped tokens) removed."""
+        return redact(text, self.provider.secrets)
+
+    async def publish(self, payload: Payload) -> None:
+        """Publish a payload from this agent (waits while a BLOCK subscriber is full)."""
+        await self.bus.publish(make_signal(payload, self.source))
+
+    async def _publish_terminal(self, payload: Payload, subject: str | None) -> None:
+        # The terminal answers one provider_request signal, so it carries that signal's subject (the
+        # router gives each attempt its own). Shielded: a decided terminal must go out whole even when
+        # the agent is being stopped; bounded, so a stalled subscriber cannot hold a shutdown forever
+        # (the router then answers on our behalf).
+        signal = make_signal(payload, self.source)
+        if subject is not None:
+            signal = attrs.evolve(signal, subject=subject)
+        with trio.CancelScope(shield=True), trio.move_on_after(self.publish_timeout):
+            try:
+                await self.bus.publish(signal)
+            except BusClosed:
+                return
+
+    # --- health ------------------------------------------------------------------------------------
+
+    def breaker_changed(self) -> None:
+        """Call after every breaker verdict: a state change is reported at once (the router needs it)."""
+        if self.breaker.state(trio.current_time()) is not self._reported_breaker:
+            self.poke_status()
+
+    def poke_status(self) -> None:
+        """Ask the health task to publish a status report now."""
+        self.status_wakeup.set()
+
+    async def status(self) -> ProviderStatus:
+        """A status report now (last probe, breaker, limiter headroom, metrics, health score)."""
+        return await build_status(self)
+
+    def _reported(self, status: ProviderStatus) -> None:
+        """The health task published ``status``: later breaker changes are compared with it."""
+        self._reported_breaker = BreakerState(status.breaker_state)
+
+    # --- limits ------------------------------------------------------------------------------------
+
+    def _limits(self, model: str) -> RateLimits:
+        """The config's per-minute limits, falling back to :meth:`default_limits` per dimension."""
+        configured = self.config.limits
+        defaults = self.default_limits(model)
+        if configured.requests_per_minute is None and configured.tokens_per_minute is None:
+            return defaults
+        per_minute = math.isclose(defaults.period, 60.0)
+        return RateLimits(
+            requests=configured.requests_per_minute
+            if configured.requests_per_minute is not None
+            else (defaults.requests if per_minute else None),
+            tokens=configured.tokens_per_minute
+            if configured.tokens_per_minute is not None
+            else (defaults.tokens if per_minute else None),
+            period=60.0,
+        )
