@@ -70,8 +70,11 @@ async def cmd_ask(args: argparse.Namespace, out: TextIO) -> int:
                 async for chunk in stream:
                     out.write(chunk.delta)
                     out.flush()
-                response = stream.response
+                final = stream.response
             out.write("\n")
+            if final is None:  # the stream raises on failure, so this is a broken invariant
+                raise RuntimeError("stream ended without a final response")
+            response = final
     if args.verbose:
         sys.stderr.write(
             f"[{response.provider}/{response.model}] {response.usage.prompt_tokens}+"

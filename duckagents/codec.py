@@ -54,7 +54,7 @@ def _array_only(type_: Any) -> Any:
     elif origin is list:
         inner = cols.list_structure_factory(type_, converter)
     else:
-        inner = converter._structure_frozenset  # noqa: SLF001  (frozenset / set)
+        inner = converter._structure_frozenset
 
     def hook(value: Any, t: Any) -> Any:
         if not isinstance(value, (list, tuple)):
