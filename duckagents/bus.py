@@ -12,58 +12,23 @@ request) cost a dict lookup per publish instead of a scan. :meth:`SignalBus.expe
 wait for the one terminal signal of a request.
 
 Ordering: each subscriber sees the signals of one publisher in publish order.
+
+Module layout: this module routes signals (:class:`SignalBus`); the filter, the subscription endpoint and
+the terminal waiter live in private modules and are re-exported here, which is where to import them from.
 """
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Iterable
-from types import TracebackType
-from typing import Self
-
 import attrs
 import trio
 
-from .errors import BusClosed, ErrorKind, ProviderError
+from ._bus_filters import SignalFilter
+from ._bus_subscription import Overflow, Subscription
+from ._bus_waiter import TerminalWaiter
+from .errors import BusClosed
 from .signals import TERMINAL_TYPES, Signal
 
 __all__ = ["BusStats", "Overflow", "SignalBus", "SignalFilter", "Subscription", "TerminalWaiter"]
-
-
-class Overflow(enum.Enum):
-    """What ``publish`` does when a subscriber's buffer is full."""
-
-    BLOCK = "block"
-    DROP_OLDEST = "drop_oldest"
-
-
-def _names(value: Iterable[str] | None) -> frozenset[str] | None:
-    # A lone string is one name, not a set of characters.
-    if value is None:
-        return None
-    return frozenset((value,)) if isinstance(value, str) else frozenset(value)
-
-
-@attrs.frozen
-class SignalFilter:
-    """Which signals a subscription wants. ``None`` means any; every given field must match."""
-
-    types: frozenset[str] | None = attrs.field(default=None, converter=_names)
-    providers: frozenset[str] | None = attrs.field(default=None, converter=_names)
-    request_ids: frozenset[str] | None = attrs.field(default=None, converter=_names)
-
-    def matches(self, signal: Signal) -> bool:
-        """True when ``signal``'s envelope satisfies every given field."""
-        return (
-            (self.types is None or signal.type in self.types)
-            and (self.providers is None or signal.provider in self.providers)
-            and (self.request_ids is None or signal.subject in self.request_ids)
-        )
-
-    @property
-    def matches_all(self) -> bool:
-        """True when the filter lets every signal through."""
-        return self.types is None and self.providers is None and self.request_ids is None
 
 
 @attrs.frozen
@@ -76,158 +41,6 @@ class BusStats:
     dropped: int
     subscribers: int
     waiters: int
-
-
-class Subscription:
-    """A stream of the signals matching :attr:`filter`. Async-iterable; a context manager that unsubscribes.
-
-    Created by :meth:`SignalBus.subscribe`.
-    """
-
-    __slots__ = ("_bus", "_closed", "_match_all", "_recv", "_send", "dropped", "filter", "overflow")
-
-    def __init__(self, bus: SignalBus, signal_filter: SignalFilter, buffer: int, overflow: Overflow) -> None:
-        self._bus = bus
-        self.filter = signal_filter
-        self.overflow = overflow
-        #: Signals discarded because the buffer was full (DROP_OLDEST only).
-        self.dropped = 0
-        self._closed = False
-        # Looked up on every publish, so precomputed.
-        self._match_all = signal_filter.matches_all
-        self._send, self._recv = trio.open_memory_channel[Signal](buffer)
-
-    @property
-    def pending(self) -> int:
-        """How many signals are buffered, waiting to be received."""
-        return self._recv.statistics().current_buffer_used
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called or the bus closed."""
-        return self._closed or self._bus.closed
-
-    async def receive(self) -> Signal:
-        """The next signal; raises :class:`BusClosed` when unsubscribed, or when the bus closed and the
-        buffer is drained."""
-        try:
-            return await self._recv.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise BusClosed("subscription closed") from None
-
-    def receive_nowait(self) -> Signal:
-        """The next buffered signal; raises :class:`trio.WouldBlock` when none is buffered and
-        :class:`BusClosed` like :meth:`receive`."""
-        try:
-            return self._recv.receive_nowait()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise BusClosed("subscription closed") from None
-
-    def close(self) -> None:
-        """Unsubscribe. Tasks blocked in :meth:`receive` wake with :class:`BusClosed`, publishers blocked
-        on this subscription's full buffer move on. Idempotent."""
-        self._closed = True
-        self._bus._remove(self)
-        # Closing only the receiving side: publishers still holding this subscription see it as broken
-        # (not delivered), which they tell apart from a closed bus.
-        self._recv.close()
-
-    def _drop_oldest_and_send(self, signal: Signal) -> None:
-        try:
-            self._recv.receive_nowait()
-        except trio.WouldBlock:  # buffer size 0 is refused for DROP_OLDEST, so this cannot happen
-            pass
-        self.dropped += 1
-        self._send.send_nowait(signal)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> Signal:
-        try:
-            return await self.receive()
-        except BusClosed:
-            raise StopAsyncIteration from None
-
-    def __repr__(self) -> str:
-        return f"Subscription({self.filter!r}, overflow={self.overflow.value}, dropped={self.dropped})"
-
-
-class TerminalWaiter:
-    """Waits for the first terminal signal (``provider_response`` / ``provider_error``) of one request.
-
-    Created by :meth:`SignalBus.expect` *before* the request is published. Keeps only the first terminal
-    signal and never makes a publisher wait. A context manager that unregisters on exit.
-    """
-
-    __slots__ = ("_bus", "_closed", "_done", "_result", "request_id")
-
-    def __init__(self, bus: SignalBus, request_id: str) -> None:
-        self._bus = bus
-        self.request_id = request_id
-        self._result: Signal | None = None
-        self._done = trio.Event()
-        self._closed = False
-
-    @property
-    def result(self) -> Signal | None:
-        """The terminal signal, once it arrived."""
-        return self._result
-
-    def _offer(self, signal: Signal) -> bool:
-        if self._result is not None:
-            return False
-        self._result = signal
-        self._done.set()
-        return True
-
-    async def wait(self, deadline: float | None = None) -> Signal:
-        """The first terminal signal of the request.
-
-        ``deadline`` is absolute, on the Trio clock. When it passes first, raises
-        ``ProviderError(ErrorKind.TIMEOUT)``; raises :class:`BusClosed` when the bus (or this waiter)
-        closed before a terminal signal arrived.
-        """
-        if deadline is None:
-            await self._done.wait()
-        else:
-            with trio.move_on_at(deadline):
-                await self._done.wait()
-        if self._result is not None:
-            return self._result
-        if self._closed:
-            raise BusClosed(f"stopped waiting for request {self.request_id!r}: the bus closed")
-        raise ProviderError(
-            ErrorKind.TIMEOUT,
-            f"no terminal signal for request {self.request_id!r} before its deadline",
-            request_id=self.request_id,
-        )
-
-    def close(self) -> None:
-        """Stop listening; a task blocked in :meth:`wait` wakes with :class:`BusClosed`. Idempotent."""
-        if not self._closed:
-            self._closed = True
-            self._bus._remove_waiter(self)
-            self._done.set()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"TerminalWaiter({self.request_id!r}, done={self._result is not None})"
 
 
 class SignalBus:

@@ -13,7 +13,7 @@ import httpx
 import trio
 
 from .config import DEFAULT_BASE_URLS, Config, default_config, load_config
-from .errors import DuckAgentsError, ProviderError
+from .errors import ConfigError, DuckAgentsError, ProviderError
 
 OLLAMA_PROBE_TIMEOUT = 0.5
 
@@ -50,13 +50,52 @@ def _fmt_opt(value: float | None, spec: str = ".0f") -> str:
 
 
 async def cmd_ask(args: argparse.Namespace, out: TextIO) -> int:
-    """One request through the router; the answer streams to ``out``."""
-    from .app import open_router
-
-    config = await resolve_config(args.config)
+    """One request through the router (in-process, or a running gateway's); the answer streams to ``out``."""
     options: dict[str, Any] = {}
     if args.max_tokens is not None:
         options["max_tokens"] = args.max_tokens
+    url = args.url or os.environ.get("DUCKAGENTS_URL")
+    if url:
+        response = await _ask_gateway(args, url, options, out)
+    else:
+        response = await _ask_local(args, options, out)
+    out.flush()
+    if args.verbose:
+        sys.stderr.write(
+            f"[{response.provider}/{response.model}] {response.usage.prompt_tokens}+"
+            f"{response.usage.completion_tokens} tokens, {response.latency * 1000:.1f} ms, "
+            f"finish={response.finish_reason.value}\n"
+        )
+    return 0
+
+
+async def _ask_gateway(args: argparse.Namespace, url: str, options: dict[str, Any], out: TextIO) -> Any:
+    """Submit through a running ``duckagents serve --gateway`` (so ``watch`` clients see it)."""
+    from .gateway.client import ask
+
+    if args.provider:
+        raise ConfigError("--provider cannot be used with --url: the server's router chooses")
+    token = os.environ.get(args.token_env) if args.token_env else None
+    response = await ask(
+        url,
+        args.prompt,
+        token=token,
+        model=args.model,
+        request_timeout=args.timeout,
+        options={**options, "stream": not args.no_stream},
+        out=out,
+    )
+    if args.no_stream:
+        out.write(response.content)
+    out.write("\n")
+    return response
+
+
+async def _ask_local(args: argparse.Namespace, options: dict[str, Any], out: TextIO) -> Any:
+    """Run the tree in this process for one request."""
+    from .app import open_router
+
+    config = await resolve_config(args.config)
     async with open_router(config) as router:
         if args.no_stream:
             response = await router.complete(
@@ -75,13 +114,7 @@ async def cmd_ask(args: argparse.Namespace, out: TextIO) -> int:
             if final is None:  # the stream raises on failure, so this is a broken invariant
                 raise RuntimeError("stream ended without a final response")
             response = final
-    if args.verbose:
-        sys.stderr.write(
-            f"[{response.provider}/{response.model}] {response.usage.prompt_tokens}+"
-            f"{response.usage.completion_tokens} tokens, {response.latency * 1000:.1f} ms, "
-            f"finish={response.finish_reason.value}\n"
-        )
-    return 0
+    return response
 
 
 async def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
@@ -118,15 +151,21 @@ async def cmd_providers(args: argparse.Namespace, out: TextIO) -> int:
     config = await resolve_config(args.config)
     async with open_router(config) as router:
         replies = await router.features()
-    rows: list[list[Any]] = [
-        ["provider", "model", "stream", "tools", "vision", "json", "context", "max out"]
-    ]
+    rows: list[list[Any]] = [["provider", "model", "stream", "tools", "vision", "json", "context", "max out"]]
     for r in replies:
         f = r.features
         yes = {True: "yes", False: "no"}
         rows.append(
-            [r.provider, r.model, yes[f.streaming], yes[f.tools], yes[f.vision], yes[f.json_mode],
-             f.context_window, f.max_output_tokens]
+            [
+                r.provider,
+                r.model,
+                yes[f.streaming],
+                yes[f.tools],
+                yes[f.vision],
+                yes[f.json_mode],
+                f.context_window,
+                f.max_output_tokens,
+            ]
         )
     _table(rows, out)
     return 0
@@ -207,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-tokens", type=int, default=None)
     ask.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
     ask.add_argument("--verbose", "-v", action="store_true", help="print provider, usage and latency")
+    ask.add_argument(
+        "--url", help="submit through a running gateway (default: $DUCKAGENTS_URL, else run in-process)"
+    )
+    ask.add_argument("--token-env", default="DUCKAGENTS_TOKEN", help="env var holding the gateway token")
     ask.set_defaults(func=cmd_ask)
 
     status = sub.add_parser("status", help="providers, breaker states, limits and metrics")
@@ -241,6 +284,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return int(trio.run(args.func, args, stream))
     except KeyboardInterrupt:
         return 130
+    except BaseExceptionGroup as group:
+        # Ctrl-C raised inside a nursery (e.g. the gateway's) arrives wrapped in a group.
+        interrupt, rest = group.split(KeyboardInterrupt)
+        if interrupt is not None and rest is None:
+            return 130
+        raise
     except ProviderError as exc:
         sys.stderr.write(f"duckagents: request failed: {exc}\n")
         return 2
@@ -251,4 +300,3 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-

@@ -8,23 +8,30 @@ the child that ran it; that is how trees nest. See ``docs/supervision.md``.
 
 Once a child has called ``task_status.started()`` its scope is shielded: cancelling the supervisor does
 not hit every child at once, but makes the supervisor stop them one by one in reverse start order.
+
+Module layout: this module holds the restart policy (:class:`Supervisor`, :func:`open_supervisor`). The
+specs, the running of one child and the event log live in private modules; import every public name from
+here.
 """
 
 from __future__ import annotations
 
-import enum
 import random
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import attrs
 import trio
 
+from ._supervision_children import Child, ExitNotices, Incarnation, run_incarnation
+from ._supervision_events import EMIT_TIMEOUT as EMIT_TIMEOUT  # re-exported: documented public constants
+from ._supervision_events import MAX_EVENTS as MAX_EVENTS
+from ._supervision_events import EventLog, describe
+from ._supervision_specs import Backoff, ChildSpec, Intensity, Restart, Strategy
 from .bus import SignalBus
-from .errors import BusClosed, SupervisorGaveUp, redact
-from .signals import SupervisorEvent, make_signal
+from .errors import SupervisorGaveUp
+from .signals import SupervisorEvent
 
 __all__ = [
     "Backoff",
@@ -35,110 +42,6 @@ __all__ = [
     "Supervisor",
     "open_supervisor",
 ]
-
-#: How many recent events a supervisor keeps for inspection.
-MAX_EVENTS = 256
-#: How long an event may wait for room on the bus before it is given up (counted in ``lost_events``):
-#: a stalled subscriber must not stall supervision.
-EMIT_TIMEOUT = 1.0
-_MAX_REASON = 300
-
-
-class Restart(enum.Enum):
-    """When a child is restarted: always, only after a crash (an exception), or never."""
-
-    PERMANENT = "permanent"
-    TRANSIENT = "transient"
-    TEMPORARY = "temporary"
-
-
-class Strategy(enum.Enum):
-    """Which children are restarted when one of them is."""
-
-    ONE_FOR_ONE = "one_for_one"
-    ONE_FOR_ALL = "one_for_all"
-    REST_FOR_ONE = "rest_for_one"
-
-
-@attrs.frozen
-class ChildSpec:
-    """How to run one child: ``await start(*args, task_status=...)``; it is up once it calls
-    ``task_status.started()``. ``shutdown_timeout`` is how long it may take to exit once cancelled."""
-
-    id: str
-    start: Callable[..., Awaitable[None]]
-    args: tuple[Any, ...] = ()
-    restart: Restart = Restart.PERMANENT
-    shutdown_timeout: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
-
-
-@attrs.frozen
-class Intensity:
-    """More than ``max_restarts`` restarts within ``period`` seconds make the supervisor give up."""
-
-    max_restarts: int = attrs.field(default=1, validator=attrs.validators.ge(0))
-    period: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
-
-
-@attrs.frozen
-class Backoff:
-    """Delay before a restart: ``initial * factor**n`` capped at ``max``, ±``jitter`` (a fraction), where
-    ``n`` counts the child's earlier restarts within the intensity period. ``initial=0`` turns it off."""
-
-    initial: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
-    factor: float = attrs.field(default=2.0, validator=attrs.validators.ge(1))
-    max: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
-    jitter: float = attrs.field(default=0.1, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        """Seconds to wait before restart number ``attempt`` (0-based) of a child."""
-        if self.initial <= 0:
-            return 0.0
-        base = min(self.max, self.initial * self.factor ** min(attempt, 64))
-        return min(self.max, max(0.0, base * (1.0 + rng.uniform(-self.jitter, self.jitter))))
-
-
-@attrs.define(eq=False)
-class _Child:
-    spec: ChildSpec
-    current: _Incarnation | None = None
-    # Times of this child's restarts, for the backoff exponent; older than the period are ignored.
-    restart_times: deque[float] = attrs.field(factory=lambda: deque(maxlen=64))
-
-
-@attrs.define(eq=False)
-class _Incarnation:
-    """One run of a child's ``start`` function."""
-
-    child: _Child
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    done: trio.Event = attrs.field(factory=trio.Event)
-    started: bool = False
-    #: The supervisor is stopping it, so its exit is not a crash to act on.
-    stopping: bool = False
-    error: Exception | None = None
-
-
-class _ChildStatus:
-    """The ``task_status`` a child gets: shields the child once it is up (see the module docstring)."""
-
-    __slots__ = ("_incarnation", "_inner")
-
-    def __init__(self, incarnation: _Incarnation, inner: trio.TaskStatus[Any]) -> None:
-        self._incarnation = incarnation
-        self._inner = inner
-
-    def started(self, value: Any = None) -> None:
-        """Report the child up; the supervisor's ``start`` call returns."""
-        self._incarnation.scope.shield = True
-        self._incarnation.started = True
-        self._inner.started(value)
-
-
-def _describe(error: BaseException | None) -> str:
-    if error is None:
-        return ""
-    return redact(f"{type(error).__name__}: {error}")[:_MAX_REASON]
 
 
 class Supervisor:
@@ -159,25 +62,20 @@ class Supervisor:
         self.intensity = intensity
         self.backoff = backoff
         self.bus = bus
-        self._source = f"/supervisor/{name}"
-        self._children: list[_Child] = []
+        self._children: list[Child] = []
         for spec in children:
             self._check_new(spec)
-            self._children.append(_Child(spec))
+            self._children.append(Child(spec))
         #: Restarts performed (a group restart counts once), over every run.
         self.restarts = 0
-        #: Events that timed out waiting for room on the bus.
-        self.lost_events = 0
-        self.event_counts: Counter[str] = Counter()
-        self._events: deque[SupervisorEvent] = deque(maxlen=MAX_EVENTS)
+        self._log = EventLog(name)
+        #: How many events of each kind happened, over every run.
+        self.event_counts: Counter[str] = self._log.counts
         self._rng = random.Random()
         self._lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self._closing = False
-        # One exit notice per child incarnation, consumed before that child is started again: bounded by
-        # the number of children.
-        self._exits: deque[_Incarnation] = deque()
-        self._wakeup = trio.Event()
+        self._exits = ExitNotices()
         self._restart_times: deque[float] = deque(maxlen=intensity.max_restarts + 1)
         self._gave_up: SupervisorGaveUp | None = None
 
@@ -194,7 +92,12 @@ class Supervisor:
     @property
     def events(self) -> list[SupervisorEvent]:
         """The most recent events (at most :data:`MAX_EVENTS`), oldest first."""
-        return list(self._events)
+        return self._log.events
+
+    @property
+    def lost_events(self) -> int:
+        """Events that timed out waiting for room on the bus (after :data:`EMIT_TIMEOUT`)."""
+        return self._log.lost
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the children, report started, supervise until cancelled; then stop the children in
@@ -229,7 +132,7 @@ class Supervisor:
             if self._closing:
                 raise RuntimeError(f"supervisor {self.name!r} is shutting down")
             self._check_new(spec)
-            child = _Child(spec)
+            child = Child(spec)
             self._children.append(child)
             if self._nursery is not None:
                 await self._start(child, "started")
@@ -249,34 +152,18 @@ class Supervisor:
         if any(c.spec.id == spec.id for c in self._children):
             raise ValueError(f"supervisor {self.name!r} already has a child {spec.id!r}")
 
-    # --- running children ---------------------------------------------------------------------------
+    # --- starting and stopping children -------------------------------------------------------------
 
-    async def _start(self, child: _Child, event: str) -> None:
+    async def _start(self, child: Child, event: str) -> None:
         """Start a new incarnation and wait until it is up (or failed to come up: an exit notice)."""
         assert self._nursery is not None
-        incarnation = _Incarnation(child)
+        incarnation = Incarnation(child)
         child.current = incarnation
-        await self._nursery.start(self._child_task, incarnation)
+        await self._nursery.start(run_incarnation, incarnation, self._exits)
         if incarnation.started:
             await self._emit(child.spec.id, event)
 
-    async def _child_task(
-        self, incarnation: _Incarnation, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        spec = incarnation.child.spec
-        try:
-            with incarnation.scope:
-                await spec.start(*spec.args, task_status=_ChildStatus(incarnation, task_status))
-        except Exception as exc:  # a crash: reported to the supervisor, never propagated
-            incarnation.error = exc
-        finally:
-            incarnation.done.set()
-            self._exits.append(incarnation)
-            self._wakeup.set()
-        if not incarnation.started:  # ended before coming up: unblock the supervisor's start()
-            task_status.started()
-
-    async def _terminate(self, child: _Child) -> None:
+    async def _terminate(self, child: Child) -> None:
         """Cancel the child's scope and give it ``shutdown_timeout`` seconds to exit."""
         incarnation = child.current
         if incarnation is None or incarnation.stopping:
@@ -284,7 +171,7 @@ class Supervisor:
         incarnation.stopping = True
         if incarnation.done.is_set():  # exited on its own; its notice is still queued: report it here
             if incarnation.error is not None:
-                await self._emit(child.spec.id, "crashed", _describe(incarnation.error))
+                await self._emit(child.spec.id, "crashed", describe(incarnation.error))
             return
         incarnation.scope.cancel()
         with trio.move_on_after(child.spec.shutdown_timeout):
@@ -302,21 +189,17 @@ class Supervisor:
 
     async def _supervise(self) -> None:
         while self._gave_up is None:
-            if not self._exits:
-                self._wakeup = trio.Event()
-                await self._wakeup.wait()
-                continue
-            incarnation = self._exits.popleft()
+            incarnation = await self._exits.get()
             async with self._lock:
                 await self._on_exit(incarnation)
 
-    async def _on_exit(self, incarnation: _Incarnation) -> None:
+    async def _on_exit(self, incarnation: Incarnation) -> None:
         child = incarnation.child
         if incarnation.stopping or child.current is not incarnation:
             return  # stopped by the supervisor, or already replaced
         incarnation.stopping = True  # handled here; later terminations must not report it again
         crashed = incarnation.error is not None
-        await self._emit(child.spec.id, "crashed" if crashed else "exited", _describe(incarnation.error))
+        await self._emit(child.spec.id, "crashed" if crashed else "exited", describe(incarnation.error))
         restart = child.spec.restart
         if restart is Restart.TEMPORARY or (restart is Restart.TRANSIENT and not crashed):
             self._children.remove(child)
@@ -345,34 +228,23 @@ class Supervisor:
         for other in group:
             await self._start(other, "restarted")
 
-    def _restart_group(self, child: _Child) -> list[_Child]:
+    def _restart_group(self, child: Child) -> list[Child]:
         if self.strategy is Strategy.ONE_FOR_ONE:
             return [child]
         if self.strategy is Strategy.ONE_FOR_ALL:
             return list(self._children)
         return self._children[self._children.index(child) :]
 
-    async def _give_up(self, child: _Child, error: Exception | None) -> None:
+    async def _give_up(self, child: Child, error: Exception | None) -> None:
         for other in reversed(self._children):
             await self._terminate(other)
-        await self._emit(child.spec.id, "gave_up", _describe(error))
+        await self._emit(child.spec.id, "gave_up", describe(error))
         self._gave_up = SupervisorGaveUp(
             self.name, child.spec.id, self.intensity.max_restarts, self.intensity.period
         )
 
     async def _emit(self, child: str, event: str, reason: str = "") -> None:
-        record = SupervisorEvent(self.name, child, event, reason, self.restarts)
-        self._events.append(record)
-        self.event_counts[event] += 1
-        if self.bus is None:
-            return
-        with trio.move_on_after(EMIT_TIMEOUT) as scope:
-            try:
-                await self.bus.publish(make_signal(record, self._source))
-            except BusClosed:
-                return
-        if scope.cancelled_caught:
-            self.lost_events += 1
+        await self._log.emit(self.bus, child, event, reason, self.restarts)
 
     def __repr__(self) -> str:
         return (

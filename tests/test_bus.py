@@ -415,3 +415,29 @@ async def test_stats_count_published_delivered_and_subscribers() -> None:
     waiter.close()
     assert bus.stats().subscribers == 0 and bus.stats().waiters == 0
     assert "SignalBus(" in repr(bus) and "Subscription(" in repr(a) and "r1" in repr(waiter)
+
+
+# --- module layout -----------------------------------------------------------------------------------
+
+
+def test_every_public_name_is_importable_from_duckagents_bus() -> None:
+    # The bus is split over private modules; callers import from duckagents.bus only.
+    import duckagents.bus as bus_module
+
+    assert sorted(bus_module.__all__) == [
+        "BusStats",
+        "Overflow",
+        "SignalBus",
+        "SignalFilter",
+        "Subscription",
+        "TerminalWaiter",
+    ]
+    for name in bus_module.__all__:
+        assert getattr(bus_module, name).__name__ == name
+    bus = SignalBus()
+    # What the bus hands out are instances of the re-exported classes, not look-alikes.
+    with bus.subscribe() as sub, bus.expect("r1") as waiter:
+        assert isinstance(sub, bus_module.Subscription) and isinstance(sub.filter, SignalFilter)
+        assert isinstance(waiter, bus_module.TerminalWaiter)
+        assert sub.overflow is Overflow.BLOCK
+    assert isinstance(bus.stats(), bus_module.BusStats)

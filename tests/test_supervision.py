@@ -15,6 +15,7 @@ import trio.testing
 from duckagents.bus import Overflow, SignalBus, SignalFilter
 from duckagents.errors import SupervisorGaveUp
 from duckagents.supervision import (
+    MAX_EVENTS,
     Backoff,
     ChildSpec,
     Intensity,
@@ -549,3 +550,44 @@ async def test_a_supervised_loopback_server_comes_back_after_a_crash() -> None:
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient() as client:
             await client.get(urls[-1] + "/c")  # stopped with the supervisor
+
+
+async def test_the_event_log_keeps_the_latest_events_but_counts_them_all() -> None:
+    crashes = MAX_EVENTS  # each crash is two events (crashed, restarted): twice what the log keeps
+    runs = 0
+
+    async def flaky(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        nonlocal runs
+        runs += 1
+        task_status.started()
+        if runs <= crashes:
+            raise Boom(f"crash {runs}")
+        await trio.sleep_forever()
+
+    intensity = Intensity(max_restarts=crashes + 1, period=1.0)
+    async with open_supervisor("s", [ChildSpec("f", flaky)], intensity=intensity) as sup:
+        await trio.testing.wait_all_tasks_blocked()
+        assert sup.running == ["f"] and sup.restarts == crashes
+    events = sup.events
+    assert len(events) == MAX_EVENTS
+    assert sup.event_counts == {"started": 1, "crashed": crashes, "restarted": crashes, "shutdown": 1}
+    assert (events[-2].event, events[-1].event) == ("restarted", "shutdown")
+    assert events[-3].reason == f"Boom: crash {crashes}"  # the newest are kept, not the oldest
+
+
+def test_every_public_name_is_importable_from_duckagents_supervision() -> None:
+    # Supervision is split over private modules; callers import from duckagents.supervision only.
+    import duckagents.supervision as supervision
+
+    assert set(supervision.__all__) == {
+        "Backoff",
+        "ChildSpec",
+        "Intensity",
+        "Restart",
+        "Strategy",
+        "Supervisor",
+        "open_supervisor",
+    }
+    for name in supervision.__all__:
+        assert getattr(supervision, name).__name__ == name
+    assert supervision.EMIT_TIMEOUT == 1.0 and supervision.MAX_EVENTS == 256  # as docs/supervision.md says

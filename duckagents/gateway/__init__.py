@@ -1,6 +1,6 @@
 """The WebSocket gateway: outside clients watch the signal stream and submit requests (docs/gateway.md)."""
 
-from .client import format_signal, watch
+from .client import ask, connect, format_signal, watch
 from .outbox import SlowConsumer
 from .protocol import PROTOCOL_VERSION, ErrorCode
 from .server import Gateway, GatewayStats, open_gateway, serve_gateway
@@ -11,6 +11,8 @@ __all__ = [
     "Gateway",
     "GatewayStats",
     "SlowConsumer",
+    "ask",
+    "connect",
     "format_signal",
     "open_gateway",
     "serve_gateway",

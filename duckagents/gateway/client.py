@@ -1,4 +1,5 @@
-"""The gateway's client side: ``duckagents watch`` prints the live signal stream of a running gateway.
+"""The gateway's client side: ``duckagents watch`` prints the live signal stream of a running gateway,
+and ``duckagents ask --url`` submits a prompt through it.
 
 :func:`watch` connects, subscribes with a filter and prints one line per signal: a compact human view by
 default (:func:`format_signal`), or the CloudEvents JSON object per line for ``jq`` (``json_lines``).
@@ -10,11 +11,13 @@ import datetime as _dt
 import json
 import sys
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from typing import Any, TextIO
 
 import trio
 import trio_websocket
+from trio_websocket import WebSocketConnection
 
 from ..codec import signal_from_dict
 from ..errors import GatewayError, Secret, redact
@@ -107,6 +110,28 @@ def _public(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
+@asynccontextmanager
+async def connect(url: str, token: str | Secret | None = None) -> AsyncIterator[WebSocketConnection]:
+    """Open a WebSocket to the gateway at ``url``; refusals and network failures become
+    :class:`~duckagents.errors.GatewayError` with a clear, token-free message."""
+    secret = token.reveal() if isinstance(token, Secret) else token
+    headers = [(b"Authorization", f"Bearer {secret}".encode())] if secret else []
+    try:
+        async with trio_websocket.open_websocket_url(
+            url, extra_headers=headers, connect_timeout=CONNECT_TIMEOUT
+        ) as ws:
+            yield ws
+    except trio_websocket.ConnectionRejected as exc:
+        hint = {401: " (missing or wrong token)", 403: " (origin not allowed)", 503: " (gateway full)"}
+        raise GatewayError(
+            f"gateway at {_public(url)} refused the connection: HTTP {exc.status_code}"
+            f"{hint.get(exc.status_code, '')}"
+        ) from None
+    except (trio_websocket.HandshakeError, OSError, trio.TooSlowError) as exc:
+        message = redact(f"cannot connect to {_public(url)}: {type(exc).__name__} {exc}", [secret])
+        raise GatewayError(message) from None
+
+
 async def watch(
     url: str,
     *,
@@ -125,8 +150,6 @@ async def watch(
     ``out`` defaults to the current ``sys.stdout``; in JSON mode a dropped-signals notice goes to stderr.
     """
     out = sys.stdout if out is None else out
-    secret = token.reveal() if isinstance(token, Secret) else token
-    headers = [(b"Authorization", f"Bearer {secret}".encode())] if secret else []
     wanted = {"types": list(types), "providers": list(providers), "request_ids": list(request_ids)}
     subscribe = {
         "type": "subscribe",
@@ -136,9 +159,7 @@ async def watch(
     }
     printed = 0
     try:
-        async with trio_websocket.open_websocket_url(
-            url, extra_headers=headers, connect_timeout=CONNECT_TIMEOUT
-        ) as ws:
+        async with connect(url, token) as ws:
             await ws.send_message(json.dumps(subscribe))
             while limit is None or printed < limit:
                 frame = json.loads(await ws.get_message())
@@ -160,12 +181,6 @@ async def watch(
                     raise GatewayError(
                         f"gateway speaks protocol v{frame.get('v')}, this client v{PROTOCOL_VERSION}"
                     )
-    except trio_websocket.ConnectionRejected as exc:
-        hint = {401: " (missing or wrong token)", 403: " (origin not allowed)", 503: " (gateway full)"}
-        raise GatewayError(
-            f"gateway at {_public(url)} refused the connection: HTTP {exc.status_code}"
-            f"{hint.get(exc.status_code, '')}"
-        ) from None
     except trio_websocket.ConnectionClosed as exc:
         reason = exc.reason
         if reason is None or reason.code in (CLOSE_NORMAL, CLOSE_GOING_AWAY):
@@ -173,7 +188,54 @@ async def watch(
         raise GatewayError(
             f"gateway closed the connection: {reason.code} {reason.reason or reason.name}"
         ) from None
-    except (trio_websocket.HandshakeError, OSError, trio.TooSlowError) as exc:
-        message = redact(f"cannot connect to {_public(url)}: {type(exc).__name__} {exc}", [secret])
-        raise GatewayError(message) from None
     return printed
+
+
+async def ask(
+    url: str,
+    prompt: str,
+    *,
+    token: str | Secret | None = None,
+    model: str | None = None,
+    request_timeout: float | None = None,
+    options: dict[str, Any] | None = None,
+    out: TextIO | None = None,
+) -> ProviderResponse:
+    """Submit one prompt through the gateway at ``url``, write the streamed answer to ``out`` as it
+    arrives, and return the final response; a failed request raises its
+    :class:`~duckagents.errors.ProviderError`."""
+    out = sys.stdout if out is None else out
+    message: dict[str, Any] = {
+        "type": "request",
+        "id": "ask",
+        "v": PROTOCOL_VERSION,
+        "messages": [{"role": "user", "content": prompt}],
+        "options": {"stream": True, **(options or {})},
+    }
+    if model is not None:
+        message["model"] = model
+    if request_timeout is not None:  # the server-side deadline of the request, in seconds
+        message["timeout"] = request_timeout
+    try:
+        async with connect(url, token) as ws:
+            await ws.send_message(json.dumps(message))
+            while True:
+                frame = json.loads(await ws.get_message())
+                if frame.get("type") == "error":
+                    raise GatewayError(
+                        f"gateway refused the request: {frame.get('code')}: {frame.get('message')}"
+                    )
+                if frame.get("type") != "signal" or frame.get("request") != "ask":
+                    continue
+                data = signal_from_dict(frame["event"]).data
+                if isinstance(data, ProviderChunk):
+                    out.write(data.delta)
+                    out.flush()
+                elif isinstance(data, ProviderResponse):
+                    return data
+                elif isinstance(data, ProviderFailure):
+                    raise data.to_error()
+    except trio_websocket.ConnectionClosed as exc:
+        reason = exc.reason
+        detail = "" if reason is None else f": {reason.code} {reason.reason or reason.name}"
+        raise GatewayError(f"gateway closed the connection before the answer{detail}") from None

@@ -1,0 +1,148 @@
+"""The ``duckagents`` command, run as a real subprocess (real sockets for serve / watch / ask --url)."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "duckagents.cli"]
+# No stray config from the developer's shell; a port nothing listens on, so the Ollama probe fails fast.
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("DUCKAGENTS_")}
+
+
+def run(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env or ENV, check=False
+    )
+
+
+def test_ask_streams_the_mock_answer_with_no_config_and_no_keys() -> None:
+    result = run("ask", "hello", "-v")
+    assert result.returncode == 0, result.stderr
+    assert "You said: hello" in result.stdout
+    assert "[mock/mock-1]" in result.stderr and "finish=stop" in result.stderr
+
+
+def test_ask_without_streaming() -> None:
+    result = run("ask", "--no-stream", "plain please")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("You said: plain please")
+
+
+def test_status_and_providers_print_tables() -> None:
+    status = run("status")
+    assert status.returncode == 0, status.stderr
+    header, rule, row = status.stdout.splitlines()[:3]
+    assert header.split()[:3] == ["provider", "health", "breaker"] and set(rule) <= {"-", " "}
+    assert row.split()[:3] == ["mock", "1.00", "closed"]
+    providers = run("providers")
+    assert providers.returncode == 0, providers.stderr
+    assert providers.stdout.splitlines()[2].split()[:2] == ["mock", "mock-1"]
+
+
+def test_failed_request_exits_2_with_the_error_kind(tmp_path: Path) -> None:
+    config = tmp_path / "failing.toml"
+    config.write_text(
+        '[router]\nmax_attempts = 1\n[[providers]]\nname = "flaky"\nkind = "mock"\n'
+        'options = { failures = [{ kind = "upstream_5xx", count = 5 }] }\n'
+    )
+    result = run("--config", str(config), "ask", "hi")
+    assert result.returncode == 2
+    assert "request failed" in result.stderr and "upstream_5xx" in result.stderr
+
+
+def test_bad_config_exits_1_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[[providers]]\nname = "x"\nkind = "openai"\napi_key_env = "NOPE_NOT_SET"\n')
+    result = run("--config", str(config), "ask", "hi")
+    assert result.returncode == 1
+    assert "NOPE_NOT_SET" in result.stderr and "Traceback" not in result.stderr
+    result = run("--config", str(tmp_path / "absent.toml"), "status")
+    assert result.returncode == 1 and "not found" in result.stderr
+
+
+def _read_line_with(proc: subprocess.Popen[str], needle: str, timeout: float = 30) -> str:
+    assert proc.stdout is not None
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            line = proc.stdout.readline()
+            if needle in line:
+                return line
+            if not line and proc.poll() is not None:
+                break
+    raise AssertionError(f"no line containing {needle!r} (exit {proc.poll()})")
+
+
+def test_serve_gateway_watch_and_ask_see_each_other() -> None:
+    """The README's three-terminal demo: serve --gateway, watch, and ask --url flowing by."""
+    serve = subprocess.Popen(
+        [*CLI, "serve", "--gateway", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    try:
+        url = _read_line_with(serve, "gateway listening on").split()[-1]
+        watch = subprocess.Popen(
+            [
+                *CLI,
+                "watch",
+                "--url",
+                url,
+                "--type",
+                "provider_request",
+                "--type",
+                "provider_response",
+                "--limit",
+                "3",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            asked = None
+            # The watcher subscribes asynchronously: ask until it has seen three signals (usually once).
+            while watch.poll() is None and time.monotonic() < deadline:
+                asked = run("ask", "--url", url, "ducks in a row", "-v")
+                assert asked.returncode == 0, asked.stderr
+                time.sleep(0.3)
+            out, err = watch.communicate(timeout=10)
+        finally:
+            watch.kill()
+        assert asked is not None and "You said: ducks in a row" in asked.stdout
+        assert watch.returncode == 0, err
+        lines = out.splitlines()
+        assert len(lines) == 3
+        assert any("provider_request" in line and "ducks in a row" in line for line in lines)
+        assert any("provider_response" in line for line in lines)
+    finally:
+        serve.send_signal(signal.SIGINT)
+        try:
+            serve.wait(timeout=15)
+        finally:
+            serve.kill()
+    assert serve.returncode in (0, 130)
+
+
+@pytest.mark.parametrize(
+    "args", [["watch", "--url", "ws://127.0.0.1:9/"], ["ask", "--url", "ws://127.0.0.1:9/", "x"]]
+)
+def test_unreachable_gateway_is_a_clear_error(args: list[str]) -> None:
+    result = run(*args)
+    assert result.returncode == 1
+    assert "cannot connect" in result.stderr and "Traceback" not in result.stderr
