@@ -1,5 +1,8 @@
 """duckagents: supervised LLM provider agents on Trio, talking through typed signals."""
 
+from .app import open_router, open_tree
+from .bus import Overflow, SignalBus, SignalFilter, Subscription
+from .config import Config, ProviderConfig, load_config, parse_config
 from .errors import (
     BusClosed,
     ConfigError,
@@ -35,11 +38,14 @@ from .signals import (
     TokenEstimateReply,
     make_signal,
 )
+from .supervision import ChildSpec, Restart, Strategy, Supervisor, open_supervisor
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BusClosed",
+    "ChildSpec",
+    "Config",
     "ConfigError",
     "DuckAgentsError",
     "ErrorKind",
@@ -50,16 +56,24 @@ __all__ = [
     "GatewayError",
     "ImagePart",
     "Message",
+    "Overflow",
     "ProviderChunk",
+    "ProviderConfig",
     "ProviderError",
     "ProviderFailure",
     "ProviderRequest",
     "ProviderResponse",
     "ProviderStatus",
     "RequestOptions",
+    "Restart",
     "Secret",
     "Signal",
+    "SignalBus",
+    "SignalFilter",
+    "Strategy",
     "StreamProtocolError",
+    "Subscription",
+    "Supervisor",
     "SupervisorGaveUp",
     "TextPart",
     "TokenEstimate",
@@ -68,5 +82,10 @@ __all__ = [
     "ToolSpec",
     "Usage",
     "__version__",
+    "load_config",
     "make_signal",
+    "open_router",
+    "open_supervisor",
+    "open_tree",
+    "parse_config",
 ]
