@@ -1,0 +1,33 @@
+"""Loopback provider servers for tests: real HTTP on 127.0.0.1 speaking each provider's wire format.
+
+``async with open_openai_server() as upstream:`` (likewise ``open_anthropic_server``,
+``open_ollama_server``, ``open_tgi_server``) yields a server with ``.url``, ``.requests`` (recorded),
+``.script`` (:class:`ReplyScript` of :class:`ScriptedReply`) and ``.inject(Fault(...))`` for fault
+injection. Our own test suite uses them; so can yours.
+"""
+
+from ._script import ReplyScript, ScriptedReply
+from ._server import Fault, HTTPRequest, LoopbackServer, Reply, StreamReply, serve_loopback
+from .anthropic import AnthropicServer, open_anthropic_server
+from .ollama import OllamaServer, open_ollama_server
+from .openai import OpenAIServer, open_openai_server
+from .tgi import TGIServer, open_tgi_server
+
+__all__ = [
+    "AnthropicServer",
+    "Fault",
+    "HTTPRequest",
+    "LoopbackServer",
+    "OllamaServer",
+    "OpenAIServer",
+    "Reply",
+    "ReplyScript",
+    "ScriptedReply",
+    "StreamReply",
+    "TGIServer",
+    "open_anthropic_server",
+    "open_ollama_server",
+    "open_openai_server",
+    "open_tgi_server",
+    "serve_loopback",
+]
