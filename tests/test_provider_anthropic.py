@@ -19,13 +19,9 @@ from hypothesis import strategies as st
 
 from duckagents.errors import ErrorKind, ProviderError, Secret
 from duckagents.messages import FinishReason, ImagePart, Message, RequestOptions, ToolCall, ToolSpec
-from duckagents.providers._anthropic_wire import (
-    StreamAssembler,
-    decode_rate_limits,
-    encode_messages,
-    parse_reset,
-    provider_error,
-)
+from duckagents.providers._anthropic_errors import decode_rate_limits, parse_reset, provider_error
+from duckagents.providers._anthropic_request import encode_messages
+from duckagents.providers._anthropic_wire import StreamAssembler
 from duckagents.providers.anthropic import DEFAULT_MODEL, AnthropicProvider, features_for, image_problem
 from duckagents.providers.base import Provider, StreamDelta, StreamEnd, heuristic_token_count
 from duckagents.signals import ProviderRequest

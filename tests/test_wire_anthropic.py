@@ -6,19 +6,17 @@ drive the sync client from the test thread with ``max_retries=0``, so faults are
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from types import TracebackType
+from collections.abc import Iterator
 from typing import Any
 
 import anthropic
 import pytest
-import trio
 
 from duckagents.messages import ToolCall
 from duckagents.testing._script import ScriptedReply
 from duckagents.testing._server import Fault
-from duckagents.testing.anthropic import DEFAULT_MODELS, AnthropicServer, open_anthropic_server
+from duckagents.testing._threaded import ThreadedServer
+from duckagents.testing.anthropic import DEFAULT_MODELS, AnthropicServer
 
 KEY = "sk-ant-api03-wireTESTkey-0123456789abcdef"
 MODEL = "claude-sonnet-4-6"
@@ -30,88 +28,44 @@ WEATHER = {
 }
 
 
-class ThreadedServer:
-    """An :class:`AnthropicServer` in its own Trio run on a daemon thread; stopped on ``__exit__``."""
-
-    def __init__(self, **options: Any) -> None:
-        self._options = options
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="anthropic-loopback", daemon=True)
-        self._error: Exception | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._stop: trio.Event | None = None
-        self.server: AnthropicServer | None = None
-
-    def _run(self) -> None:
-        try:
-            trio.run(self._main)
-        except Exception as exc:  # reported to the test thread, which re-raises it
-            self._error = exc
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
-        self._stop = trio.Event()
-        async with open_anthropic_server(**self._options) as server:
-            self.server = server
-            self._ready.set()
-            await self._stop.wait()
-
-    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` in the server's Trio thread (server state is not thread-safe)."""
-        return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
-
-    def __enter__(self) -> ThreadedServer:
-        self._thread.start()
-        if not self._ready.wait(30) or self._error is not None or self.server is None:
-            raise RuntimeError(f"loopback server did not start: {self._error!r}")
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        assert self._stop is not None
-        self.call(self._stop.set)
-        self._thread.join(30)
-        if self._error is not None:
-            raise self._error
+ThreadedAnthropic = ThreadedServer[AnthropicServer]
 
 
 @pytest.fixture(scope="module")
-def threaded() -> Iterator[ThreadedServer]:
-    with ThreadedServer(api_key=KEY) as threaded:
+def threaded() -> Iterator[ThreadedAnthropic]:
+    with ThreadedServer(AnthropicServer(api_key=KEY)) as threaded:
         yield threaded
 
 
 @pytest.fixture
-def srv(threaded: ThreadedServer) -> AnthropicServer:
+def srv(threaded: ThreadedAnthropic) -> AnthropicServer:
     assert threaded.server is not None
     return threaded.server
 
 
 @pytest.fixture
-def client(threaded: ThreadedServer) -> Iterator[anthropic.Anthropic]:
+def client(threaded: ThreadedAnthropic) -> Iterator[anthropic.Anthropic]:
     assert threaded.server is not None
     with anthropic.Anthropic(api_key=KEY, base_url=threaded.server.url, max_retries=0, timeout=30) as client:
         yield client
 
 
-def push(threaded: ThreadedServer, *replies: ScriptedReply) -> None:
+def push(threaded: ThreadedAnthropic, *replies: ScriptedReply) -> None:
     assert threaded.server is not None
     threaded.call(threaded.server.script.push, *replies)
 
 
-def inject(threaded: ThreadedServer, *faults: Fault) -> None:
+def inject(threaded: ThreadedAnthropic, *faults: Fault) -> None:
     assert threaded.server is not None
     threaded.call(threaded.server.inject, *faults)
 
 
-def last_body(threaded: ThreadedServer) -> Any:
+def last_body(threaded: ThreadedAnthropic) -> Any:
     assert threaded.server is not None
-    return threaded.call(lambda: threaded.server.requests[-1].json())  # type: ignore[union-attr]
+    return threaded.call(lambda: threaded.server.requests[-1].json())
 
 
-def test_create_text(client: anthropic.Anthropic, threaded: ThreadedServer) -> None:
+def test_create_text(client: anthropic.Anthropic, threaded: ThreadedAnthropic) -> None:
     message = client.messages.create(
         model=MODEL, max_tokens=64, system="be brief", messages=[{"role": "user", "content": "hi there"}]
     )
@@ -123,7 +77,7 @@ def test_create_text(client: anthropic.Anthropic, threaded: ThreadedServer) -> N
     assert last_body(threaded)["max_tokens"] == 64
 
 
-def test_create_tool_use_and_refusal(client: anthropic.Anthropic, threaded: ThreadedServer) -> None:
+def test_create_tool_use_and_refusal(client: anthropic.Anthropic, threaded: ThreadedAnthropic) -> None:
     push(
         threaded,
         ScriptedReply(text="checking", tool_calls=(ToolCall("toolu_01", "get_weather", '{"city": "Lima"}'),)),
@@ -162,7 +116,7 @@ def test_create_tool_use_and_refusal(client: anthropic.Anthropic, threaded: Thre
     assert refusal.content[0].text == "I can't help with that."  # type: ignore[union-attr]
 
 
-def test_stream_text_with_helper(client: anthropic.Anthropic, threaded: ThreadedServer) -> None:
+def test_stream_text_with_helper(client: anthropic.Anthropic, threaded: ThreadedAnthropic) -> None:
     push(threaded, ScriptedReply(text="streaming works over loopback", chunk_size=3))
     with client.messages.stream(
         model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "go"}]
@@ -176,7 +130,7 @@ def test_stream_text_with_helper(client: anthropic.Anthropic, threaded: Threaded
     assert last_body(threaded)["stream"] is True
 
 
-def test_stream_tool_use_with_helper(client: anthropic.Anthropic, threaded: ThreadedServer) -> None:
+def test_stream_tool_use_with_helper(client: anthropic.Anthropic, threaded: ThreadedAnthropic) -> None:
     calls = (
         ToolCall("toolu_a", "get_weather", '{"city": "Reykjavik"}'),
         ToolCall("toolu_b", "get_weather", '{"city": "Nuuk"}'),
@@ -199,7 +153,7 @@ def test_stream_tool_use_with_helper(client: anthropic.Anthropic, threaded: Thre
     ]
 
 
-def test_vision_input(client: anthropic.Anthropic, threaded: ThreadedServer) -> None:
+def test_vision_input(client: anthropic.Anthropic, threaded: ThreadedAnthropic) -> None:
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}
     message = client.messages.create(
         model=MODEL,
@@ -230,7 +184,7 @@ def test_models_list_and_retrieve(client: anthropic.Anthropic) -> None:
         client.models.retrieve("claude-nope")
 
 
-def test_overloaded_529(client: anthropic.Anthropic, threaded: ThreadedServer) -> None:
+def test_overloaded_529(client: anthropic.Anthropic, threaded: ThreadedAnthropic) -> None:
     inject(threaded, Fault(status=529, message="Overloaded"))
     with pytest.raises(anthropic.InternalServerError) as info:
         client.messages.create(model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "x"}])
@@ -253,7 +207,7 @@ def test_overloaded_529(client: anthropic.Anthropic, threaded: ThreadedServer) -
     ],
 )
 def test_http_errors_raise_the_right_class(
-    client: anthropic.Anthropic, threaded: ThreadedServer, fault: Fault, error_class: type[Exception]
+    client: anthropic.Anthropic, threaded: ThreadedAnthropic, fault: Fault, error_class: type[Exception]
 ) -> None:
     inject(threaded, fault)
     with pytest.raises(error_class) as info:
@@ -266,7 +220,7 @@ def test_http_errors_raise_the_right_class(
         assert err.response.headers["anthropic-ratelimit-requests-remaining"] == "0"
 
 
-def test_wrong_key_is_authentication_error(threaded: ThreadedServer) -> None:
+def test_wrong_key_is_authentication_error(threaded: ThreadedAnthropic) -> None:
     assert threaded.server is not None
     with anthropic.Anthropic(
         api_key="sk-ant-api03-wrong-000000", base_url=threaded.server.url, max_retries=0
@@ -276,7 +230,7 @@ def test_wrong_key_is_authentication_error(threaded: ThreadedServer) -> None:
     assert info.value.status_code == 401
 
 
-def test_error_event_mid_stream(client: anthropic.Anthropic, threaded: ThreadedServer) -> None:
+def test_error_event_mid_stream(client: anthropic.Anthropic, threaded: ThreadedAnthropic) -> None:
     inject(threaded, Fault(error_type="overloaded_error", message="Overloaded", cut_after=4))
     with pytest.raises(anthropic.APIStatusError) as info:
         with client.messages.stream(
@@ -289,7 +243,7 @@ def test_error_event_mid_stream(client: anthropic.Anthropic, threaded: ThreadedS
 
 
 def test_malformed_body_is_rejected_by_the_client(
-    client: anthropic.Anthropic, threaded: ThreadedServer
+    client: anthropic.Anthropic, threaded: ThreadedAnthropic
 ) -> None:
     inject(threaded, Fault(malformed=True))
     with pytest.raises((anthropic.APIResponseValidationError, ValueError)):

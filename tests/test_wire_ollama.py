@@ -7,77 +7,32 @@ loopback HTTP and reaches into it only through ``trio.from_thread`` (never touch
 from __future__ import annotations
 
 import base64
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-import trio
 
 from duckagents.messages import ToolCall
 from duckagents.testing._script import ScriptedReply
 from duckagents.testing._server import Fault
-from duckagents.testing.ollama import OllamaServer, open_ollama_server
+from duckagents.testing._threaded import ThreadedServer
+from duckagents.testing.ollama import OllamaServer
 
 ollama = pytest.importorskip("ollama")
 
-T = TypeVar("T")
 
-
-class ThreadedServer:
-    """An :class:`OllamaServer` in a Trio loop on a daemon thread; ``with`` starts and stops it."""
-
-    def __init__(self, **options: Any) -> None:
-        self._options = options
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
-        self._error: BaseException | None = None
-        self.server: OllamaServer | None = None
-
-    async def _main(self) -> None:
-        try:
-            async with open_ollama_server(**self._options) as server:
-                self.server, self._token, self._stop = (
-                    server,
-                    trio.lowlevel.current_trio_token(),
-                    trio.Event(),
-                )
-                self._ready.set()
-                await self._stop.wait()
-        except Exception as exc:  # surfaced to the test thread by __enter__
-            self._error = exc
-            self._ready.set()
-
-    def __enter__(self) -> ThreadedServer:
-        self._thread.start()
-        if not self._ready.wait(10) or self._error is not None or self.server is None:
-            raise RuntimeError(f"loopback server did not start: {self._error!r}")
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.call(self._stop.set)
-        self._thread.join(10)
-        assert not self._thread.is_alive()
-
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` inside the server's Trio loop (thread-safe access to its state)."""
-        return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return self.server.url
+ThreadedOllama = ThreadedServer[OllamaServer]
 
 
 @pytest.fixture(scope="module")
-def threaded() -> Iterator[ThreadedServer]:
-    with ThreadedServer() as threaded:
+def threaded() -> Iterator[ThreadedOllama]:
+    with ThreadedServer(OllamaServer()) as threaded:
         yield threaded
 
 
 @pytest.fixture
-def client(threaded: ThreadedServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def client(threaded: ThreadedOllama, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.delenv("OLLAMA_API_KEY", raising=False)  # the client would send it as a bearer token
     with ollama.Client(host=threaded.url, timeout=10) as client:
         yield client
@@ -100,9 +55,9 @@ def test_streamed_chat(client: Any) -> None:
     assert parts[-1].done_reason == "stop" and parts[-1].eval_count == len(parts) - 1
 
 
-def test_tool_calls(client: Any, threaded: ThreadedServer) -> None:
+def test_tool_calls(client: Any, threaded: ThreadedOllama) -> None:
     call = ToolCall("x", "get_weather", '{"city": "Paris", "days": 2}')
-    threaded.call(threaded.server.script.push, ScriptedReply(tool_calls=(call,)))  # type: ignore[union-attr]
+    threaded.call(threaded.server.script.push, ScriptedReply(tool_calls=(call,)))
     tool = {
         "type": "function",
         "function": {
@@ -117,11 +72,11 @@ def test_tool_calls(client: Any, threaded: ThreadedServer) -> None:
     assert dict(calls[0].function.arguments) == {"city": "Paris", "days": 2}
 
 
-def test_images_are_sent_as_base64(client: Any, threaded: ThreadedServer) -> None:
+def test_images_are_sent_as_base64(client: Any, threaded: ThreadedOllama) -> None:
     raw = b"\x89PNG\r\n\x1a\nnot-really-a-png"
     reply = client.chat(model="llava", messages=[{"role": "user", "content": "what?", "images": [raw]}])
     assert reply.message.content == "echo: what?"
-    last = threaded.call(lambda: threaded.server.requests[-1].json())  # type: ignore[union-attr]
+    last = threaded.call(lambda: threaded.server.requests[-1].json())
     assert last["messages"][0]["images"] == [base64.b64encode(raw).decode()]
 
 
@@ -176,8 +131,8 @@ def test_missing_model_is_404(client: Any) -> None:
     assert shown.value.status_code == 404
 
 
-def test_error_status_bodies_parse(client: Any, threaded: ThreadedServer) -> None:
-    threaded.call(threaded.server.inject, Fault(status=503, message="server busy"))  # type: ignore[union-attr]
+def test_error_status_bodies_parse(client: Any, threaded: ThreadedOllama) -> None:
+    threaded.call(threaded.server.inject, Fault(status=503, message="server busy"))
     with pytest.raises(ollama.ResponseError) as err:
         client.chat(model="llama3.2", messages=[{"role": "user", "content": "hi"}])
     assert err.value.status_code == 503 and err.value.error == "server busy"

@@ -7,75 +7,33 @@ the tests use the synchronous ``openai.OpenAI`` client from the test thread.
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
-import trio
 
 from duckagents.messages import ToolCall
 from duckagents.testing._script import ScriptedReply
 from duckagents.testing._server import Fault
-from duckagents.testing.openai import OpenAIServer, open_openai_server
+from duckagents.testing._threaded import ThreadedServer
+from duckagents.testing.openai import OpenAIServer
 
 KEY = "sk-test-wire0123456789abcdef"
 
 
-class ThreadedServer:
-    """An OpenAIServer running in a Trio loop on another thread; mutate it only through :meth:`call`."""
-
-    def __init__(self, server: OpenAIServer, token: trio.lowlevel.TrioToken) -> None:
-        self.server = server
-        self._token = token
-
-    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` inside the server's Trio thread (its state is not thread-safe)."""
-        return trio.from_thread.run_sync(fn, *args, trio_token=self._token)
-
-
-@contextmanager
-def threaded_server(**options: Any) -> Iterator[ThreadedServer]:
-    ready = threading.Event()
-    state: dict[str, Any] = {}
-
-    async def main() -> None:
-        async with open_openai_server(**options) as server:
-            with trio.CancelScope() as scope:
-                state.update(server=server, scope=scope, token=trio.lowlevel.current_trio_token())
-                ready.set()
-                await trio.sleep_forever()
-
-    def run() -> None:
-        try:
-            trio.run(main)
-        except Exception as exc:  # report startup failures to the test thread, then let it end
-            state["error"] = exc
-            ready.set()
-
-    thread = threading.Thread(target=run, name="openai-loopback", daemon=True)
-    thread.start()
-    ready.wait(30)
-    if "error" in state or "server" not in state:
-        raise RuntimeError(f"loopback server did not start: {state.get('error')!r}")
-    try:
-        yield ThreadedServer(state["server"], state["token"])
-    finally:
-        trio.from_thread.run_sync(state["scope"].cancel, trio_token=state["token"])
-        thread.join(30)
+ThreadedOpenAI = ThreadedServer[OpenAIServer]
 
 
 @pytest.fixture
-def wire() -> Iterator[ThreadedServer]:
-    with threaded_server(api_key=KEY) as ts:
+def wire() -> Iterator[ThreadedOpenAI]:
+    with ThreadedServer(OpenAIServer(api_key=KEY)) as ts:
         yield ts
 
 
 @pytest.fixture
-def client(wire: ThreadedServer) -> Iterator[openai.OpenAI]:
+def client(wire: ThreadedOpenAI) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=wire.server.base_url, api_key=KEY, max_retries=0, timeout=30) as c:
         yield c
 
@@ -108,7 +66,7 @@ def test_official_client_non_streaming(client: openai.OpenAI) -> None:
     assert raw.parse().choices[0].message.content == "echo: x"
 
 
-def test_official_client_streaming_with_usage(client: openai.OpenAI, wire: ThreadedServer) -> None:
+def test_official_client_streaming_with_usage(client: openai.OpenAI, wire: ThreadedOpenAI) -> None:
     wire.call(wire.server.script.push, ScriptedReply(text="streamed words here", chunk_size=4))
     stream = client.chat.completions.create(
         model="gpt-4o-mini",
@@ -129,7 +87,7 @@ def test_official_client_streaming_with_usage(client: openai.OpenAI, wire: Threa
     assert all(c.usage is None for c in chunks[:-1])
 
 
-def test_official_client_tool_calls(client: openai.OpenAI, wire: ThreadedServer) -> None:
+def test_official_client_tool_calls(client: openai.OpenAI, wire: ThreadedOpenAI) -> None:
     call = ToolCall("call_w1", "get_weather", '{"city": "Lima"}')
     wire.call(wire.server.script.push, ScriptedReply(tool_calls=(call,)), ScriptedReply(tool_calls=(call,)))
     done = client.chat.completions.create(
@@ -172,7 +130,7 @@ def test_official_client_json_mode(client: openai.OpenAI) -> None:
     assert info.value.status_code == 400 and info.value.param == "messages"
 
 
-def test_official_client_errors(client: openai.OpenAI, wire: ThreadedServer) -> None:
+def test_official_client_errors(client: openai.OpenAI, wire: ThreadedOpenAI) -> None:
     wire.call(wire.server.inject, Fault(status=429))
     with pytest.raises(openai.RateLimitError) as limited:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
@@ -196,7 +154,7 @@ def test_official_client_errors(client: openai.OpenAI, wire: ThreadedServer) -> 
     assert busy.value.status_code == 503
 
 
-def test_official_client_retries_after_429_honouring_retry_after_ms(wire: ThreadedServer) -> None:
+def test_official_client_retries_after_429_honouring_retry_after_ms(wire: ThreadedOpenAI) -> None:
     wire.call(wire.server.inject, Fault(status=429, headers={"retry-after-ms": "5"}))
     with openai.OpenAI(base_url=wire.server.base_url, api_key=KEY, max_retries=1) as retrying:
         done = retrying.chat.completions.create(
@@ -213,7 +171,7 @@ def test_official_client_models(client: openai.OpenAI) -> None:
         client.models.retrieve("nope")
 
 
-def test_official_client_sees_malformed_stream(client: openai.OpenAI, wire: ThreadedServer) -> None:
+def test_official_client_sees_malformed_stream(client: openai.OpenAI, wire: ThreadedOpenAI) -> None:
     wire.call(wire.server.inject, Fault(malformed=True))
     with pytest.raises(json.JSONDecodeError):
         list(
@@ -311,7 +269,7 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize(("body", "status", "param", "code"), BAD_REQUESTS)
 def test_server_validates_like_the_api(
-    wire: ThreadedServer, body: dict[str, Any], status: int, param: str | None, code: str | None
+    wire: ThreadedOpenAI, body: dict[str, Any], status: int, param: str | None, code: str | None
 ) -> None:
     reply = httpx.post(
         wire.server.base_url + "/chat/completions", json=body, headers={"authorization": f"Bearer {KEY}"}
@@ -322,7 +280,7 @@ def test_server_validates_like_the_api(
     assert (error["param"], error["code"]) == (param, code) and error["message"]
 
 
-def test_server_auth_and_routing(wire: ThreadedServer) -> None:
+def test_server_auth_and_routing(wire: ThreadedOpenAI) -> None:
     url = wire.server.base_url
     missing = httpx.get(url + "/models")
     assert missing.status_code == 401 and "didn't provide an API key" in missing.json()["error"]["message"]

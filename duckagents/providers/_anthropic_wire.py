@@ -1,30 +1,21 @@
-"""The Anthropic Messages API wire format: request encoding and response, stream and error decoding.
+"""The Anthropic Messages API wire format, decoding side: the reply message and the stream events.
 
 Pure functions and one small state machine (:class:`StreamAssembler`); no I/O, so every edge case is
-testable without a socket. :mod:`duckagents.providers.anthropic` does the HTTP.
+testable without a socket. Request encoding is in :mod:`._anthropic_request`, rate-limit headers and
+error replies in :mod:`._anthropic_errors`; :mod:`duckagents.providers.anthropic` does the HTTP.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
-from ..errors import ErrorKind, ProviderError, Secret, redact
-from ..messages import FinishReason, ImagePart, Message, RequestOptions, TextPart, ToolCall, ToolSpec, Usage
+from ..messages import FinishReason, ToolCall, Usage
 from ..signals import ToolCallDelta
-from ._http import error_message_from_body, kind_for_status, parse_int, parse_retry_after
 from .base import Completion, RateLimitInfo, StreamDelta
-
-PROVIDER = "anthropic"
-#: Image media types the Messages API accepts.
-MEDIA_TYPES: frozenset[str] = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
-#: The documented per-image size limit of the API (decoded bytes).
-MAX_IMAGE_BYTES = 5 * 1024 * 1024
 
 FINISH_REASONS: dict[str, FinishReason] = {
     "end_turn": FinishReason.STOP,
@@ -35,34 +26,6 @@ FINISH_REASONS: dict[str, FinishReason] = {
     "refusal": FinishReason.REFUSAL,
     "pause_turn": FinishReason.OTHER,
 }
-
-#: ``error.type`` of an error body -> our kind; more specific than the HTTP status.
-ERROR_KINDS: dict[str, ErrorKind] = {
-    "invalid_request_error": ErrorKind.INVALID_REQUEST,
-    "authentication_error": ErrorKind.AUTH,
-    "permission_error": ErrorKind.AUTH,
-    "not_found_error": ErrorKind.NOT_FOUND,
-    "request_too_large": ErrorKind.CONTEXT_LENGTH,
-    "rate_limit_error": ErrorKind.RATE_LIMITED,
-    "billing_error": ErrorKind.QUOTA_EXCEEDED,
-    "timeout_error": ErrorKind.TIMEOUT,
-    "api_error": ErrorKind.UPSTREAM_5XX,
-    "overloaded_error": ErrorKind.OVERLOADED,
-}
-
-# The API reports an oversized prompt as a plain invalid_request_error; only the wording tells.
-_CONTEXT_OVERFLOW = re.compile(
-    r"prompt is too long|context (?:window|length|limit)|exceeds? (?:the )?(?:model'?s? )?context",
-    re.IGNORECASE,
-)
-
-
-class RequestEncodingError(ValueError):
-    """Our request cannot be expressed on the Anthropic wire (raised before anything is sent)."""
-
-    def __init__(self, message: str, kind: ErrorKind = ErrorKind.INVALID_REQUEST) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 class WireFormatError(ValueError):
@@ -75,159 +38,6 @@ class StreamErrorEvent(Exception):
     def __init__(self, body: Any) -> None:
         super().__init__("error event in stream")
         self.body = body
-
-
-# --- request encoding ----------------------------------------------------------------------------
-
-
-def image_problem(part: ImagePart) -> str | None:
-    """Why the API would reject this image (media type or size), or None when it is acceptable."""
-    if part.data is None:
-        return None  # URL images are fetched and checked by the API itself
-    if part.media_type not in MEDIA_TYPES:
-        return f"image media type {part.media_type!r} is not one of {', '.join(sorted(MEDIA_TYPES))}"
-    size = len(part.data) * 3 // 4 - part.data[-2:].count("=")
-    if size > MAX_IMAGE_BYTES:
-        return f"image is {size} bytes; the limit is {MAX_IMAGE_BYTES} bytes"
-    return None
-
-
-def _encode_image(part: ImagePart, where: str) -> dict[str, Any]:
-    problem = image_problem(part)
-    if problem:
-        raise RequestEncodingError(f"{where}: {problem}")
-    if part.data is not None:
-        source = {"type": "base64", "media_type": part.media_type, "data": part.data}
-    else:
-        source = {"type": "url", "url": part.url}
-    return {"type": "image", "source": source}
-
-
-def _encode_parts(message: Message, where: str) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
-    for j, part in enumerate(message.content):
-        if isinstance(part, TextPart):
-            if part.text:  # the API rejects empty text blocks
-                blocks.append({"type": "text", "text": part.text})
-        else:
-            blocks.append(_encode_image(part, f"{where}.content[{j}]"))
-    return blocks
-
-
-def _tool_input(call: ToolCall, where: str) -> dict[str, Any]:
-    try:
-        value = json.loads(call.arguments.strip() or "{}")
-    except json.JSONDecodeError:
-        raise RequestEncodingError(f"{where}: arguments of tool call {call.id!r} are not JSON") from None
-    if not isinstance(value, dict):
-        raise RequestEncodingError(f"{where}: arguments of tool call {call.id!r} must be a JSON object")
-    return value
-
-
-def _encode_turn(message: Message, where: str) -> tuple[str, list[dict[str, Any]]]:
-    if message.role == "tool":
-        if not message.tool_call_id:
-            raise RequestEncodingError(f"{where}: a tool message needs tool_call_id")
-        block: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id}
-        if message.images:
-            block["content"] = _encode_parts(message, where)
-        elif message.text:
-            block["content"] = message.text
-        return "user", [block]
-    blocks = _encode_parts(message, where)
-    if message.role == "assistant":
-        if message.images:
-            raise RequestEncodingError(f"{where}: assistant turns cannot carry images")
-        for call in message.tool_calls:
-            blocks.append(
-                {"type": "tool_use", "id": call.id, "name": call.name, "input": _tool_input(call, where)}
-            )
-    return message.role, blocks
-
-
-def encode_messages(messages: Sequence[Message]) -> tuple[str | None, list[dict[str, Any]]]:
-    """Split neutral messages into the top-level ``system`` text and the API's ``messages`` turns.
-
-    System/developer messages go to ``system``; ``tool`` messages become user turns with tool_result
-    blocks; consecutive turns of one role are merged, since the API wants alternating roles.
-    """
-    system: list[str] = []
-    turns: list[dict[str, Any]] = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if message.role in ("system", "developer"):
-            if message.images:
-                raise RequestEncodingError(f"{where}: a {message.role} message cannot carry images")
-            if message.text:
-                system.append(message.text)
-            continue
-        role, blocks = _encode_turn(message, where)
-        if not blocks:
-            continue
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
-    for turn in turns:
-        # The API requires a user turn's tool_result blocks to come before its other blocks.
-        turn["content"].sort(key=lambda block: block["type"] != "tool_result")
-    if not turns:
-        raise RequestEncodingError("at least one user or assistant message is required")
-    return ("\n\n".join(system) or None), turns
-
-
-def encode_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
-    """Tool specs in the API's shape (``input_schema`` is our JSON-schema ``parameters``)."""
-    out: list[dict[str, Any]] = []
-    for tool in tools:
-        spec: dict[str, Any] = {"name": tool.name, "input_schema": tool.parameters}
-        if tool.description:
-            spec["description"] = tool.description
-        out.append(spec)
-    return out
-
-
-def encode_tool_choice(choice: str | None, tools: Sequence[ToolSpec]) -> dict[str, Any] | None:
-    """Our ``tool_choice`` ("auto" | "none" | "required" | a tool name) in the API's shape."""
-    if choice is None or (not tools and choice in ("auto", "none")):
-        return None
-    if not tools:
-        raise RequestEncodingError(f"tool_choice {choice!r} needs at least one tool")
-    if choice == "auto":
-        return {"type": "auto"}
-    if choice in ("required", "any"):
-        return {"type": "any"}
-    if choice == "none":
-        return {"type": "none"}
-    if choice not in {tool.name for tool in tools}:
-        raise RequestEncodingError(f"tool_choice names unknown tool {choice!r}")
-    return {"type": "tool", "name": choice}
-
-
-def encode_request(
-    messages: Sequence[Message], options: RequestOptions, *, model: str, max_tokens: int, stream: bool
-) -> dict[str, Any]:
-    """The JSON body of ``POST /v1/messages``."""
-    if options.response_format == "json_object":
-        raise RequestEncodingError("the Messages API has no JSON mode", ErrorKind.UNSUPPORTED)
-    system, turns = encode_messages(messages)
-    body: dict[str, Any] = {"model": model, "max_tokens": options.max_tokens or max_tokens, "messages": turns}
-    if system:
-        body["system"] = system
-    if options.temperature is not None:
-        body["temperature"] = options.temperature
-    if options.top_p is not None:
-        body["top_p"] = options.top_p
-    if options.stop:
-        body["stop_sequences"] = list(options.stop)
-    if options.tools:
-        body["tools"] = encode_tools(options.tools)
-    choice = encode_tool_choice(options.tool_choice, options.tools)
-    if choice is not None:
-        body["tool_choice"] = choice
-    if stream:
-        body["stream"] = True
-    return body
 
 
 # --- response decoding ---------------------------------------------------------------------------
@@ -289,121 +99,6 @@ def decode_message(body: Any, *, model: str, rate_limit: RateLimitInfo | None) -
         usage=Usage(input_tokens(usage), _count(usage, "output_tokens")),
         rate_limit=rate_limit,
         raw_finish_reason=stop if isinstance(stop, str) else None,
-    )
-
-
-# --- headers and errors --------------------------------------------------------------------------
-
-
-def parse_reset(value: str | None, now: float) -> float | None:
-    """Seconds from ``now`` (wall clock) until an RFC 3339 reset timestamp; None if absent/garbled."""
-    if not value:
-        return None
-    try:
-        when = _dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=_dt.UTC)
-    return max(0.0, when.timestamp() - now)
-
-
-def _family(headers: Mapping[str, str], name: str, now: float) -> tuple[int | None, int | None, float | None]:
-    prefix = f"anthropic-ratelimit-{name}-"
-    return (
-        parse_int(headers.get(prefix + "limit")),
-        parse_int(headers.get(prefix + "remaining")),
-        parse_reset(headers.get(prefix + "reset"), now),
-    )
-
-
-def decode_rate_limits(headers: Mapping[str, str], now: float) -> RateLimitInfo | None:
-    """``anthropic-ratelimit-*`` and ``retry-after`` headers as :class:`RateLimitInfo` (None if none).
-
-    ``tokens`` is the API's most restrictive token limit; when absent the input-token limit stands in,
-    since input tokens are what a caller can estimate before sending.
-    """
-    requests = _family(headers, "requests", now)
-    tokens = _family(headers, "tokens", now)
-    if tokens == (None, None, None):
-        tokens = _family(headers, "input-tokens", now)
-    retry_after = parse_retry_after(headers.get("retry-after"), now)
-    if requests == (None, None, None) and tokens == (None, None, None) and retry_after is None:
-        return None
-    return RateLimitInfo(*requests, *tokens, retry_after=retry_after)  # type: ignore[arg-type]
-
-
-def _exhausted_reset(info: RateLimitInfo | None) -> float | None:
-    if info is None:
-        return None
-    resets = [
-        reset
-        for remaining, reset in (
-            (info.remaining_requests, info.reset_requests),
-            (info.remaining_tokens, info.reset_tokens),
-        )
-        if remaining == 0 and reset is not None
-    ]
-    return min(resets) if resets else None
-
-
-def error_kind(status: int | None, error_type: str | None, message: str) -> ErrorKind:
-    """Our kind for an API error: the body's ``error.type`` first, the HTTP status as fallback."""
-    if error_type in (None, "invalid_request_error") and _CONTEXT_OVERFLOW.search(message):
-        return ErrorKind.CONTEXT_LENGTH
-    kind = ERROR_KINDS.get(error_type or "")
-    if kind is None:
-        kind = kind_for_status(status) if status is not None else ErrorKind.UPSTREAM_5XX
-    return kind
-
-
-def decode_error_body(content: bytes) -> Any:
-    """An error body as JSON when it is JSON, else as (bounded) text."""
-    try:
-        return json.loads(content)
-    except ValueError:
-        return content[:2000].decode("utf-8", "replace")
-
-
-def provider_error(
-    *,
-    status: int | None,
-    body: Any,
-    headers: Mapping[str, str],
-    model: str | None,
-    secrets: Sequence[Secret],
-    request_id: str | None = None,
-    now: float,
-    partial: bool = False,
-) -> ProviderError:
-    """A redacted :class:`ProviderError` for an error response (or an in-stream ``error`` event)."""
-    error = body.get("error") if isinstance(body, dict) else None
-    error_type = error.get("type") if isinstance(error, dict) and isinstance(error.get("type"), str) else None
-    message = error_message_from_body(body) if body not in ("", None) else f"HTTP {status} with empty body"
-    kind = error_kind(status, error_type, message)
-    upstream_id = headers.get("request-id") or headers.get("x-request-id")
-    if not upstream_id and isinstance(body, dict) and isinstance(body.get("request_id"), str):
-        upstream_id = body["request_id"]
-    text = f"{error_type}: {message}" if error_type else message
-    if status is None:
-        text = f"error event in stream: {text}"
-    if upstream_id:
-        text += f" (request-id {upstream_id})"
-    info = decode_rate_limits(headers, now)
-    retry_after = info.retry_after if info is not None else None
-    if retry_after is None and kind is ErrorKind.RATE_LIMITED:
-        retry_after = _exhausted_reset(info)
-    should_retry = headers.get("x-should-retry")
-    return ProviderError(
-        kind,
-        redact(text, secrets),
-        provider=PROVIDER,
-        model=model,
-        retryable={"true": True, "false": False}.get((should_retry or "").strip().lower()),
-        retry_after=retry_after,
-        status=status,
-        request_id=request_id,
-        partial=partial,
     )
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import email.utils
 import functools
+import json
 import re
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -15,6 +16,7 @@ import certifi
 import httpx
 
 from ..errors import ErrorKind, ProviderError, Secret, redact
+from .base import RateLimitInfo
 
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 # Keep-alive pool sized for high fan-out agents; bounded like everything else.
@@ -97,6 +99,34 @@ def parse_int(value: str | None) -> int | None:
         return None
 
 
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """``retry-after-ms`` (OpenAI's precise form) or ``retry-after``, in seconds."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000.0)
+        except ValueError:
+            pass
+    return parse_retry_after(headers.get("retry-after"))
+
+
+def parse_rate_limit(headers: Mapping[str, str]) -> RateLimitInfo | None:
+    """The ``x-ratelimit-*`` and retry headers (a case-insensitive mapping), or None when absent.
+
+    OpenAI's header family; Ollama proxies and TGI deployments behind gateways send the same one.
+    """
+    info = RateLimitInfo(
+        limit_requests=parse_int(headers.get("x-ratelimit-limit-requests")),
+        remaining_requests=parse_int(headers.get("x-ratelimit-remaining-requests")),
+        reset_requests=parse_duration(headers.get("x-ratelimit-reset-requests")),
+        limit_tokens=parse_int(headers.get("x-ratelimit-limit-tokens")),
+        remaining_tokens=parse_int(headers.get("x-ratelimit-remaining-tokens")),
+        reset_tokens=parse_duration(headers.get("x-ratelimit-reset-tokens")),
+        retry_after=retry_after(headers),
+    )
+    return None if info == RateLimitInfo() else info
+
+
 def kind_for_status(status: int) -> ErrorKind:
     """The default error kind of an HTTP status; providers refine it from the error body."""
     if status in (401, 403):
@@ -129,6 +159,29 @@ def error_message_from_body(body: Any) -> str:
     if isinstance(body, str):
         return body[:500]
     return "upstream error"
+
+
+def decode_error_body(raw: bytes) -> Any:
+    """An error reply's body: parsed JSON when it is JSON, else the text (an HTML gateway page...)."""
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+
+
+def request_id_note(
+    headers: Mapping[str, str], names: Iterable[str] = ("x-request-id", "request-id")
+) -> str | None:
+    """``request id <id>`` from the first of the ``names`` headers present, for error messages."""
+    request_id = next((headers[name] for name in names if headers.get(name)), None)
+    return f"request id {request_id}" if request_id else None
+
+
+def with_notes(message: str, notes: Iterable[str | None]) -> str:
+    """``message (note, note)`` for the non-empty notes, or ``message`` alone when there are none."""
+    shown = [note for note in notes if note]
+    return f"{message} ({', '.join(shown)})" if shown else message
 
 
 @contextmanager

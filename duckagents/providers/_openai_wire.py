@@ -1,21 +1,18 @@
-"""The OpenAI Chat Completions wire format: request bodies, replies, stream chunks, errors, headers.
+"""The OpenAI Chat Completions wire format: request bodies, replies and stream chunks.
 
-Pure functions over JSON values and headers, no I/O; :mod:`duckagents.providers.openai` does the HTTP.
+Pure functions over JSON values, no I/O; :mod:`duckagents.providers.openai` does the HTTP and
+:mod:`duckagents.providers._openai_errors` maps error replies. The ``x-ratelimit-*`` headers are parsed by
+:func:`duckagents.providers._http.parse_rate_limit`.
 Parsers raise :class:`~duckagents.providers._streams.StreamFormatError` on a malformed value (never a raw
 ``KeyError``/``TypeError``); the provider turns that into a ``PROTOCOL`` error with its context.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..errors import ErrorKind, ProviderError, Secret, redact
 from ..messages import FinishReason, ImagePart, Message, TextPart, ToolCall, ToolSpec, Usage
 from ..signals import ProviderRequest, ToolCallDelta
-from ._http import error_message_from_body, kind_for_status, parse_duration, parse_int, parse_retry_after
 from ._streams import StreamFormatError
 from .base import Completion, RateLimitInfo, StreamDelta
 
@@ -274,112 +271,3 @@ class ChunkAssembler:
             rate_limit=rate_limit,
             raw_finish_reason=self._raw_reason,
         )
-
-
-# --- headers and errors --------------------------------------------------------------------------
-
-
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """``retry-after-ms`` (OpenAI's precise form) or ``retry-after``, in seconds."""
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(0.0, float(millis) / 1000.0)
-        except ValueError:
-            pass
-    return parse_retry_after(headers.get("retry-after"))
-
-
-def parse_rate_limit(headers: Mapping[str, str]) -> RateLimitInfo | None:
-    """The ``x-ratelimit-*`` and retry headers (a case-insensitive mapping), or None when absent."""
-    info = RateLimitInfo(
-        limit_requests=parse_int(headers.get("x-ratelimit-limit-requests")),
-        remaining_requests=parse_int(headers.get("x-ratelimit-remaining-requests")),
-        reset_requests=parse_duration(headers.get("x-ratelimit-reset-requests")),
-        limit_tokens=parse_int(headers.get("x-ratelimit-limit-tokens")),
-        remaining_tokens=parse_int(headers.get("x-ratelimit-remaining-tokens")),
-        reset_tokens=parse_duration(headers.get("x-ratelimit-reset-tokens")),
-        retry_after=retry_after(headers),
-    )
-    return None if info == RateLimitInfo() else info
-
-
-_TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?(?:ms|s|m|h)(?:\d+(?:\.\d+)?(?:ms|s))*)")
-
-
-def classify(status: int | None, code: str | None, err_type: str | None, message: str) -> ErrorKind:
-    """The error kind of an OpenAI error: the ``code``/``type`` refine what the status says."""
-    if code == "insufficient_quota" or err_type == "insufficient_quota":
-        return ErrorKind.QUOTA_EXCEEDED
-    if code == "rate_limit_exceeded":
-        return ErrorKind.RATE_LIMITED
-    # vLLM and other compatible servers send no code, only OpenAI's wording.
-    if code == "context_length_exceeded" or "maximum context length" in message:
-        return ErrorKind.CONTEXT_LENGTH
-    if code == "model_not_found":
-        return ErrorKind.NOT_FOUND
-    if code == "invalid_api_key":
-        return ErrorKind.AUTH
-    if status is not None:
-        return kind_for_status(status)
-    return ErrorKind.INVALID_REQUEST if err_type == "invalid_request_error" else ErrorKind.UPSTREAM_5XX
-
-
-def _error_fields(body: Any) -> tuple[str | None, str | None, str | None]:
-    err = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(err, dict):
-        return None, None, None
-    # Codes are usually strings but Cloudflare-fronted 5xx bodies carry an int.
-    fields = (err.get("code"), err.get("type"), err.get("param"))
-    return tuple(None if f is None else str(f) for f in fields)  # type: ignore[return-value]
-
-
-def make_error(
-    status: int | None,
-    headers: Mapping[str, str],
-    body: Any,
-    *,
-    provider: str,
-    model: str | None,
-    secrets: Iterable[Secret | str | None],
-) -> ProviderError:
-    """The :class:`ProviderError` for an OpenAI error reply (``body`` parsed JSON, or text)."""
-    code, err_type, param = _error_fields(body)
-    message = error_message_from_body(body).strip() or "upstream error"
-    kind = classify(status, code, err_type, message)
-    wait = retry_after(headers)
-    if wait is None and kind is ErrorKind.RATE_LIMITED:
-        match = _TRY_AGAIN.search(message)
-        wait = parse_duration(match.group(1)) if match else None
-    details = [f"{name}={value}" for name, value in (("type", err_type), ("code", code), ("param", param))
-               if value]
-    request_id = headers.get("x-request-id")
-    if request_id:
-        details.append(f"request id {request_id}")
-    text = f"{message} ({', '.join(details)})" if details else message
-    return ProviderError(
-        kind,
-        redact(text, secrets),
-        provider=provider,
-        model=model,
-        retryable=False if kind is ErrorKind.QUOTA_EXCEEDED else None,
-        retry_after=wait,
-        status=status,
-    )
-
-
-def decode_error_body(raw: bytes) -> Any:
-    """An error reply's body: parsed JSON when it is JSON, else the text (an HTML gateway page...)."""
-    text = raw.decode("utf-8", errors="replace")
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        return text
-
-
-def stream_error(chunk: Any) -> Any | None:
-    """The ``error`` object of a mid-stream error event (``data: {"error": {...}}``), else None."""
-    if isinstance(chunk, dict) and isinstance(chunk.get("error"), dict):
-        return chunk
-    return None
-

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import attrs
 
 MAX_LINE = 4 * 1024 * 1024
+
+T = TypeVar("T")
 
 
 class StreamFormatError(ValueError):
@@ -162,21 +164,25 @@ def _parse_json_line(line: str) -> Any:
         raise StreamFormatError(f"NDJSON line is not JSON: {exc.msg}: {line[:80]!r}") from None
 
 
-async def iter_sse(chunks: AsyncIterator[bytes], max_line: int = MAX_LINE) -> AsyncGenerator[SSEEvent, None]:
+class _Parser(Protocol[T]):
+    def feed(self, data: bytes) -> list[T]: ...
+
+    def close(self) -> list[T]: ...
+
+
+async def _parse(parser: _Parser[T], chunks: AsyncIterator[bytes]) -> AsyncGenerator[T, None]:
+    async for chunk in chunks:
+        for item in parser.feed(chunk):
+            yield item
+    for item in parser.close():
+        yield item
+
+
+def iter_sse(chunks: AsyncIterator[bytes], max_line: int = MAX_LINE) -> AsyncGenerator[SSEEvent, None]:
     """Parse an async byte stream (e.g. ``response.aiter_raw()``) into SSE events."""
-    parser = SSEParser(max_line)
-    async for chunk in chunks:
-        for event in parser.feed(chunk):
-            yield event
-    for event in parser.close():
-        yield event
+    return _parse(SSEParser(max_line), chunks)
 
 
-async def iter_ndjson(chunks: AsyncIterator[bytes], max_line: int = MAX_LINE) -> AsyncGenerator[Any, None]:
+def iter_ndjson(chunks: AsyncIterator[bytes], max_line: int = MAX_LINE) -> AsyncGenerator[Any, None]:
     """Parse an async byte stream into JSON values, one per line."""
-    parser = NDJSONParser(max_line)
-    async for chunk in chunks:
-        for value in parser.feed(chunk):
-            yield value
-    for value in parser.close():
-        yield value
+    return _parse(NDJSONParser(max_line), chunks)

@@ -1,26 +1,24 @@
-"""The Hugging Face TGI wire format: /info, /generate(_stream), /tokenize and TGI's error shape.
+"""The Hugging Face TGI wire format: /info, /generate(_stream) and /tokenize (errors: :mod:`._tgi_errors`).
 
 The Messages API (``/v1/chat/completions``) is OpenAI-shaped, so its bodies and replies go through
 :mod:`duckagents.providers._openai_wire`; this module only adapts what TGI does differently (JSON mode
-is a grammar, tool-call arguments may arrive as an object, ``eos_token`` finish reasons, errors are
-``{"error": str, "error_type": str}``). Pure functions, no I/O; parsers raise ``StreamFormatError``.
+is a grammar, tool-call arguments may arrive as an object, ``eos_token`` finish reasons). Pure
+functions, no I/O; parsers raise ``StreamFormatError``.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
 
-from ..errors import ErrorKind, ProviderError, Secret, redact
 from ..messages import Features, FinishReason, Message, Usage
 from ..signals import ProviderRequest
 from . import _openai_wire as openai_wire
-from ._http import error_message_from_body, kind_for_status, parse_int
+from ._http import parse_int
 from ._streams import StreamFormatError
 from .base import Completion, RateLimitInfo, StreamDelta
 
@@ -43,10 +41,6 @@ _VISION_HINTS = (
     "pixtral",
     "gemma-3",
 )
-# TGI's validation messages for inputs that do not fit: "`inputs` tokens + `max_new_tokens` must be <= N"
-# and "`inputs` must have less than N tokens".
-_TOO_LONG = re.compile(r"`inputs` tokens \+ `max_new_tokens` must be|`inputs` must have less than|too long")
-
 
 @attrs.frozen
 class TGIInfo:
@@ -247,55 +241,3 @@ def parse_tokenize(body: Any) -> int:
     if not isinstance(body, list) or not all(isinstance(t, dict) and "id" in t for t in body):
         raise StreamFormatError("tokenize reply is not a list of tokens")
     return len(body)
-
-
-# --- errors --------------------------------------------------------------------------------------
-
-
-def error_kind(status: int | None, error_type: str | None, message: str) -> tuple[ErrorKind, bool | None]:
-    """The kind (and a retryable override) of a TGI error.
-
-    424 ``generation`` errors are failures inside the model shards (CUDA errors, OOM on a given input);
-    the same request tends to fail the same way, so they are UPSTREAM_4XX and not retried.
-    """
-    if status == 422 or error_type == "validation":
-        return (ErrorKind.CONTEXT_LENGTH if _TOO_LONG.search(message) else ErrorKind.INVALID_REQUEST), None
-    if status == 424 or error_type == "generation":
-        return ErrorKind.UPSTREAM_4XX, False
-    if error_type == "overloaded":  # TGI's 429: max_concurrent_requests reached
-        return ErrorKind.OVERLOADED, None
-    if error_type == "incomplete_generation":
-        return ErrorKind.UPSTREAM_5XX, None
-    return (kind_for_status(status) if status is not None else ErrorKind.UPSTREAM_5XX), None
-
-
-def make_error(
-    status: int | None,
-    headers: Mapping[str, str],
-    body: Any,
-    *,
-    provider: str,
-    model: str | None,
-    secrets: Iterable[Secret | str | None],
-) -> ProviderError:
-    """The ProviderError of a TGI error reply or in-band error event (``body`` parsed JSON or text)."""
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):  # an OpenAI-shaped proxy error
-        return openai_wire.make_error(status, headers, body, provider=provider, model=model, secrets=secrets)
-    message = error_message_from_body(body).strip() or "upstream error"
-    error_type = body.get("error_type") if isinstance(body, dict) else None
-    error_type = error_type if isinstance(error_type, str) else None
-    kind, retryable = error_kind(status, error_type, message)
-    details = [f"error_type={error_type}"] if error_type else []
-    request_id = headers.get("x-request-id") or headers.get("request-id")
-    if request_id:
-        details.append(f"request id {request_id}")
-    text = f"{message} ({', '.join(details)})" if details else message
-    return ProviderError(
-        kind,
-        redact(text, secrets),
-        provider=provider,
-        model=model,
-        retryable=retryable,
-        retry_after=openai_wire.retry_after(headers),
-        status=status,
-    )

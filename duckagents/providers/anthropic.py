@@ -1,42 +1,36 @@
 """The Anthropic provider: the Messages API (``POST /v1/messages``) over httpx.
 
-The wire format (encoding, decoding, errors, the stream state machine) lives in
-:mod:`duckagents.providers._anthropic_wire`; this module does the HTTP and holds the model table.
+The wire format lives in :mod:`._anthropic_request` (encoding), :mod:`._anthropic_wire` (decoding, the
+stream state machine) and :mod:`._anthropic_errors` (errors, rate-limit headers); this module does the
+HTTP (on :class:`~._client.HTTPProvider`) and holds the model table.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from types import TracebackType
-from typing import Any, cast
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import attrs
 import httpx
-import trio
 
-from ..errors import ProviderError, Secret, StreamProtocolError, redact
+from ..errors import ProviderError, Secret, redact
 from ..messages import Features, Message
 from ..signals import ProviderRequest
-from ._anthropic_wire import (
+from ._anthropic_errors import PROVIDER, decode_rate_limits, provider_error
+from ._anthropic_request import (
     MAX_IMAGE_BYTES,
     MEDIA_TYPES,
-    PROVIDER,
     RequestEncodingError,
-    StreamAssembler,
-    StreamErrorEvent,
-    WireFormatError,
-    decode_error_body,
-    decode_message,
-    decode_rate_limits,
     encode_messages,
     encode_request,
     image_problem,
-    provider_error,
 )
-from ._http import make_client, translate_transport_errors
-from ._streams import SSEEvent, StreamFormatError, iter_sse
+from ._anthropic_wire import StreamAssembler, StreamErrorEvent, WireFormatError, decode_message
+from ._client import HTTPProvider
+from ._http import decode_error_body
+from ._streams import StreamFormatError, iter_sse
 from .base import (
     Completion,
     HealthProbe,
@@ -63,6 +57,8 @@ API_VERSION = "2023-06-01"
 DEFAULT_MODEL = "claude-sonnet-4-6"
 #: ``max_tokens`` is required by the API; without an option we ask for this much, capped by the model.
 DEFAULT_MAX_TOKENS = 4096
+# Streams ask for SSE; the client's default accept header is JSON.
+_STREAM_HEADERS = {"accept": "text/event-stream"}
 # Pagination of GET /v1/models is bounded: a misbehaving upstream must not loop us forever.
 MAX_MODEL_PAGES = 50
 
@@ -96,12 +92,7 @@ def features_for(model: str) -> Features:
     return _CLAUDE
 
 
-def _sse(response: httpx.Response) -> AsyncGenerator[SSEEvent, None]:
-    # iter_sse is an async generator typed as an iterator; aclosing needs the generator type.
-    return cast(AsyncGenerator[SSEEvent, None], iter_sse(response.aiter_bytes()))
-
-
-class AnthropicProvider:
+class AnthropicProvider(HTTPProvider):
     """Anthropic's Messages API as a :class:`~duckagents.providers.base.Provider`.
 
     Use as ``async with AnthropicProvider(api_key=...) as provider:``. ``media_types`` and
@@ -125,36 +116,12 @@ class AnthropicProvider:
         api_version: str = API_VERSION,
         default_max_tokens: int | None = None,
     ) -> None:
-        self.default_model = default_model
-        self._api_key = Secret(api_key) if isinstance(api_key, str) else api_key
-        self._default_max_tokens = default_max_tokens
         headers = {"anthropic-version": api_version, "accept": "application/json"}
-        if self._api_key:
-            headers["x-api-key"] = self._api_key.reveal()
-        self._client = make_client(
-            base_url.rstrip("/"), headers=headers, transport=transport, timeout=timeout
-        )
+        super().__init__(base_url.rstrip("/"), api_key, default_model, transport, timeout, headers=headers)
+        self._default_max_tokens = default_max_tokens
 
-    def __repr__(self) -> str:
-        base_url = str(self._client.base_url)
-        return f"AnthropicProvider(base_url={base_url!r}, default_model={self.default_model!r})"
-
-    @property
-    def secrets(self) -> tuple[Secret, ...]:
-        """The API key, when one is set, for redaction."""
-        return (self._api_key,) if self._api_key else ()
-
-    async def __aenter__(self) -> AnthropicProvider:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Release the HTTP client."""
-        await self._client.aclose()
+    def _auth_headers(self, key: str) -> dict[str, str]:
+        return {"x-api-key": key}
 
     # --- capabilities ----------------------------------------------------------------------------
 
@@ -189,21 +156,15 @@ class AnthropicProvider:
     def _protocol_error(
         self, exc: Exception, model: str | None, request_id: str | None, **extra: Any
     ) -> ProviderError:
-        return StreamProtocolError(
-            redact(f"malformed response from Anthropic: {exc}", self.secrets),
-            provider=PROVIDER,
-            model=model,
-            request_id=request_id,
-            **extra,
-        )
+        message = f"malformed response from Anthropic: {exc}"
+        return self._protocol(message, model, request_id=request_id, **extra)
 
-    async def _error(
-        self, response: httpx.Response, model: str | None, request_id: str | None
+    def _http_error(
+        self, response: httpx.Response, model: str | None, request_id: str | None = None
     ) -> ProviderError:
-        content = await response.aread()
         return provider_error(
             status=response.status_code,
-            body=decode_error_body(content),
+            body=decode_error_body(response.content),
             headers=response.headers,
             model=model,
             secrets=self.secrets,
@@ -222,10 +183,7 @@ class AnthropicProvider:
         request_id: str | None = None,
     ) -> tuple[httpx.Response, Any]:
         """One non-streaming request: the response and its parsed JSON; raises ProviderError."""
-        with translate_transport_errors(PROVIDER, model, self.secrets):
-            response = await self._client.request(method, path, json=body, params=params)
-        if response.status_code >= 400:
-            raise await self._error(response, model, request_id)
+        response = await self._send(method, path, model, body=body, params=params, request_id=request_id)
         try:
             return response, response.json()
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
@@ -252,35 +210,32 @@ class AnthropicProvider:
         assembler = StreamAssembler(model)
         delivered = False
         try:
-            with translate_transport_errors(PROVIDER, model, self.secrets):
-                async with self._client.stream(
-                    "POST", "/v1/messages", json=body, headers={"accept": "text/event-stream"}
-                ) as response:
-                    if response.status_code >= 400:
-                        raise await self._error(response, model, request.request_id)
-                    rate_limit = decode_rate_limits(response.headers, time.time())
-                    try:
-                        async with contextlib.aclosing(_sse(response)) as events:
-                            async for event in events:
-                                for delta in assembler.feed(event.event, event.json()):
-                                    delivered = True
-                                    yield delta
-                        completion = assembler.completion(rate_limit)
-                    except (StreamFormatError, WireFormatError) as exc:
-                        raise self._protocol_error(
-                            exc, model, request.request_id, partial=delivered
-                        ) from None
-                    except StreamErrorEvent as exc:
-                        raise provider_error(
-                            status=None,
-                            body=exc.body,
-                            headers=response.headers,  # for its request-id
-                            model=model,
-                            secrets=self.secrets,
-                            request_id=request.request_id,
-                            now=time.time(),
-                            partial=delivered,
-                        ) from None
+            async with self._post_stream(
+                "/v1/messages", model, body, headers=_STREAM_HEADERS, request_id=request.request_id
+            ) as response:
+                rate_limit = decode_rate_limits(response.headers, time.time())
+                try:
+                    async with contextlib.aclosing(iter_sse(response.aiter_bytes())) as events:
+                        async for event in events:
+                            for delta in assembler.feed(event.event, event.json()):
+                                delivered = True
+                                yield delta
+                    completion = assembler.completion(rate_limit)
+                except (StreamFormatError, WireFormatError) as exc:
+                    raise self._protocol_error(
+                        exc, model, request.request_id, partial=delivered
+                    ) from None
+                except StreamErrorEvent as exc:
+                    raise provider_error(
+                        status=None,
+                        body=exc.body,
+                        headers=response.headers,  # for its request-id
+                        model=model,
+                        secrets=self.secrets,
+                        request_id=request.request_id,
+                        now=time.time(),
+                        partial=delivered,
+                    ) from None
         except ProviderError as exc:
             # A failure after text reached the caller cannot be retried transparently.
             exc.partial = exc.partial or delivered
@@ -330,14 +285,9 @@ class AnthropicProvider:
 
     async def health(self) -> HealthProbe:
         """Probe ``GET /v1/models?limit=1``; never raises for an unreachable or refusing upstream."""
-        started = trio.current_time()
-        try:
+
+        async def check() -> dict[str, str]:
             response, _ = await self._call("GET", "/v1/models", None, params={"limit": 1})
-        except ProviderError as exc:
-            detail = {"kind": exc.kind.value, "error": exc.message}
-            if exc.status is not None:
-                detail["status"] = str(exc.status)
-            return HealthProbe(ok=False, latency=trio.current_time() - started, detail=detail)
-        return HealthProbe(
-            ok=True, latency=trio.current_time() - started, detail={"status": str(response.status_code)}
-        )
+            return {"status": str(response.status_code)}
+
+        return await self._probe(check, report_status=True)

@@ -24,16 +24,16 @@ import math
 import random
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
-import attrs
-import cattrs
 import trio
 
-from ..codec import converter, describe_error
-from ..errors import ConfigError, ErrorKind, ProviderError, Secret
-from ..messages import Features, FinishReason, Message, ToolCall, Usage
+from ..errors import ErrorKind, ProviderError, Secret
+from ..messages import Features, FinishReason, Message, Usage
 from ..signals import ProviderRequest, ToolCallDelta
+from ._client import as_secret
+from ._mock_options import Latency, as_latency, parse_options
+from ._mock_script import MAX_SCRIPT, Crash, Hang, MockFailure, MockReply, MockScript, mock_answer
 from .base import (
     Completion,
     HealthProbe,
@@ -57,8 +57,6 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "mock-1"
-#: Scripted items (replies or failures) one provider holds at most; more is a test bug, so it raises.
-MAX_SCRIPT = 4096
 #: The mock supports everything by default, so the zero-config setup can answer any request.
 DEFAULT_MOCK_FEATURES = Features(
     streaming=True, tools=True, vision=True, system_prompt=True, json_mode=True,
@@ -66,109 +64,12 @@ DEFAULT_MOCK_FEATURES = Features(
 )
 
 
-def mock_answer(last_user_text: str) -> str:
-    """The unscripted answer: friendly, obviously from the mock, and a pure function of the prompt."""
-    return f"Quack! This is the duckagents mock provider (no real LLM configured). You said: {last_user_text}"
+class MockProvider(MockScript):
+    """A scriptable in-process provider implementing the full :class:`~.base.Provider` protocol.
 
-
-@attrs.frozen
-class MockReply:
-    """One scripted answer. ``finish_reason`` defaults to ``tool_calls`` when there are tool calls."""
-
-    text: str = ""
-    tool_calls: tuple[ToolCall, ...] = ()
-    finish_reason: FinishReason | None = None
-    raw_finish_reason: str | None = None
-    #: Characters per streamed chunk; ``None`` uses the provider's ``chunk_size``.
-    chunk_size: int | None = None
-
-
-@attrs.frozen
-class MockFailure:
-    """One scripted failure: the call raises ``ProviderError(kind, ...)``.
-
-    In a stream, ``after_chunks`` text chunks are yielded first (a mid-stream failure).
+    The scripting methods (:meth:`push_reply`, :meth:`fail_next`, :meth:`crash_next`, :meth:`hang_next`,
+    :meth:`clear_script`) come from :class:`~._mock_script.MockScript`.
     """
-
-    kind: ErrorKind = attrs.field(converter=ErrorKind)
-    message: str = "injected mock failure"
-    retry_after: float | None = None
-    status: int | None = None
-    after_chunks: int = 0
-
-
-@attrs.frozen
-class _Crash:
-    message: str
-
-
-@attrs.frozen
-class _Hang:
-    duration: float
-
-
-_Outcome = MockFailure | _Crash | _Hang
-
-
-@attrs.frozen
-class Latency:
-    """Delay before each answer: ``fixed`` (``low`` seconds) or ``uniform`` in ``[low, high]``."""
-
-    kind: Literal["fixed", "uniform"] = "fixed"
-    low: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
-    high: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
-
-    def sample(self, rng: random.Random) -> float:
-        """One delay in seconds, drawn from ``rng`` (so a seeded provider is reproducible)."""
-        if self.kind == "uniform":
-            return rng.uniform(self.low, max(self.low, self.high))
-        return self.low
-
-
-def _latency(value: Any) -> Latency:
-    if isinstance(value, Latency):
-        return value
-    if isinstance(value, int | float):
-        return Latency("fixed", float(value))
-    return converter.structure(value, Latency)
-
-
-@attrs.frozen
-class _Options:
-    """The ``options`` table of a ``kind = "mock"`` provider (validated, unknown keys rejected)."""
-
-    replies: tuple[str | MockReply, ...] = ()
-    failures: tuple[MockFailure, ...] = ()
-    chunk_size: int = 8
-    chunk_delay: float = 0.0
-    latency: float | Latency = 0.0
-    seed: int = 0
-    #: Overrides of :data:`DEFAULT_MOCK_FEATURES`, e.g. ``{vision = false}``.
-    features: dict[str, Any] = attrs.field(factory=dict)
-    #: Per-model overrides of the provider-wide features.
-    model_features: dict[str, dict[str, Any]] = attrs.field(factory=dict)
-    models: tuple[str, ...] = ()
-    healthy: bool = True
-
-
-def _structure_reply(value: Any, _: Any) -> str | MockReply:
-    if isinstance(value, str):
-        return value
-    return converter.structure(value, MockReply)
-
-
-def _structure_latency(value: Any, _: Any) -> float | Latency:
-    return _latency(value)
-
-
-# Scoped to this module's types (a copy of the shared converter), so the global one stays untouched.
-_options_converter = converter.copy()
-_options_converter.register_structure_hook(str | MockReply, _structure_reply)
-_options_converter.register_structure_hook(float | Latency, _structure_latency)
-
-
-class MockProvider:
-    """A scriptable in-process provider implementing the full :class:`~.base.Provider` protocol."""
 
     name = "mock"
 
@@ -194,12 +95,13 @@ class MockProvider:
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        super().__init__()
         self.base_url = base_url
         self.default_model = default_model
-        self._api_key = Secret(api_key) if isinstance(api_key, str) else api_key
+        self._api_key = as_secret(api_key)
         self.chunk_size = chunk_size
         self.chunk_delay = chunk_delay
-        self.latency = _latency(latency)
+        self.latency = as_latency(latency)
         self._rng = random.Random(seed)
         self._features = features or DEFAULT_MOCK_FEATURES
         self._model_features = dict(model_features or {})
@@ -208,8 +110,6 @@ class MockProvider:
         self.healthy = healthy
         #: Attached to every completion, as if the upstream sent rate-limit headers.
         self.rate_limit = rate_limit
-        self._replies: deque[MockReply] = deque()
-        self._outcomes: deque[_Outcome] = deque()
         #: Requests seen, most recent last (bounded), for assertions.
         self.requests: deque[ProviderRequest] = deque(maxlen=256)
         #: Completion calls (``complete`` and ``stream``) made so far.
@@ -233,18 +133,7 @@ class MockProvider:
 
         Raises :class:`ConfigError` naming the bad key.
         """
-        unknown = set(options) - set(attrs.fields_dict(_Options))
-        if unknown:
-            raise ConfigError(f"mock provider: unknown option(s) {', '.join(sorted(unknown))}")
-        try:
-            opts = _options_converter.structure(dict(options), _Options)
-            features = _evolve_features(DEFAULT_MOCK_FEATURES, opts.features, "features")
-            per_model = {
-                m: _evolve_features(features, f, f"model_features.{m}")
-                for m, f in opts.model_features.items()
-            }
-        except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
-            raise ConfigError(f"mock provider: invalid options: {describe_error(exc)}") from None
+        opts, features, per_model = parse_options(options, DEFAULT_MOCK_FEATURES)
         return cls(
             base_url, api_key, default_model or DEFAULT_MODEL, None, timeout,
             replies=opts.replies, failures=opts.failures, chunk_size=opts.chunk_size,
@@ -255,44 +144,7 @@ class MockProvider:
     def __repr__(self) -> str:
         return f"MockProvider(model={self.default_model!r}, calls={self.calls})"
 
-    # --- scripting -------------------------------------------------------------------------------
-
-    def push_reply(self, *replies: str | MockReply) -> None:
-        """Queue answers for the next completion calls, in order (a string is a plain text answer)."""
-        if len(self._replies) + len(replies) > MAX_SCRIPT:
-            raise ValueError(f"a mock provider holds at most {MAX_SCRIPT} scripted replies")
-        self._replies.extend(MockReply(r) if isinstance(r, str) else r for r in replies)
-
-    def fail_next(
-        self,
-        kind: ErrorKind | str,
-        count: int = 1,
-        retry_after: float | None = None,
-        *,
-        message: str = "injected mock failure",
-        status: int | None = None,
-        after_chunks: int = 0,
-    ) -> None:
-        """Make the next ``count`` completion calls raise ``ProviderError(kind)``."""
-        failure = MockFailure(ErrorKind(kind), message, retry_after, status, after_chunks)
-        for _ in range(count):
-            self._queue_outcome(failure)
-
-    def crash_next(self, count: int = 1, message: str = "injected crash in the mock provider") -> None:
-        """Make the next ``count`` completion calls raise ``RuntimeError`` (simulates a bug)."""
-        for _ in range(count):
-            self._queue_outcome(_Crash(message))
-
-    def hang_next(self, count: int = 1, duration: float = 3600.0) -> None:
-        """Make the next ``count`` calls sleep ``duration`` seconds *shielded from cancellation* before
-        answering: a wedged call that neither its deadline nor a cancel can interrupt."""
-        for _ in range(count):
-            self._queue_outcome(_Hang(duration))
-
-    def clear_script(self) -> None:
-        """Forget every queued reply and failure."""
-        self._replies.clear()
-        self._outcomes.clear()
+    # --- scripting (the rest is in MockScript) --------------------------------------------------
 
     def set_features(self, features: Features, model: str | None = None) -> None:
         """Change what the mock (or one of its models) supports."""
@@ -300,11 +152,6 @@ class MockProvider:
             self._features = features
         else:
             self._model_features[model] = features
-
-    def _queue_outcome(self, outcome: _Outcome) -> None:
-        if len(self._outcomes) >= MAX_SCRIPT:
-            raise ValueError(f"a mock provider holds at most {MAX_SCRIPT} scripted failures")
-        self._outcomes.append(outcome)
 
     # --- the provider protocol -------------------------------------------------------------------
 
@@ -379,25 +226,20 @@ class MockProvider:
         self.calls += 1
         self.requests.append(request)
         model = request.model or self.default_model
-        outcome = self._outcomes.popleft() if self._outcomes else None
+        outcome = self._next_outcome()
         await trio.lowlevel.checkpoint()
-        if isinstance(outcome, _Crash):
+        if isinstance(outcome, Crash):
             raise RuntimeError(outcome.message)
-        if isinstance(outcome, _Hang):
+        if isinstance(outcome, Hang):
             with trio.CancelScope(shield=True):
                 await trio.sleep(outcome.duration)
         delay = self.latency.sample(self._rng)
         if delay:
             await trio.sleep(delay)
-        elif isinstance(outcome, _Hang):
+        elif isinstance(outcome, Hang):
             await trio.lowlevel.checkpoint()  # a cancel that came during the hang takes effect now
         self._validate(request, model)
         return model, outcome if isinstance(outcome, MockFailure) else None
-
-    def _next_reply(self, request: ProviderRequest) -> MockReply:
-        if self._replies:
-            return self._replies.popleft()
-        return MockReply(mock_answer(_last_user_text(request.messages)))
 
     def _validate(self, request: ProviderRequest, model: str) -> None:
         features = self.features(model)
@@ -441,21 +283,6 @@ class MockProvider:
             failure.kind, failure.message, provider=self.name, model=model,
             retry_after=failure.retry_after, status=failure.status,
         )
-
-
-def _evolve_features(base: Features, overrides: Mapping[str, Any], where: str) -> Features:
-    unknown = set(overrides) - set(attrs.fields_dict(Features))
-    if unknown:
-        raise ValueError(f"{where}: unknown feature(s) {', '.join(sorted(unknown))}")
-    merged = converter.unstructure(base) | dict(overrides)
-    return converter.structure(merged, Features)
-
-
-def _last_user_text(messages: Sequence[Message]) -> str:
-    for message in reversed(messages):
-        if message.role == "user":
-            return message.text
-    return ""
 
 
 def _split(text: str, size: int) -> list[str]:

@@ -11,16 +11,21 @@ from contextlib import aclosing
 from typing import Any
 
 import httpx
-import trio
 
-from ..errors import ErrorKind, ProviderError, Secret, StreamProtocolError, redact
+from ..errors import ErrorKind, ProviderError, Secret, redact
 from ..messages import Features, Message, ToolCall
 from ..signals import ProviderRequest, ToolCallDelta
 from . import _ollama_wire as wire
-from ._http import error_message_from_body, kind_for_status, make_client, parse_retry_after
-from ._http import translate_transport_errors as _transport
+from ._client import HTTPProvider, ReplyStream
+from ._http import (
+    error_message_from_body,
+    kind_for_status,
+    parse_rate_limit,
+    parse_retry_after,
+    request_id_note,
+    with_notes,
+)
 from ._ollama_wire import OllamaModelDetails, canonical_model_name
-from ._openai_wire import parse_rate_limit
 from ._streams import StreamFormatError, iter_ndjson
 from .base import (
     Completion,
@@ -44,10 +49,9 @@ __all__ = [
 DEFAULT_BASE_URL = "http://127.0.0.1:11434"
 DEFAULT_MODEL = "llama3.2"
 _MAX_CACHED = 256
-_DRAIN_TIMEOUT = 1.0
 
 
-class OllamaProvider:
+class OllamaProvider(HTTPProvider):
     """The Ollama provider (see the module docstring). Use as ``async with OllamaProvider() as p:``.
 
     ``keep_alive`` is sent with every chat (how long Ollama keeps the model loaded); ``num_ctx`` is sent
@@ -67,32 +71,10 @@ class OllamaProvider:
         keep_alive: str | float | None = None,
         num_ctx: int | None = None,
     ) -> None:
-        self.base_url = base_url
-        self.default_model = default_model
+        super().__init__(base_url, api_key, default_model, transport, timeout)
         self.keep_alive = keep_alive
         self.num_ctx = num_ctx
-        self._key = Secret(api_key) if isinstance(api_key, str) else api_key
-        headers = {"authorization": f"Bearer {self._key.reveal()}"} if self._key else {}
-        self._client = make_client(base_url, headers=headers, transport=transport, timeout=timeout)
         self._shown: dict[str, OllamaModelDetails] = {}
-
-    def __repr__(self) -> str:
-        return f"OllamaProvider(base_url={self.base_url!r}, default_model={self.default_model!r})"
-
-    async def __aenter__(self) -> OllamaProvider:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    @property
-    def secrets(self) -> tuple[Secret, ...]:
-        """The bearer token, if any, for redaction."""
-        return (self._key,) if self._key else ()
-
-    async def aclose(self) -> None:
-        """Release the HTTP client."""
-        await self._client.aclose()
 
     # --- chat -----------------------------------------------------------------------------------
 
@@ -117,7 +99,7 @@ class OllamaProvider:
         model = request.model or self.default_model
         text: list[str] = []
         calls: list[ToolCall] = []
-        lines = _NDJSONLines(self, "/api/chat", self._chat_body(request, model, True), model)
+        lines = self._lines("/api/chat", self._chat_body(request, model, True), model)
         async with aclosing(lines):
             async for line in lines:
                 try:
@@ -205,7 +187,7 @@ class OllamaProvider:
         body: dict[str, Any] = {"model": model, "stream": True}
         if insecure:
             body["insecure"] = True
-        lines = _NDJSONLines(self, "/api/pull", body, model)
+        lines = self._lines("/api/pull", body, model)
         async with aclosing(lines):
             async for line in lines:
                 if line.get("status") == "success":
@@ -241,27 +223,18 @@ class OllamaProvider:
 
     async def health(self) -> HealthProbe:
         """``GET /api/version``; ``ok=False`` (never an exception) when the server is unreachable."""
-        start = trio.current_time()
-        try:
-            version = await self.version()
-        except ProviderError as exc:
-            detail = {"kind": exc.kind.value, "error": exc.message}
-            return HealthProbe(ok=False, latency=trio.current_time() - start, detail=detail)
-        return HealthProbe(ok=True, latency=trio.current_time() - start, detail={"version": version})
+
+        async def check() -> dict[str, str]:
+            return {"version": await self.version()}
+
+        return await self._probe(check)
 
     # --- HTTP -------------------------------------------------------------------------------------
 
     async def _json(
-        self, method: str, path: str, model: str | None, body: dict[str, Any] | None = None
+        self, method: str, path: str, model: str | None, body: Any = None
     ) -> tuple[Any, httpx.Response]:
-        with _transport(self.name, model, self.secrets):
-            response = await self._client.request(method, path, json=body)
-        if response.status_code >= 400:
-            raise self._http_error(response, model)
-        try:
-            data = response.json()
-        except ValueError:
-            raise self._protocol(f"{path} reply is not JSON", model, response.status_code) from None
+        data, response = await super()._json(method, path, model, body)
         if isinstance(data, dict) and isinstance(data.get("error"), str):
             raise self._error(ErrorKind.UPSTREAM_5XX, data["error"], model, response)
         return data, response
@@ -273,7 +246,9 @@ class OllamaProvider:
             raise self._protocol(f"{path} reply has no models list", None)
         return models
 
-    def _http_error(self, response: httpx.Response, model: str | None) -> ProviderError:
+    def _http_error(
+        self, response: httpx.Response, model: str | None, request_id: str | None = None
+    ) -> ProviderError:
         try:
             parsed: Any = response.json()
         except ValueError:
@@ -284,9 +259,7 @@ class OllamaProvider:
     def _error(
         self, kind: ErrorKind, message: str, model: str | None, response: httpx.Response
     ) -> ProviderError:
-        request_id = response.headers.get("x-request-id") or response.headers.get("request-id")
-        if request_id:
-            message = f"{message} (request id {request_id})"
+        message = with_notes(message, [request_id_note(response.headers)])
         status = response.status_code
         return ProviderError(
             wire.error_kind(kind, message),
@@ -297,61 +270,17 @@ class OllamaProvider:
             status=status if status >= 400 else None,  # in-band errors arrive on a 200
         )
 
-    def _protocol(self, message: str, model: str | None, status: int | None = None) -> StreamProtocolError:
-        return StreamProtocolError(
-            redact(message, self.secrets), provider=self.name, model=model, status=status
-        )
+    def _lines(self, path: str, body: dict[str, Any], model: str) -> ReplyStream[dict[str, Any]]:
+        """POST and iterate the NDJSON objects of the reply (see :class:`ReplyStream`)."""
+        return ReplyStream(self, path, body, model, self._decode_lines)
 
-
-class _NDJSONLines:
-    """POST and iterate the NDJSON objects of the reply; every failure becomes a ProviderError.
-
-    An async iterator to use with ``aclosing``; ``headers`` are the reply's once it started.
-    """
-
-    def __init__(self, provider: OllamaProvider, path: str, body: dict[str, Any], model: str) -> None:
-        self.headers = httpx.Headers()
-        self._gen = self._lines(provider, path, body, model)
-
-    def __aiter__(self) -> _NDJSONLines:
-        return self
-
-    async def __anext__(self) -> dict[str, Any]:
-        return await self._gen.__anext__()
-
-    async def drain(self) -> None:
-        """Read what follows the terminal event (normally just the end of the body), so the connection
-        goes back to the pool and no generator of the chain is abandoned half-way. Bounded in time; a
-        failure here is ignored since the answer is already complete."""
-        with trio.move_on_after(_DRAIN_TIMEOUT):
-            try:
-                async for _ in self:
-                    pass
-            except ProviderError:
-                pass
-
-    async def aclose(self) -> None:
-        """Close the reply (and its connection) if still open."""
-        await self._gen.aclose()
-
-    async def _lines(
-        self, provider: OllamaProvider, path: str, body: dict[str, Any], model: str
+    async def _decode_lines(
+        self, response: httpx.Response, model: str
     ) -> AsyncGenerator[dict[str, Any], None]:
-        with _transport(provider.name, model, provider.secrets):
-            async with provider._client.stream("POST", path, json=body) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise provider._http_error(response, model)
-                self.headers = response.headers
-                # Closed explicitly: callers stop at the terminal event and Trio warns about async generators
-                # left to the garbage collector.
-                try:
-                    async with aclosing(iter_ndjson(response.aiter_bytes())) as items:
-                        async for item in items:
-                            if not isinstance(item, dict):
-                                raise provider._protocol("stream line is not a JSON object", model)
-                            if isinstance(item.get("error"), str):  # Ollama reports late failures in-band
-                                raise provider._error(ErrorKind.UPSTREAM_5XX, item["error"], model, response)
-                            yield item
-                except StreamFormatError as exc:
-                    raise provider._protocol(f"malformed stream: {exc}", model) from None
+        async with aclosing(iter_ndjson(response.aiter_bytes())) as items:
+            async for item in items:
+                if not isinstance(item, dict):
+                    raise self._protocol("stream line is not a JSON object", model)
+                if isinstance(item.get("error"), str):  # Ollama reports late failures in-band
+                    raise self._error(ErrorKind.UPSTREAM_5XX, item["error"], model, response)
+                yield item

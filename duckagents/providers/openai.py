@@ -1,7 +1,8 @@
 """The OpenAI Chat Completions provider (also any OpenAI-compatible server: vLLM, LM Studio, ...).
 
-HTTP only; the wire format lives in :mod:`._openai_wire`. The model-family table here is public so the
-agent layer can ask what a model supports and which request rules apply to it.
+HTTP only; the wire format lives in :mod:`._openai_wire` and :mod:`._openai_errors`, the shared HTTP
+plumbing in :mod:`._client`. The model-family table here is public so the agent layer can ask what a model
+supports and which request rules apply to it.
 """
 
 from __future__ import annotations
@@ -15,19 +16,18 @@ import attrs
 import httpx
 import trio
 
-from ..errors import ProviderError, Secret, StreamProtocolError, redact
+from ..errors import ProviderError, Secret
 from ..messages import Features, Message
 from ..signals import ProviderRequest
-from ._http import make_client, translate_transport_errors
-from ._openai_wire import (
-    ChunkAssembler,
-    build_body,
+from ._client import DRAIN_TIMEOUT, HTTPProvider
+from ._http import (
     decode_error_body,
-    make_error,
-    parse_completion,
     parse_rate_limit,
-    stream_error,
+    request_id_note,
+    with_notes,
 )
+from ._openai_errors import make_error, stream_error
+from ._openai_wire import ChunkAssembler, build_body, parse_completion
 from ._streams import StreamFormatError, iter_sse
 from .base import (
     Completion,
@@ -93,10 +93,6 @@ UNKNOWN_MODEL_FEATURES = Features(
 )
 
 
-#: Seconds to wait for the end of a streamed body after its terminal event.
-DRAIN_TIMEOUT = 1.0
-
-
 @functools.lru_cache(maxsize=512)
 def model_family(model: str) -> OpenAIModelFamily | None:
     """The family of ``model`` (``ft:`` fine-tunes and ``org/`` prefixes included), or None if unknown."""
@@ -118,7 +114,7 @@ def is_reasoning_model(model: str) -> bool:
     return family is not None and family.reasoning
 
 
-class OpenAIProvider:
+class OpenAIProvider(HTTPProvider):
     """OpenAI Chat Completions over httpx. ``base_url`` includes the version path (``.../v1``).
 
     For reasoning models ``max_tokens`` is sent as ``max_completion_tokens`` and ``temperature``/``top_p``
@@ -141,37 +137,17 @@ class OpenAIProvider:
         name: str = "openai",
     ) -> None:
         self.name = name
-        self.default_model = default_model
-        self.base_url = base_url.rstrip("/")
-        self.stream_usage = stream_usage
-        self._api_key = Secret(api_key) if isinstance(api_key, str) else api_key
-        self._model_features = dict(model_features or {})
         headers = {"accept": "application/json"}
-        if self._api_key:
-            headers["authorization"] = f"Bearer {self._api_key.reveal()}"
         if organization:
             headers["openai-organization"] = organization
         if project:
             headers["openai-project"] = project
-        self._client = make_client(self.base_url, headers=headers, transport=transport, timeout=timeout)
+        super().__init__(base_url.rstrip("/"), api_key, default_model, transport, timeout, headers=headers)
+        self.stream_usage = stream_usage
+        self._model_features = dict(model_features or {})
 
     def __repr__(self) -> str:
         return f"OpenAIProvider(name={self.name!r}, base_url={self.base_url!r}, model={self.default_model!r})"
-
-    @property
-    def secrets(self) -> tuple[Secret, ...]:
-        """The API key, if any, so error messages can be redacted."""
-        return (self._api_key,) if self._api_key else ()
-
-    async def __aenter__(self) -> OpenAIProvider:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the HTTP client and its connections."""
-        await self._client.aclose()
 
     # --- completions -----------------------------------------------------------------------------
 
@@ -184,10 +160,7 @@ class OpenAIProvider:
         """One non-streaming chat completion."""
         model = request.model or self.default_model
         body = self._body(request, model, stream=False)
-        with translate_transport_errors(self.name, model, self.secrets):
-            response = await self._client.post("chat/completions", json=body)
-        if response.status_code >= 400:
-            raise self._error(response, model)
+        response = await self._send("POST", "chat/completions", model, body=body)
         try:
             return parse_completion(response.json(), model, parse_rate_limit(response.headers))
         except (ValueError, RecursionError) as exc:  # JSON, UTF-8 and StreamFormatError are ValueErrors
@@ -198,38 +171,34 @@ class OpenAIProvider:
         model = request.model or self.default_model
         body = self._body(request, model, stream=True)
         assembler = ChunkAssembler(model)
-        with translate_transport_errors(self.name, model, self.secrets):
-            async with self._client.stream("POST", "chat/completions", json=body) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise self._error(response, model)
-                rate_limit = parse_rate_limit(response.headers)
-                done = False
-                try:
-                    async with contextlib.aclosing(iter_sse(response.aiter_bytes())) as events:
-                        async for event in events:
-                            if event.data.strip() == "[DONE]":
-                                done = True
-                                break
-                            chunk = event.json()
-                            if stream_error(chunk) is not None:
-                                raise make_error(
-                                    None, response.headers, chunk, provider=self.name, model=model,
-                                    secrets=self.secrets,
-                                )
-                            for delta in assembler.feed(chunk):
-                                yield delta
-                        if done:
-                            # Read the (empty) rest of the body so the connection returns to the pool;
-                            # abandoning it at [DONE] would cost a new connection per stream.
-                            with trio.move_on_after(DRAIN_TIMEOUT):
-                                async for _ in events:
-                                    pass
-                    if not done:
-                        raise StreamFormatError("stream ended without data: [DONE]")
-                    completion = assembler.finish(rate_limit)
-                except StreamFormatError as exc:
-                    raise self._protocol_error(str(exc), model, response) from None
+        async with self._post_stream("chat/completions", model, body) as response:
+            rate_limit = parse_rate_limit(response.headers)
+            done = False
+            try:
+                async with contextlib.aclosing(iter_sse(response.aiter_bytes())) as events:
+                    async for event in events:
+                        if event.data.strip() == "[DONE]":
+                            done = True
+                            break
+                        chunk = event.json()
+                        if stream_error(chunk) is not None:
+                            raise make_error(
+                                None, response.headers, chunk, provider=self.name, model=model,
+                                secrets=self.secrets,
+                            )
+                        for delta in assembler.feed(chunk):
+                            yield delta
+                    if done:
+                        # Read the (empty) rest of the body so the connection returns to the pool;
+                        # abandoning it at [DONE] would cost a new connection per stream.
+                        with trio.move_on_after(DRAIN_TIMEOUT):
+                            async for _ in events:
+                                pass
+                if not done:
+                    raise StreamFormatError("stream ended without data: [DONE]")
+                completion = assembler.finish(rate_limit)
+            except StreamFormatError as exc:
+                raise self._protocol_error(str(exc), model, response) from None
         yield StreamEnd(completion)
 
     # --- the rest of the protocol ----------------------------------------------------------------
@@ -248,10 +217,7 @@ class OpenAIProvider:
 
     async def list_models(self) -> list[ModelInfo]:
         """``GET /models``; context windows come from the family table where known."""
-        with translate_transport_errors(self.name, None, self.secrets):
-            response = await self._client.get("models")
-        if response.status_code >= 400:
-            raise self._error(response, None)
+        response = await self._send("GET", "models", None)
         try:
             entries = response.json()["data"]
             names = [entry["id"] for entry in entries]
@@ -264,23 +230,18 @@ class OpenAIProvider:
 
     async def health(self) -> HealthProbe:
         """``GET /models`` as a probe; ``ok=False`` (never an exception) when unreachable or refused."""
-        started = trio.current_time()
-        try:
-            with translate_transport_errors(self.name, None, self.secrets):
-                response = await self._client.get("models")
-        except ProviderError as exc:
-            detail = {"kind": exc.kind.value, "error": exc.message}
-            return HealthProbe(False, trio.current_time() - started, detail)
-        latency = trio.current_time() - started
-        if response.status_code >= 400:
-            error = self._error(response, None)
-            detail = {"kind": error.kind.value, "status": str(response.status_code), "error": error.message}
-            return HealthProbe(False, latency, detail)
-        return HealthProbe(True, latency, {"status": str(response.status_code)})
+
+        async def check() -> dict[str, str]:
+            response = await self._send("GET", "models", None)
+            return {"status": str(response.status_code)}
+
+        return await self._probe(check, report_status=True)
 
     # --- errors ----------------------------------------------------------------------------------
 
-    def _error(self, response: httpx.Response, model: str | None) -> ProviderError:
+    def _http_error(
+        self, response: httpx.Response, model: str | None, request_id: str | None = None
+    ) -> ProviderError:
         body = decode_error_body(response.content)
         return make_error(
             response.status_code, response.headers, body,
@@ -288,11 +249,8 @@ class OpenAIProvider:
         )
 
     def _protocol_error(self, what: str, model: str | None, response: httpx.Response) -> ProviderError:
-        request_id = response.headers.get("x-request-id")
-        message = f"{what} (request id {request_id})" if request_id else what
-        return StreamProtocolError(
-            redact(message, self.secrets), provider=self.name, model=model, status=response.status_code
-        )
+        message = with_notes(what, [request_id_note(response.headers, ("x-request-id",))])
+        return self._protocol(message, model, response.status_code)
 
 
 __all__ = [

@@ -1,7 +1,7 @@
-"""What the loopback OpenAI server refuses, and how: request validation and OpenAI's error bodies.
+"""What the loopback OpenAI server refuses: chat request validation, raising :class:`APIError`.
 
 Messages, ``type``/``param``/``code`` values and statuses follow what api.openai.com answers, so clients
-(ours and the official one) meet the same shapes they meet in production.
+(ours and the official one) meet the same shapes they meet in production (error bodies: _openai_errors).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import attrs
 
+from ._openai_errors import APIError, invalid, missing
 from ._script import estimate_prompt_tokens
-from ._server import Fault
 
 _ROLES = ("system", "assistant", "user", "function", "tool", "developer")
 _PART_TYPES = ("text", "image_url", "input_audio", "file")
@@ -24,111 +24,6 @@ _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _DATA_URL = re.compile(r"^data:image/(png|jpeg|gif|webp);base64,(.*)$", re.DOTALL)
 # o-series and gpt-5 reasoning models: the server's own rule, independent of the provider's table.
 _REASONING = re.compile(r"^(o\d|gpt-5)")
-_DEFAULT_FAULT_MESSAGE = Fault().message
-
-
-class APIError(Exception):
-    """An error reply: HTTP ``status`` and OpenAI's ``{"error": {...}}`` fields."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | int | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.param = param
-        self.code = code
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        """The ``error`` object."""
-        return {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
-
-    @classmethod
-    def model_not_found(cls, model: str) -> APIError:
-        """404 for a model the server does not serve."""
-        return cls(404, f"The model `{model}` does not exist or you do not have access to it.",
-                   code="model_not_found")
-
-    @classmethod
-    def context_length(cls, window: int, prompt: int, completion: int = 0) -> APIError:
-        """400 ``context_length_exceeded`` in OpenAI's wording."""
-        if completion:
-            detail = (
-                f"However, you requested {prompt + completion} tokens ({prompt} in the messages, "
-                f"{completion} in the completion). Please reduce the length of the messages or completion."
-            )
-        else:
-            detail = (
-                f"However, your messages resulted in {prompt} tokens. "
-                "Please reduce the length of the messages."
-            )
-        return cls(400, f"This model's maximum context length is {window} tokens. {detail}",
-                   param="messages", code="context_length_exceeded")
-
-
-def _missing(param: str) -> APIError:
-    message = f"Missing required parameter: '{param}'."
-    return APIError(400, message, param=param, code="missing_required_parameter")
-
-
-def _invalid(param: str, value: Any, allowed: Sequence[str]) -> APIError:
-    names = ", ".join(f"'{a}'" for a in allowed[:-1]) + f", and '{allowed[-1]}'"
-    return APIError(400, f"Invalid value: '{value}'. Supported values are: {names}.", param=param,
-                    code="invalid_value")
-
-
-# code -> (type, default message)
-_FAULT_CODES: dict[str, tuple[str, str]] = {
-    "rate_limit_exceeded": ("requests", "Rate limit reached for requests per min (RPM): Limit 3, Used 3, "
-                            "Requested 1. Please try again in 1s."),
-    "insufficient_quota": ("insufficient_quota", "You exceeded your current quota, please check your "
-                           "plan and billing details."),
-    "invalid_api_key": ("invalid_request_error", "Incorrect API key provided: sk-***."),
-    "model_not_found": ("invalid_request_error", "The model `unknown` does not exist or you do not have "
-                        "access to it."),
-    "unsupported_country_region_territory": (
-        "request_forbidden", "Country, region, or territory not supported"
-    ),
-}
-_STATUS_DEFAULTS: dict[int, tuple[str | None, str]] = {  # status -> (default code, default message)
-    400: (None, "Invalid request."),
-    401: ("invalid_api_key", ""),
-    403: ("unsupported_country_region_territory", ""),
-    404: ("model_not_found", ""),
-    429: ("rate_limit_exceeded", ""),
-    500: (None, "The server had an error while processing your request. Sorry about that!"),
-    503: (None, "The server is overloaded or not ready yet."),
-}
-
-
-def error_for_fault(fault: Fault, context_window: int) -> APIError:
-    """The error reply for an injected ``Fault(status=...)``; ``error_type`` is the OpenAI ``code``."""
-    status = fault.status or 500
-    default_code, default_message = _STATUS_DEFAULTS.get(status, (None, "Request failed."))
-    code = fault.error_type or default_code
-    custom = fault.message != _DEFAULT_FAULT_MESSAGE
-    if code == "context_length_exceeded":
-        err = APIError.context_length(context_window, context_window + 1)
-        err.status = fault.status or 400
-        if custom:
-            err.message = fault.message
-        return err
-    err_type, code_message = _FAULT_CODES.get(code or "", ("", ""))
-    if not err_type:
-        err_type = "server_error" if status >= 500 else "invalid_request_error"
-    message = fault.message if custom else (code_message or default_message)
-    limited = code == "rate_limit_exceeded"
-    headers = {"retry-after": "1", "x-ratelimit-remaining-requests": "0"} if limited else {}
-    return APIError(status, message, type=err_type, code=code, headers=headers)
 
 
 @attrs.frozen
@@ -156,14 +51,14 @@ def _check_content(i: int, role: str, content: Any) -> None:
     if isinstance(content, str) or (content is None and role == "assistant"):
         return
     if not isinstance(content, list):
-        raise _missing(f"messages[{i}].content")
+        raise missing(f"messages[{i}].content")
     for j, part in enumerate(content):
         where = f"messages[{i}].content[{j}]"
         kind = part.get("type") if isinstance(part, dict) else None
         if kind not in _PART_TYPES:
-            raise _invalid(f"{where}.type", kind, _PART_TYPES)
+            raise invalid(f"{where}.type", kind, _PART_TYPES)
         if kind == "text" and not isinstance(part.get("text"), str):
-            raise _missing(f"{where}.text")
+            raise missing(f"{where}.text")
         if kind == "image_url":
             if role != "user":
                 raise APIError(400, f"Invalid 'messages[{i}]'. Image URLs are only allowed for messages with "
@@ -172,7 +67,7 @@ def _check_content(i: int, role: str, content: Any) -> None:
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else None
             if not isinstance(url, str):
-                raise _missing(f"{where}.image_url.url")
+                raise missing(f"{where}.image_url.url")
             _check_image_url(url)
 
 
@@ -201,24 +96,24 @@ def _check_messages(messages: Any) -> None:
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in _ROLES:
             role = message.get("role") if isinstance(message, dict) else None
-            raise _invalid(f"messages[{i}].role", role, _ROLES)
+            raise invalid(f"messages[{i}].role", role, _ROLES)
         role = message["role"]
         if role != "tool" and pending:
             raise APIError(400, "An assistant message with 'tool_calls' must be followed by tool messages "
                            "responding to each 'tool_call_id'. The following tool_call_ids did not have "
                            f"response messages: {', '.join(pending)}", param=f"messages.[{pending_at}].role")
         if "content" not in message and not (role == "assistant" and message.get("tool_calls")):
-            raise _missing(f"messages[{i}].content")
+            raise missing(f"messages[{i}].content")
         _check_content(i, role, message.get("content"))
         if role == "assistant" and message.get("tool_calls"):
             calls = message["tool_calls"]
             if not isinstance(calls, list) or not all(isinstance(c, dict) and c.get("id") for c in calls):
-                raise _missing(f"messages[{i}].tool_calls[0].id")
+                raise missing(f"messages[{i}].tool_calls[0].id")
             pending, pending_at = [str(c["id"]) for c in calls], i
         if role == "tool":
             call_id = message.get("tool_call_id")
             if not call_id:
-                raise _missing(f"messages[{i}].tool_call_id")
+                raise missing(f"messages[{i}].tool_call_id")
             if call_id not in pending:
                 raise APIError(400, "Invalid parameter: messages with role 'tool' must be a response to a "
                                "preceeding message with 'tool_calls'.", param=f"messages.[{i}].role")
@@ -231,7 +126,7 @@ def _check_tools(body: dict[str, Any]) -> None:
     for i, tool in enumerate(tools or []):
         function = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(function, dict):
-            raise _missing(f"tools[{i}].function")
+            raise missing(f"tools[{i}].function")
         name = function.get("name")
         if not isinstance(name, str) or not _TOOL_NAME.match(name):
             raise APIError(400, f"Invalid 'tools[{i}].function.name': string does not match pattern. "
@@ -245,7 +140,7 @@ def _check_tools(body: dict[str, Any]) -> None:
                        "specified.", param="tool_choice")
     if isinstance(choice, str):
         if choice not in ("none", "auto", "required"):
-            raise _invalid("tool_choice", choice, ("none", "auto", "required"))
+            raise invalid("tool_choice", choice, ("none", "auto", "required"))
     elif not isinstance(choice, dict) or (choice.get("function") or {}).get("name") not in names:
         raise APIError(400, "Invalid 'tool_choice': the named function is not in 'tools'.",
                        param="tool_choice", code="invalid_value")
@@ -264,7 +159,7 @@ def validate_chat_request(raw: bytes, models: Sequence[str] | None, context_wind
     if not isinstance(model, str) or not model:
         raise APIError(400, "you must provide a model parameter")
     if "messages" not in body:
-        raise _missing("messages")
+        raise missing("messages")
     messages = body["messages"]
     _check_messages(messages)
     if models is not None and model not in models:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections import deque
+from collections.abc import Mapping
 
 import attrs
 
@@ -26,6 +28,15 @@ class ScriptedReply:
     completion_tokens: int | None = None
     chunk_size: int = 4
 
+    def finish_name(self, names: Mapping[FinishReason, str], tool_calls: str) -> str:
+        """The finish reason string a wire renders: ``raw_finish_reason`` verbatim, else ``tool_calls``
+        for a reply that stopped with tool calls, else the wire's name of ``finish_reason``."""
+        if self.raw_finish_reason is not None:
+            return self.raw_finish_reason
+        if self.tool_calls and self.finish_reason is FinishReason.STOP:
+            return tool_calls
+        return names[self.finish_reason]
+
 
 def echo_reply(last_user_text: str) -> ScriptedReply:
     """The default answer when nothing is scripted: deterministic, derived from the prompt."""
@@ -42,9 +53,12 @@ class ReplyScript:
         """Queue replies for the next completion requests, in order."""
         self._replies.extend(replies)
 
-    def next(self, last_user_text: str) -> ScriptedReply:
-        """The reply for the next request."""
-        return self._replies.popleft() if self._replies else echo_reply(last_user_text)
+    def next(self, last_user_text: str, *, json_mode: bool = False) -> ScriptedReply:
+        """The reply for the next request; in ``json_mode`` the echo is a JSON document too."""
+        reply = self._replies.popleft() if self._replies else echo_reply(last_user_text)
+        if json_mode and reply == echo_reply(last_user_text):
+            reply = attrs.evolve(reply, text=json.dumps({"echo": last_user_text}))
+        return reply
 
 
 def split_text(text: str, size: int) -> list[str]:

@@ -12,24 +12,31 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import attrs
-
 from ..messages import FinishReason
+from ._common import WireServer, bearer_refused, fault_headers, route, serve
 from ._ollama_models import DEFAULT_MODELS, ModelStore, OllamaModel, now_iso
-from ._script import ReplyScript, ScriptedReply, echo_reply, estimate_prompt_tokens, split_text
-from ._server import Fault, HTTPRequest, LoopbackServer, Reply, StreamReply, ndjson, serve_loopback
+from ._script import ScriptedReply, estimate_prompt_tokens, split_text
+from ._server import Fault, HTTPRequest, LoopbackServer, Reply, StreamReply, ndjson
 
 __all__ = ["DEFAULT_MODELS", "OllamaModel", "OllamaServer", "open_ollama_server"]
 
 VERSION = "0.9.0"
 NDJSON = "application/x-ndjson"
+_RATE_LIMITED = {
+    "retry-after": "2",
+    "x-ratelimit-limit-requests": "60",
+    "x-ratelimit-remaining-requests": "0",
+    "x-ratelimit-reset-requests": "2s",
+}
+_NOT_ALLOWED = Reply(405, b"405 method not allowed", {"content-type": "text/plain"})
+_NOT_FOUND = Reply(404, b"404 page not found", {"content-type": "text/plain"})
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
     return Reply.json({"error": message}, status, headers)
 
 
-class OllamaServer:
+class OllamaServer(WireServer):
     """The Ollama wire server app; ``script`` scripts chat replies, ``inject`` queues faults."""
 
     def __init__(
@@ -39,25 +46,15 @@ class OllamaServer:
         models: Iterable[OllamaModel] = DEFAULT_MODELS,
         pull_chunks: int = 3,
     ) -> None:
-        self.script = ReplyScript()
-        self.server = LoopbackServer(self._app)
+        super().__init__()
         self.api_key = api_key
         self.store = ModelStore(models)
         self.pull_chunks = pull_chunks
 
     @property
-    def url(self) -> str:
-        """Base URL of the running server."""
-        return self.server.url
-
-    @property
-    def requests(self) -> Any:
-        """Recorded requests (most recent last)."""
-        return self.server.requests
-
-    def inject(self, *faults: Fault) -> None:
-        """Queue faults for the next matching requests."""
-        self.server.inject(*faults)
+    def server(self) -> LoopbackServer:
+        """The loopback server under this app (an older name of :attr:`loopback`)."""
+        return self.loopback
 
     def loaded_models(self) -> list[str]:
         """Names of the models loaded now (expired ones are dropped)."""
@@ -66,20 +63,10 @@ class OllamaServer:
     # --- dispatch -------------------------------------------------------------------------------------
 
     async def _app(self, request: HTTPRequest, fault: Fault | None) -> Reply | StreamReply:
-        if self.api_key is not None and request.headers.get("authorization") != f"Bearer {self.api_key}":
+        if bearer_refused(request, self.api_key):
             return _error(401, "unauthorized")
         if fault is not None and fault.status is not None:
-            headers = dict(fault.headers)
-            if fault.status == 429:
-                headers = {
-                    "retry-after": "2",
-                    "x-ratelimit-limit-requests": "60",
-                    "x-ratelimit-remaining-requests": "0",
-                    "x-ratelimit-reset-requests": "2s",
-                    **headers,
-                }
-            return _error(fault.status, fault.message, headers)
-        malformed = fault is not None and fault.malformed
+            return _error(fault.status, fault.message, fault_headers(fault, _RATE_LIMITED))
         routes = {
             ("GET", "/"): self._root,
             ("HEAD", "/"): self._root,
@@ -91,12 +78,8 @@ class OllamaServer:
             ("POST", "/api/chat"): self._chat,
             ("POST", "/api/generate"): self._generate,
         }
-        handler = routes.get((request.method, request.path))
-        if handler is None:
-            if any(path == request.path for _, path in routes):
-                return Reply(405, b"405 method not allowed", {"content-type": "text/plain"})
-            return Reply(404, b"404 page not found", {"content-type": "text/plain"})
-        return await handler(request, malformed)
+        malformed = fault is not None and fault.malformed
+        return await route(routes, request, malformed, not_allowed=_NOT_ALLOWED, not_found=_NOT_FOUND)
 
     async def _root(self, request: HTTPRequest, malformed: bool) -> Reply:
         return Reply(200, b"Ollama is running", {"content-type": "text/plain; charset=utf-8"})
@@ -111,25 +94,17 @@ class OllamaServer:
         return _json_reply({"models": self.store.ps()}, malformed)
 
     async def _show(self, request: HTTPRequest, malformed: bool) -> Reply:
-        body = _body(request)
-        if isinstance(body, Reply):
-            return body
-        name = body.get("model") or body.get("name")
-        if not name:
-            return _error(400, "model is required")
-        model = self.store.get(str(name))
-        if model is None:
-            return _error(404, f"model '{name}' not found")
-        return _json_reply(self.store.show(model), malformed)
+        found = self._find(request, ("model", "name"))
+        if isinstance(found, Reply):
+            return found
+        return _json_reply(self.store.show(found[1]), malformed)
 
     async def _pull(self, request: HTTPRequest, malformed: bool) -> Reply | StreamReply:
-        body = _body(request)
-        if isinstance(body, Reply):
-            return body
-        name = body.get("model") or body.get("name")
-        if not name:
-            return _error(400, "model is required")
-        model = self.store.add(str(name))
+        named = _named(request, ("model", "name"))
+        if isinstance(named, Reply):
+            return named
+        body, name = named
+        model = self.store.add(name)
         if body.get("stream") is False:
             return _json_reply({"status": "success"}, malformed)
         total = model.size
@@ -153,12 +128,10 @@ class OllamaServer:
     # --- generation ---------------------------------------------------------------------------------
 
     async def _chat(self, request: HTTPRequest, malformed: bool) -> Reply | StreamReply:
-        body = _body(request)
-        if isinstance(body, Reply):
-            return body
-        model = self._resolve(body)
-        if isinstance(model, Reply):
-            return model
+        found = self._find(request, ("model",))
+        if isinstance(found, Reply):
+            return found
+        body, model = found
         messages = body.get("messages") or []
         if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
             return _error(400, "invalid message format: each message needs a role")
@@ -176,12 +149,10 @@ class OllamaServer:
         return self._render(model, reply, prompt, body.get("stream", True) is not False, malformed, chat=True)
 
     async def _generate(self, request: HTTPRequest, malformed: bool) -> Reply | StreamReply:
-        body = _body(request)
-        if isinstance(body, Reply):
-            return body
-        model = self._resolve(body)
-        if isinstance(model, Reply):
-            return model
+        found = self._find(request, ("model",))
+        if isinstance(found, Reply):
+            return found
+        body, model = found
         unload = self.store.touch(model.name, body.get("keep_alive"))
         prompt = body.get("prompt")
         if not prompt:  # no prompt: load/unload only, always a single JSON object
@@ -193,18 +164,19 @@ class OllamaServer:
             model, reply, str(prompt), body.get("stream", True) is not False, malformed, chat=False
         )
 
-    def _resolve(self, body: dict[str, Any]) -> OllamaModel | Reply:
-        name = body.get("model")
-        if not name:
-            return _error(400, "model is required")
-        model = self.store.get(str(name))
-        return model if model is not None else _error(404, f"model '{name}' not found")
+    def _find(
+        self, request: HTTPRequest, keys: tuple[str, ...]
+    ) -> tuple[dict[str, Any], OllamaModel] | Reply:
+        """The body and the local model it names under one of ``keys``, or the error reply."""
+        named = _named(request, keys)
+        if isinstance(named, Reply):
+            return named
+        body, name = named
+        model = self.store.get(name)
+        return (body, model) if model is not None else _error(404, f"model '{name}' not found")
 
     def _reply(self, last_text: str, fmt: Any) -> ScriptedReply:
-        reply = self.script.next(last_text)
-        if fmt == "json" and reply == echo_reply(last_text):  # JSON mode: the echo is valid JSON too
-            reply = attrs.evolve(reply, text=json.dumps({"echo": last_text}))
-        return reply
+        return self.script.next(last_text, json_mode=fmt == "json")
 
     def _head(self, model: OllamaModel, done_reason: str | None = None) -> dict[str, Any]:
         head: dict[str, Any] = {"model": model.name, "created_at": now_iso()}
@@ -281,6 +253,16 @@ def _body(request: HTTPRequest) -> dict[str, Any] | Reply:
     )
 
 
+def _named(request: HTTPRequest, keys: tuple[str, ...]) -> tuple[dict[str, Any], str] | Reply:
+    """The body and the model name under the first of ``keys`` it has (``name`` is the older spelling of
+    ``model`` on some endpoints), or the error reply."""
+    body = _body(request)
+    if isinstance(body, Reply):
+        return body
+    name = next((body[key] for key in keys if body.get(key)), None)
+    return (body, str(name)) if name else _error(400, "model is required")
+
+
 def _json_reply(obj: Any, malformed: bool) -> Reply:
     headers = {"content-type": "application/json; charset=utf-8"}
     if malformed:
@@ -291,6 +273,5 @@ def _json_reply(obj: Any, malformed: bool) -> Reply:
 @asynccontextmanager
 async def open_ollama_server(**options: Any) -> AsyncIterator[OllamaServer]:
     """Run an :class:`OllamaServer` on 127.0.0.1 for the duration of the block."""
-    server = OllamaServer(**options)
-    async with serve_loopback(server.server):
+    async with serve(OllamaServer(**options)) as server:
         yield server

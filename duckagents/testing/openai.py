@@ -13,9 +13,7 @@ is cheap. Point any OpenAI client at :attr:`OpenAIServer.base_url`::
 from __future__ import annotations
 
 import itertools
-import json
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,9 +21,11 @@ from typing import Any
 import attrs
 
 from ..messages import FinishReason
-from ._openai_rules import APIError, RequestFacts, error_for_fault, validate_chat_request
-from ._script import ReplyScript, ScriptedReply, echo_reply, estimate_prompt_tokens, split_text
-from ._server import Fault, HTTPRequest, LoopbackServer, Reply, StreamReply, serve_loopback, sse
+from ._common import WireServer, serve
+from ._openai_errors import APIError, error_for_fault
+from ._openai_rules import RequestFacts, validate_chat_request
+from ._script import ScriptedReply, estimate_prompt_tokens, split_text
+from ._server import Fault, HTTPRequest, LoopbackServer, Reply, StreamReply, sse
 
 DEFAULT_MODELS: tuple[str, ...] = (
     "gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-3.5-turbo", "o3-mini", "o4-mini", "gpt-5",
@@ -53,7 +53,7 @@ class OpenAIRateLimits:
     reset_tokens: str = "0s"
 
 
-class OpenAIServer:
+class OpenAIServer(WireServer):
     """The app; start it with :func:`open_openai_server`. ``models=None`` accepts any model name."""
 
     def __init__(
@@ -65,8 +65,7 @@ class OpenAIServer:
         rate_limits: OpenAIRateLimits = OpenAIRateLimits(),
         stream_interval: float = 0.0,
     ) -> None:
-        self.script = ReplyScript()
-        self.http = LoopbackServer(self._app)
+        super().__init__()
         self.api_key = api_key
         self.models = tuple(models) if models is not None else None
         self.context_window = context_window
@@ -76,23 +75,14 @@ class OpenAIServer:
         self._ids = itertools.count(1)
 
     @property
-    def url(self) -> str:
-        """The server root, e.g. ``http://127.0.0.1:54321`` (the API is under ``/v1``)."""
-        return self.http.url
-
-    @property
     def base_url(self) -> str:
-        """The URL to give an OpenAI client: :attr:`url` + ``/v1``."""
-        return self.http.url + "/v1"
+        """The URL to give an OpenAI client: :attr:`url` (the server root) + ``/v1``."""
+        return self.url + "/v1"
 
     @property
-    def requests(self) -> deque[HTTPRequest]:
-        """Requests received, most recent last (bounded)."""
-        return self.http.requests
-
-    def inject(self, *faults: Fault) -> None:
-        """Queue faults for the next matching requests (see :class:`~duckagents.testing._server.Fault`)."""
-        self.http.inject(*faults)
+    def http(self) -> LoopbackServer:
+        """The loopback server under this app (an older name of :attr:`loopback`)."""
+        return self.loopback
 
     # --- dispatch --------------------------------------------------------------------------------
 
@@ -120,11 +110,11 @@ class OpenAIServer:
         return attrs.evolve(reply, headers={**headers, **reply.headers, **extra})
 
     def _rate_headers(self) -> dict[str, str]:
-        limits = self.rate_limits
+        limits, served = self.rate_limits, self.loopback.request_count
         return {
             "x-ratelimit-limit-requests": str(limits.limit_requests),
             "x-ratelimit-limit-tokens": str(limits.limit_tokens),
-            "x-ratelimit-remaining-requests": str(max(0, limits.limit_requests - self.http.request_count)),
+            "x-ratelimit-remaining-requests": str(max(0, limits.limit_requests - served)),
             "x-ratelimit-remaining-tokens": str(max(0, limits.limit_tokens - self.tokens_used)),
             "x-ratelimit-reset-requests": limits.reset_requests,
             "x-ratelimit-reset-tokens": limits.reset_tokens,
@@ -177,9 +167,7 @@ class OpenAIServer:
 
     def _chat(self, request: HTTPRequest, n: int, malformed: bool) -> Reply | StreamReply:
         facts = validate_chat_request(request.body, self.models, self.context_window)
-        reply = self.script.next(facts.last_user_text)
-        if facts.json_mode and reply == echo_reply(facts.last_user_text):
-            reply = attrs.evolve(reply, text=json.dumps({"echo": facts.last_user_text}))
+        reply = self.script.next(facts.last_user_text, json_mode=facts.json_mode)
         if facts.max_output is not None and not reply.tool_calls:
             words = reply.text.split(" ")
             if len(words) > facts.max_output:  # stand-in tokenizer: a word is a token
@@ -261,18 +249,13 @@ class OpenAIServer:
 
 
 def _raw_finish(reply: ScriptedReply) -> str:
-    if reply.raw_finish_reason is not None:
-        return reply.raw_finish_reason
-    if reply.tool_calls and reply.finish_reason is FinishReason.STOP:
-        return "tool_calls"
-    return _FINISH[reply.finish_reason]
+    return reply.finish_name(_FINISH, tool_calls="tool_calls")
 
 
 @asynccontextmanager
 async def open_openai_server(**options: Any) -> AsyncIterator[OpenAIServer]:
     """Run an :class:`OpenAIServer` on 127.0.0.1 (free port) for the duration of the block."""
-    server = OpenAIServer(**options)
-    async with serve_loopback(server.http):
+    async with serve(OpenAIServer(**options)) as server:
         yield server
 
 
