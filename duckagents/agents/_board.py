@@ -18,7 +18,6 @@ from ..signals import (
     FeatureReply,
     ProviderChunk,
     ProviderFailure,
-    ProviderRequest,
     ProviderResponse,
     ProviderStatus,
     Signal,
@@ -36,6 +35,7 @@ SOURCE = "/router"
 DISPATCH = "/router/dispatch"
 #: Supervisor child ids of provider agents are ``agent:<name>``.
 AGENT_CHILD_PREFIX = "agent:"
+_OWN_SOURCES = frozenset({SOURCE, DISPATCH})
 _GONE_EVENTS = frozenset({"crashed", "exited", "shutdown", "killed", "gave_up"})
 _BACK_EVENTS = frozenset({"started", "restarted"})
 
@@ -72,6 +72,8 @@ class RouterBoard:
         self.stream_buffer = stream_buffer
         #: Called when an agent shows up (status, restart) so the router can ask for its features.
         self.on_agent_seen: Callable[[AgentView], None] = lambda view: None
+        #: Signals handled so far: the position in the router's inbox of the one being handled.
+        self.position = 0
 
     def notify(self) -> None:
         """Wake everyone waiting for the view to change."""
@@ -88,13 +90,10 @@ class RouterBoard:
 
     def handle(self, signal: Signal) -> None:
         """Take one signal into account."""
+        self.position += 1
+        if signal.source in _OWN_SOURCES:
+            return  # the router's own final results and terminals on an agent's behalf
         data = signal.data
-        if signal.source in (SOURCE, DISPATCH):
-            if signal.source == DISPATCH and isinstance(data, ProviderRequest):
-                run = self.runs.get(data.request_id)
-                if run is not None and run.outstanding and run.attempt == data.attempt:
-                    run.dispatched = True  # on the bus before anything that comes after it
-            return
         if isinstance(data, ProviderChunk):
             self._on_chunk(data)
         elif isinstance(data, ProviderResponse | ProviderFailure):
@@ -123,7 +122,7 @@ class RouterBoard:
         if run.chunks_out is None:
             return
         try:
-            run.chunks_out.send_nowait(chunk)
+            run.chunks_out.put(chunk)
         except trio.WouldBlock:
             run.stop(ErrorKind.CANCELLED, f"the stream consumer fell {self.stream_buffer} chunks behind")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -160,10 +159,12 @@ class RouterBoard:
             kind = ErrorKind.SHUTDOWN if stopped else ErrorKind.AGENT_CRASHED
             reason = f": {event.reason}" if event.reason else ""
             message = f"provider agent {view.name} {event.event}{reason}"
+            position = self.position
             for run in self.runs.values():
-                # An attempt published after the event (the router had not seen the event yet) went to
-                # the next incarnation, or to nobody while the agent was down; its deadline covers that.
-                if run.outstanding and run.dispatched and run.agent == view.name:
+                # Only attempts on the bus before the event can have been lost with the agent. One
+                # published after it (the router had not seen the event yet) went to the next
+                # incarnation, or to nobody while the agent was down; its deadline covers that.
+                if run.outstanding and run.dispatch_mark < position and run.agent == view.name:
                     self.end_attempt(run, run.attempt_failure(kind, message), on_behalf=True)
         self.notify()
 

@@ -1,6 +1,7 @@
 """The life of one routed request: intake, choice of agent, attempts, retries, the final result.
 
-:func:`drive` runs as one task per request in the router's nursery. Between attempts it asks the
+:func:`drive` runs in the caller's own task for ``complete()`` (so a request costs no spawn and no task
+switch of its own), else as one task per request in the router's nursery. Between attempts it asks the
 router's board (:mod:`._board`) for an agent; each attempt waits for the terminal the board records from
 the bus, or answers for a hung agent at the attempt's deadline + grace. :func:`_finish` always publishes
 exactly one final result and wakes the caller, however the request ended.
@@ -15,15 +16,51 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from ..errors import ErrorKind
-from ..signals import ProviderFailure, ProviderResponse
+from ..errors import ErrorKind, ProviderError
+from ..signals import ProviderFailure, ProviderRequest, ProviderResponse
 from ._board import DISPATCH, SOURCE, NoneFits
 from ._runs import Final, Run
+from ._views import needs_of
 
 if TYPE_CHECKING:
+    from ._stream import ChunkQueue
     from .router import RouterAgent
 
-__all__ = ["attempt_subject", "drive"]
+__all__ = ["attempt_subject", "drive", "open_run"]
+
+
+def open_run(
+    router: RouterAgent, request: ProviderRequest, *, chunks_out: ChunkQueue | None = None,
+    inline: bool = False,
+) -> Run:
+    """Accept ``request``: a run, driven by a new task in the router's nursery, or by the caller (who
+    then awaits :func:`drive` itself) when ``inline``. Raises ``ProviderError`` when it is refused."""
+    if not router.running or router.board.closing:
+        raise ProviderError(ErrorKind.SHUTDOWN, "the router is not accepting requests")
+    runs = router.runs
+    if request.request_id in runs:
+        message = f"request id {request.request_id!r} is already in flight"
+        raise ProviderError(ErrorKind.INVALID_REQUEST, message)
+    if len(runs) >= router.max_in_flight:
+        raise ProviderError(ErrorKind.OVERLOADED, f"{len(runs)} requests in flight", retry_after=1.0)
+    if request.provider is not None and request.provider not in router.views:
+        raise ProviderError(
+            ErrorKind.NO_PROVIDER, f"unknown provider {request.provider!r}; known: {', '.join(router.views)}"
+        )
+    try:
+        needs = needs_of(request.messages, request.options, request.required_features, request.model)
+    except ValueError as exc:
+        raise ProviderError(ErrorKind.INVALID_REQUEST, str(exc)) from None
+    deadline = request.deadline
+    if deadline is None:
+        deadline = trio.current_time() + router.config.request_timeout
+    if request.deadline != deadline or request.attempt != 1:
+        request = attrs.evolve(request, deadline=deadline, attempt=1)
+    run = Run(request, needs, deadline, chunks_out, trio.CancelScope(shield=not inline), inline=inline)
+    runs[run.request_id] = run
+    if not inline:
+        router._spawn(drive, router, run)
+    return run
 
 
 def attempt_subject(request_id: str, attempt: int) -> str:
@@ -32,15 +69,31 @@ def attempt_subject(request_id: str, attempt: int) -> str:
 
 
 async def drive(router: RouterAgent, run: Run) -> None:
-    """Route ``run`` to its final result (see the module docstring); runs in the router's nursery."""
+    """Route ``run`` to its final result (see the module docstring). Runs in the router's nursery, or in
+    the caller's own task (``complete()``), where cancelling the caller cancels the request."""
     final: Final | None = None
     try:
         with run.scope:
             # The intake, for observers; unaddressed (``provider`` unset) so no agent executes it.
-            await router.publish(attrs.evolve(run.request, provider=None), SOURCE)
+            await router.publish(run.intake, SOURCE)
+            run.intake_sent = True
+            if run.stop_kind is not None:
+                run.scope.cancel()  # stopped while the intake went out
             final = await _route(router, run)
+    except trio.Cancelled:
+        # Only the caller's task gets here (a router task's run scope is shielded): the caller gave up.
+        run.stop(ErrorKind.CANCELLED, "cancelled by the caller")
+        raise
+    except Exception as exc:
+        if not run.inline:
+            raise  # the router task's crash guard takes it from here
+        # A bug in the caller's task: the router crashes as if it had happened in one of its own tasks
+        # (every run ends, the supervisor restarts it); this caller gets the final result.
+        router._crash(exc)
     finally:
-        with trio.CancelScope(shield=True):
+        # Shielded: the final result must go out even when the run was cancelled; bounded, so a stalled
+        # subscriber cannot hold the caller (or the router's shutdown) forever.
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + router.publish_timeout):
             await _finish(router, run, final)
 
 
@@ -89,11 +142,17 @@ async def _choose(router: RouterAgent, run: Run) -> str | ProviderFailure:
 
 
 async def _attempt(router: RouterAgent, run: Run, agent: str, number: int) -> Final:
+    # A run stopped by now must not begin an attempt it cannot publish (its terminal would answer a
+    # request nobody saw); from here to the publish's delivery nothing can yield.
+    await trio.lowlevel.checkpoint_if_cancelled()
     view = router.views[agent]
     deadline = min(run.deadline, trio.current_time() + view.config.timeout)
-    request = attrs.evolve(run.request, provider=agent, attempt=number, deadline=deadline)
+    request = run.attempt_request(agent, number, deadline)
     run.begin_attempt(agent, number)
     view.active += 1
+    # Taken right before the publish, which delivers before it can yield: a crash the router handles
+    # later than this position happened after the attempt went out.
+    run.dispatch_mark = router.inbox_position()
     await router.publish(request, DISPATCH, attempt_subject(run.request_id, number))
     with trio.move_on_at(deadline + router.terminal_grace):
         await run.attempt_done.wait()
@@ -112,23 +171,22 @@ async def _publish_on_behalf(router: RouterAgent, run: Run) -> None:
 
 
 async def _finish(router: RouterAgent, run: Run, final: Final | None) -> None:
-    """Close the run: answer for an attempt still outstanding, publish the final result (shielded,
-    bounded), wake the caller and forget the run."""
+    """Close the run: answer for an attempt still outstanding, publish the final result (the caller
+    shields and bounds this), wake the caller and forget the run."""
     try:
-        with trio.move_on_after(router.publish_timeout):
-            if final is None:
-                final = run.stopped_final()
-            if run.outstanding:
-                if isinstance(final, ProviderFailure):
-                    failure = attrs.evolve(final, attempt=run.attempt, provider=run.agent)
-                else:
-                    failure = run.attempt_failure(ErrorKind.CANCELLED, "the request ended")
-                router.board.end_attempt(run, failure, on_behalf=True)
-            await _publish_on_behalf(router, run)
-            if isinstance(final, ProviderFailure) and run.chunks > 0 and not final.partial:
-                final = attrs.evolve(final, partial=True)
-            run.final = final
-            await router.publish(final, SOURCE)
+        if final is None:
+            final = run.stopped_final()
+        if run.outstanding:
+            if isinstance(final, ProviderFailure):
+                failure = attrs.evolve(final, attempt=run.attempt, provider=run.agent)
+            else:
+                failure = run.attempt_failure(ErrorKind.CANCELLED, "the request ended")
+            router.board.end_attempt(run, failure, on_behalf=True)
+        await _publish_on_behalf(router, run)
+        if isinstance(final, ProviderFailure) and run.chunks > 0 and not final.partial:
+            final = attrs.evolve(final, partial=True)
+        run.final = final
+        await router.publish(final, SOURCE)
     finally:
         if run.final is None:
             run.final = final or run.router_failure(ErrorKind.SHUTDOWN, "the router shut down")

@@ -18,7 +18,14 @@ import trio
 from ..errors import ErrorKind, ProviderError, StreamProtocolError
 from ..providers.base import Completion, RateLimitInfo, StreamEnd, heuristic_token_count
 from ..resilience.ratelimit import Reservation
-from ..signals import ProviderChunk, ProviderFailure, ProviderRequest, ProviderResponse, ToolCallDelta
+from ..signals import (
+    ProviderChunk,
+    ProviderFailure,
+    ProviderRequest,
+    ProviderResponse,
+    Signal,
+    ToolCallDelta,
+)
 
 if TYPE_CHECKING:
     from .provider_agent import ProviderAgent
@@ -33,7 +40,8 @@ class Attempt:
     request: ProviderRequest
     #: Trio time the agent received it.
     received: float
-    #: Cancelled when the attempt was answered elsewhere (the router published its terminal).
+    #: The attempt's scope: its deadline is the request's; cancelled when the attempt was answered
+    #: elsewhere (the router published its terminal).
     scope: trio.CancelScope
     #: The envelope subject of the request signal; its terminal carries the same.
     subject: str | None = None
@@ -44,24 +52,40 @@ class Attempt:
     published: bool = False
 
 
-async def execute_attempt(agent: ProviderAgent, attempt: Attempt) -> ProviderResponse | ProviderFailure:
-    """Run ``attempt`` within its deadline and return its terminal payload (never raises ProviderError)."""
+async def execute_attempt(
+    agent: ProviderAgent, attempt: Attempt
+) -> ProviderResponse | ProviderFailure | None:
+    """Run ``attempt`` within its deadline and return its terminal payload, or None when it was answered
+    elsewhere (then nothing must be published for it). Never raises ProviderError."""
     request = attempt.request
     deadline = request.deadline if request.deadline is not None else math.inf
+    scope = attempt.scope
+    scope.deadline = deadline  # one scope for both ways to end early: a hot-path saving
     try:
-        with trio.move_on_at(deadline):
+        with scope:
             return await _perform(agent, attempt, deadline)
-        raise ProviderError(ErrorKind.TIMEOUT, "no answer before the request's deadline")
     except ProviderError as error:
         return agent.failure(attempt, error)
+    # The scope caught its own cancellation: answered elsewhere, or the deadline passed.
+    if attempt.answered:
+        return None
+    return agent.failure(attempt, ProviderError(ErrorKind.TIMEOUT, "no answer before the request's deadline"))
 
 
 async def _perform(agent: ProviderAgent, attempt: Attempt, deadline: float) -> ProviderResponse:
     request = await agent.prepare(attempt.request)
     model = request.model or agent.model
     attempt.model = model
-    # Waiting for a slot holds nothing (no reservation, no breaker trial), and the deadline bounds it.
-    async with agent.slots:
+    # Waiting for a slot holds nothing (no reservation, no breaker trial), and the deadline bounds it. A
+    # free slot is taken without a scheduler round trip (the upstream call checkpoints soon enough), but
+    # an attempt already cancelled stops here, before it takes anything.
+    await trio.lowlevel.checkpoint_if_cancelled()
+    slots = agent.slots
+    try:
+        slots.acquire_nowait()
+    except trio.WouldBlock:
+        await slots.acquire()
+    try:
         tokens = await _estimate(agent, request, model)
         reservation = await _admit(agent, tokens, deadline, model)
         now = trio.current_time()
@@ -91,6 +115,8 @@ async def _perform(agent: ProviderAgent, attempt: Attempt, deadline: float) -> P
         finally:
             if not verdict:  # cancelled (deadline, router, shutdown) or crashed
                 _record_interrupted(agent, reservation, sent, deadline)
+    finally:
+        slots.release()
     original = attempt.request  # prepare() may rewrite the request, never its identity
     return ProviderResponse(
         request_id=original.request_id,
@@ -180,8 +206,11 @@ async def _chunk(agent: ProviderAgent, attempt: Attempt, text: str, tool_call: T
     index = attempt.chunks
     # Counted before publishing: once any subscriber may have it, a failure is partial.
     attempt.chunks += 1
-    chunk = ProviderChunk(attempt.request.request_id, agent.name, index, text, tool_call)
-    await agent.publish(chunk)
+    request_id = attempt.request.request_id
+    chunk = ProviderChunk(request_id, agent.name, index, text, tool_call)
+    await agent.bus.publish(
+        Signal(ProviderChunk.TYPE, agent.source, chunk, subject=request_id, provider=agent.name)
+    )
 
 
 def _record_success(

@@ -1,28 +1,29 @@
-"""A routed request's state inside the router (:class:`Run`), and the caller's stream object.
+"""A routed request's state inside the router (:class:`Run`), and how a caller's request is built.
 
 A run lives from intake until its final result; it has at most one attempt outstanding at a time. The
-router's signal loop fills in the attempt's terminal (:meth:`Run.end_attempt`); the run's own task decides
-what to do next. Kept apart from :mod:`.router` so the router module reads as the routing logic.
+router's signal loop fills in the attempt's terminal (:meth:`Run.end_attempt`); the run's driver (the
+caller's own task for ``complete()``, a task in the router's nursery otherwise) decides what to do next.
+Kept apart from :mod:`.router` so the router module reads as the routing logic.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
 from ..errors import ErrorKind, ProviderError
 from ..messages import Message, RequestOptions, ToolSpec
-from ..signals import ProviderChunk, ProviderFailure, ProviderRequest, ProviderResponse, new_id
+from ..signals import ProviderFailure, ProviderRequest, ProviderResponse, new_id
 from ._views import Needs
 
 if TYPE_CHECKING:
-    from .router import RouterAgent
+    from ._stream import ChunkQueue
 
-__all__ = ["ResponseStream", "Run", "build_request"]
+__all__ = ["Final", "Run", "build_request"]
 
 Final = ProviderResponse | ProviderFailure
 
@@ -35,23 +36,30 @@ class Run:
     needs: Needs
     deadline: float
     #: Where chunks go for a ``stream()`` caller (bounded); None for complete() and submit().
-    chunks_out: trio.MemorySendChannel[ProviderChunk] | None = None
-    #: Shielded from the router's own cancellation: the router stops runs one by one, in order.
+    chunks_out: ChunkQueue | None = None
+    #: Cancelled to stop the run. Shielded when a router task drives the run (the router stops runs one
+    #: by one, in order); not when the caller's task does, so cancelling the caller reaches it.
     scope: trio.CancelScope = attrs.field(factory=lambda: trio.CancelScope(shield=True))
+    #: Driven by the caller's task (``complete()``), not by a task of the router.
+    inline: bool = False
     done: trio.Event = attrs.field(factory=trio.Event)
     tried: list[str] = attrs.field(factory=list)
     #: The current attempt: its number, agent, whether it awaits a terminal, and the terminal.
     attempt: int = 0
     agent: str | None = None
     outstanding: bool = False
-    #: The router's signal loop has seen the attempt's request go by on the bus.
-    dispatched: bool = False
+    #: Position in the router's inbox when the attempt went on the bus (see ``RouterBoard.position``):
+    #: a crash reported at a later position may have hit the attempt.
+    dispatch_mark: float = math.inf
     attempt_done: trio.Event = attrs.field(factory=trio.Event)
     result: Final | None = None
     #: ``result`` was made up by the router (agent crashed / hung) and must still be published.
     on_behalf_pending: bool = False
     #: Chunks delivered for this request; > 0 forbids retrying.
     chunks: int = 0
+    #: The intake is on the bus: from then on a stop cancels :attr:`scope` (before, the driver does it
+    #: once the intake is out, so a final result never answers a request nobody saw).
+    intake_sent: bool = False
     #: Why the run was stopped from outside (cancel, shutdown, slow consumer), if it was.
     stop_kind: ErrorKind | None = None
     stop_message: str = ""
@@ -62,15 +70,32 @@ class Run:
         """The caller's request id (shared by every attempt)."""
         return self.request.request_id
 
+    @property
+    def intake(self) -> ProviderRequest:
+        """The request as published at intake: unaddressed, so no agent executes it."""
+        request = self.request
+        if request.provider is None:
+            return request
+        return attrs.evolve(request, provider=None)
+
+    def attempt_request(self, agent: str, number: int, deadline: float) -> ProviderRequest:
+        """The ``provider_request`` of attempt ``number`` on ``agent``."""
+        r = self.request
+        # Built field by field: this is on every request's path, and attrs.evolve introspects each time.
+        return ProviderRequest(
+            r.request_id, r.messages, r.model, r.options, deadline, agent, number, r.required_features
+        )
+
     def begin_attempt(self, agent: str, number: int) -> None:
         """A new attempt goes to ``agent``."""
         self.attempt = number
         self.agent = agent
         self.outstanding = True
-        self.dispatched = False
+        self.dispatch_mark = math.inf
         self.result = None
         self.on_behalf_pending = False
-        self.attempt_done = trio.Event()
+        if self.attempt_done.is_set():
+            self.attempt_done = trio.Event()
         self.tried.append(agent)
 
     def end_attempt(self, result: Final, *, on_behalf: bool) -> bool:
@@ -89,7 +114,8 @@ class Run:
             return False
         self.stop_kind = kind
         self.stop_message = message
-        self.scope.cancel()
+        if self.intake_sent:
+            self.scope.cancel()
         return True
 
     def may_retry(self, failure: ProviderFailure, now: float) -> bool:
@@ -142,11 +168,13 @@ def build_request(
     required_features: Sequence[str],
     stream: bool,
     options: dict[str, Any],
+    timeout: float | None = None,
 ) -> ProviderRequest:
     """A caller's request from ``complete()`` / ``stream()`` arguments.
 
     ``options`` are :class:`RequestOptions` fields (``max_tokens``, ``temperature``, ``tools``...);
-    an unknown one raises ``ProviderError(invalid_request)``.
+    an unknown one raises ``ProviderError(invalid_request)``. ``timeout`` (seconds from now) becomes the
+    deadline; None leaves it to the router's ``request_timeout``.
     """
     messages = (Message.user(prompt),) if isinstance(prompt, str) else tuple(prompt)
     if not messages:
@@ -167,86 +195,7 @@ def build_request(
         messages=messages,
         model=model,
         options=request_options,
+        deadline=None if timeout is None else trio.current_time() + timeout,
         provider=provider,
         required_features=tuple(required_features),
     )
-
-
-class ResponseStream:
-    """The chunks of one streamed request; async-iterable and an async context manager.
-
-    ::
-
-        async with router.stream("hello") as stream:
-            async for chunk in stream:
-                print(chunk.delta, end="")
-        print(stream.response.usage)
-
-    Iteration yields :class:`ProviderChunk` items and, when the request failed, raises its
-    :class:`ProviderError` at the end (``partial=True`` if chunks were delivered). Afterwards
-    :attr:`response` holds the final :class:`ProviderResponse`. Leaving the ``async with`` block early
-    cancels the request. Iterating without ``async with`` works too (the request starts on the first
-    ``__anext__``), but then an early ``break`` leaves the request running until it ends.
-    """
-
-    def __init__(self, router: RouterAgent, request: ProviderRequest) -> None:
-        self.request = request
-        #: The final response, once iteration ended without error.
-        self.response: ProviderResponse | None = None
-        #: The error iteration raised, if it did.
-        self.error: ProviderError | None = None
-        self._router = router
-        self._run: Run | None = None
-        self._chunks: trio.MemoryReceiveChannel[ProviderChunk] | None = None
-
-    @property
-    def request_id(self) -> str:
-        """The request's id (to cancel it, or to match its signals on the bus)."""
-        return self.request.request_id
-
-    def _start(self) -> tuple[Run, trio.MemoryReceiveChannel[ProviderChunk]]:
-        if self._run is None or self._chunks is None:
-            send, receive = trio.open_memory_channel[ProviderChunk](self._router.stream_buffer)
-            self._run = self._router._open_run(self.request, chunks_out=send)
-            self._chunks = receive
-        return self._run, self._chunks
-
-    async def __aenter__(self) -> Self:
-        self._start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> ProviderChunk:
-        run, chunks = self._start()
-        try:
-            return await chunks.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            pass
-        await run.done.wait()
-        final = run.final
-        if isinstance(final, ProviderFailure):
-            self.error = final.to_error()
-            raise self.error
-        self.response = final
-        raise StopAsyncIteration
-
-    async def aclose(self) -> None:
-        """Cancel the request if it is still running and wait (briefly) for its final result."""
-        run = self._run
-        if run is None:
-            return
-        if not run.done.is_set():
-            self._router.cancel(run.request_id)
-            with trio.CancelScope(shield=True), trio.move_on_after(self._router.publish_timeout):
-                await run.done.wait()
-        if self._chunks is not None:
-            self._chunks.close()
-        if self.response is None and isinstance(run.final, ProviderResponse):
-            self.response = run.final

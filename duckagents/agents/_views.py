@@ -23,6 +23,7 @@ __all__ = ["AgentView", "Eligibility", "Needs", "needs_of"]
 
 #: Weight of the newest sample in the router's moving average of an agent's latency.
 LATENCY_ALPHA = 0.3
+_KNOWN_FEATURES = frozenset(FEATURE_NAMES)
 
 
 @attrs.frozen
@@ -45,7 +46,7 @@ def needs_of(
     Raises ``ValueError`` for an unknown feature name.
     """
     features = set(required)
-    unknown = features - set(FEATURE_NAMES)
+    unknown = features - _KNOWN_FEATURES
     if unknown:
         known = ", ".join(FEATURE_NAMES)
         raise ValueError(f"unknown feature(s) {', '.join(sorted(unknown))}; known: {known}")
@@ -72,6 +73,9 @@ class Eligibility:
     reason: str = ""
     #: Why it must wait, when it must: lets the router say "rate limited" rather than "no provider".
     kind: ErrorKind = ErrorKind.NO_PROVIDER
+
+
+_ELIGIBLE = Eligibility(True)
 
 
 @attrs.define(eq=False)
@@ -139,7 +143,7 @@ class AgentView:
                 False, self.cooldown_until,
                 f"{self.name}: rate limited for {self.cooldown_until - now:.3g} s", ErrorKind.RATE_LIMITED,
             )
-        return Eligibility(True)
+        return _ELIGIBLE
 
     def candidate(self) -> Candidate:
         """This agent as a strategy sees it."""

@@ -2,9 +2,10 @@
 
 It owns the provider and the resilience state in front of it (rate limiter, circuit breaker, metrics),
 takes ``provider_request`` / ``feature_check`` / ``token_estimate`` signals addressed to it from the bus,
-and answers every ``provider_request`` with chunks and exactly one terminal signal. Helpers: one attempt's
-execution in :mod:`._execution`, health reports in :mod:`._status` (score formula in :mod:`._health`),
-feature and token answers in :mod:`._replies`. docs/signals.md has the flows.
+and answers every ``provider_request`` with chunks and exactly one terminal signal. Helpers: the inbox
+and its tasks in :mod:`._inbox`, one attempt's execution in :mod:`._execution`, health reports in
+:mod:`._status` (score formula in :mod:`._health`), feature and token answers in :mod:`._replies`.
+docs/signals.md has the flows.
 """
 
 from __future__ import annotations
@@ -13,30 +14,26 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import attrs
 import trio
 
 from ..bus import Overflow, SignalBus, SignalFilter, Subscription
 from ..config import ProviderConfig
-from ..errors import BusClosed, ErrorKind, ProviderError, redact
+from ..errors import ProviderError, redact
 from ..messages import Features
 from ..metrics import ProviderMetrics
 from ..providers.base import Completion, HealthProbe, Provider
 from ..resilience.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from ..resilience.ratelimit import RateLimiter, RateLimits
 from ..signals import (
-    FeatureCheck,
     Payload,
     ProviderFailure,
     ProviderRequest,
     ProviderStatus,
-    Signal,
-    TokenEstimate,
     make_signal,
 )
-from ._execution import Attempt, execute_attempt
+from ._execution import Attempt
 from ._health import RecentOutcomes
-from ._replies import reply_features, reply_tokens
+from ._inbox import serve_broadcasts, serve_inbox
 from ._status import build_status, health_loop
 
 __all__ = ["ProviderAgent"]
@@ -44,8 +41,6 @@ __all__ = ["ProviderAgent"]
 #: Signals an agent takes from its inbox (all addressed to it by the envelope's ``provider``).
 INBOX_TYPES = frozenset({"provider_request", "feature_check", "token_estimate", "provider_error"})
 PROBE_TIMEOUT = 10.0
-#: Inbox signals handled per scheduler turn at most.
-DRAIN_BATCH = 256
 
 
 class ProviderAgent:
@@ -112,6 +107,8 @@ class ProviderAgent:
         self.slots = trio.Semaphore(config.max_concurrency)
         self._nursery: trio.Nursery | None = None
         self._inbox: Subscription | None = None
+        #: Inbox tasks waiting for their turn to read (see :mod:`._inbox`).
+        self._followers = trio.lowlevel.ParkingLot()
         self._crashed = False
         self._owns_provider = False
         self._reported_breaker: BreakerState | None = None
@@ -188,13 +185,14 @@ class ProviderAgent:
                 self.bus.subscribe(broadcast_filter, buffer=64, overflow=Overflow.DROP_OLDEST) as broadcast,
             ):
                 self._inbox = inbox
+                self._followers = trio.lowlevel.ParkingLot()
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self._guard, health_loop, self)
                     nursery.start_soon(self._guard, self.background)
-                    nursery.start_soon(self._guard, self._broadcast_loop, broadcast)
+                    nursery.start_soon(self._guard, serve_broadcasts, self, broadcast)
                     task_status.started()
-                    await self._guard(self._inbox_loop, inbox)
+                    await self._guard(serve_inbox, self, inbox)
         finally:
             self._nursery = None
             self._inbox = None
@@ -211,85 +209,10 @@ class ProviderAgent:
             self._crashed = True
             raise
 
-    # --- inbox -------------------------------------------------------------------------------------
-
-    async def _inbox_loop(self, inbox: Subscription) -> None:
-        # Never blocks on anything but receive (work is spawned) and handles what is buffered in one
-        # scheduler turn, so the bus never waits on this agent for long.
-        while True:
-            try:
-                self._handle(await inbox.receive())
-                for _ in range(DRAIN_BATCH):
-                    self._handle(inbox.receive_nowait())
-            except trio.WouldBlock:
-                continue
-            except BusClosed:
-                await trio.sleep_forever()  # the tree is shutting down; wait to be cancelled
-
-    def _handle(self, signal: Signal) -> None:
-        data = signal.data
-        if isinstance(data, ProviderRequest):
-            self._accept(data, signal.subject)
-        elif isinstance(data, FeatureCheck):
-            self._spawn(reply_features, self, data)
-        elif isinstance(data, TokenEstimate):
-            self._spawn(reply_tokens, self, data)
-        elif isinstance(data, ProviderFailure) and signal.source != self.source:
-            self._answered_elsewhere(data)
-
-    async def _broadcast_loop(self, broadcast: Subscription) -> None:
-        async for signal in broadcast:
-            data = signal.data
-            if signal.provider is not None:
-                continue  # addressed ones arrive through the inbox
-            if isinstance(data, FeatureCheck):
-                self._spawn(reply_features, self, data)
-            elif isinstance(data, TokenEstimate):
-                self._spawn(reply_tokens, self, data)
-
     def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the agent's nursery, under the crash guard."""
         assert self._nursery is not None
         self._nursery.start_soon(self._guard, fn, *args)
-
-    def _accept(self, request: ProviderRequest, subject: str | None) -> None:
-        key = (request.request_id, request.attempt)
-        if key in self.active_requests:
-            return  # a duplicate delivery of an attempt already running: it gets one terminal only
-        attempt = Attempt(request, trio.current_time(), trio.CancelScope(), subject)
-        if len(self.active_requests) >= self.max_pending:
-            error = ProviderError(
-                ErrorKind.OVERLOADED, f"agent has {len(self.active_requests)} requests pending",
-                retry_after=1.0,
-            )
-            self._spawn(self._publish_terminal, self.failure(attempt, error), subject)
-            return
-        self.active_requests[key] = attempt
-        self._spawn(self._execute, attempt)
-
-    def _answered_elsewhere(self, failure: ProviderFailure) -> None:
-        """Someone (the router) published the terminal of one of our attempts: stop it, stay silent."""
-        attempt = self.active_requests.get((failure.request_id, failure.attempt))
-        if attempt is not None:
-            attempt.answered = True
-            attempt.scope.cancel()
-
-    async def _execute(self, attempt: Attempt) -> None:
-        key = (attempt.request.request_id, attempt.request.attempt)
-        try:
-            with attempt.scope:
-                terminal = await execute_attempt(self, attempt)
-                if not attempt.answered:
-                    attempt.published = True
-                    await self._publish_terminal(terminal, attempt.subject)
-        except trio.Cancelled:
-            # Shutdown: answer for the request ourselves. A crash: stay silent, the router answers for
-            # every attempt of a crashed agent (it sees the supervisor's event), so nothing is doubled.
-            if not self._crashed and not attempt.answered and not attempt.published:
-                error = ProviderError(ErrorKind.SHUTDOWN, "the provider agent shut down")
-                await self._publish_terminal(self.failure(attempt, error), attempt.subject)
-            raise
-        finally:
-            self.active_requests.pop(key, None)
 
     # --- replies and publishing --------------------------------------------------------------------
 
@@ -319,20 +242,6 @@ class ProviderAgent:
     async def publish(self, payload: Payload) -> None:
         """Publish a payload from this agent (waits while a BLOCK subscriber is full)."""
         await self.bus.publish(make_signal(payload, self.source))
-
-    async def _publish_terminal(self, payload: Payload, subject: str | None) -> None:
-        # The terminal answers one provider_request signal, so it carries that signal's subject (the
-        # router gives each attempt its own). Shielded: a decided terminal must go out whole even when
-        # the agent is being stopped; bounded, so a stalled subscriber cannot hold a shutdown forever
-        # (the router then answers on our behalf).
-        signal = make_signal(payload, self.source)
-        if subject is not None:
-            signal = attrs.evolve(signal, subject=subject)
-        with trio.CancelScope(shield=True), trio.move_on_after(self.publish_timeout):
-            try:
-                await self.bus.publish(signal)
-            except BusClosed:
-                return
 
     # --- health ------------------------------------------------------------------------------------
 

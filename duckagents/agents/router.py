@@ -1,8 +1,10 @@
 """The router agent: chooses a provider agent per request, retries and fails over, one final result.
 
 Its picture of the agents comes from signals only (``provider_status``, ``feature_reply``,
-``supervisor_event`` and the terminals of attempts; :mod:`._board`, :mod:`._views`). Each caller request
-becomes a :class:`~._runs.Run` driven by its own task (:mod:`._drive`); attempts go out as
+``supervisor_event`` and the terminals of attempts; :mod:`._board`, :mod:`._views`, kept current by the
+signal loop of :mod:`._router_loop`). Each caller request becomes a :class:`~._runs.Run`, driven
+(:mod:`._drive`) by the caller's own task for :meth:`RouterAgent.complete` and by a task of the router
+for :meth:`~RouterAgent.stream` and :meth:`~RouterAgent.submit`; attempts go out as
 ``provider_request`` signals addressed to one agent (same ``request_id``, ``attempt`` = 1, 2, ...) and
 each gets exactly one terminal signal: the agent's, or, when the agent crashed, hung past the deadline or
 the request was cancelled, one the router publishes on the agent's behalf. docs/signals.md describes the
@@ -20,11 +22,11 @@ Two levels of signals, told apart by the envelope ``subject``:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import attrs
 import trio
 
 from ..bus import Overflow, SignalBus, SignalFilter, Subscription
@@ -32,34 +34,22 @@ from ..config import ProviderConfig, RouterConfig
 from ..errors import BusClosed, ErrorKind, ProviderError
 from ..messages import Message
 from ..signals import (
-    FeatureCheck,
     FeatureReply,
-    Payload,
-    ProviderChunk,
     ProviderRequest,
     ProviderResponse,
     ProviderStatus,
     Signal,
-    make_signal,
-    new_id,
 )
 from ._board import AGENT_CHILD_PREFIX, DISPATCH, SOURCE, RouterBoard
-from ._drive import attempt_subject, drive
-from ._runs import ResponseStream, Run, build_request
-from ._views import AgentView, needs_of
+from ._drive import attempt_subject, drive, open_run
+from ._feature_checks import ask_features
+from ._router_loop import INBOX_TYPES, serve_signals, stop_router
+from ._runs import Final, Run, build_request
+from ._stream import ChunkQueue, ResponseStream
+from ._views import AgentView
 from .strategies import RoutingStrategy, make_strategy
 
 __all__ = ["AGENT_CHILD_PREFIX", "DISPATCH", "SOURCE", "RouterAgent", "attempt_subject", "is_final"]
-
-# provider_request too: the router sees its own attempts go by, which orders them against supervisor
-# events (an agent's crash only ends the attempts that were on the bus before the crash was).
-_INBOX_TYPES = frozenset(
-    {"provider_request", "provider_chunk", "provider_response", "provider_error", "provider_status",
-     "feature_reply", "supervisor_event"}
-)
-#: Signals the loop handles per scheduler turn at most (so other tasks still get to run).
-DRAIN_BATCH = 512
-
 
 def is_final(signal: Signal) -> bool:
     """True for the one final (caller-level) terminal signal of a routed request."""
@@ -92,7 +82,7 @@ class RouterAgent:
         self.strategy = strategy or make_strategy(config.strategy)
         #: What the router knows (agent views, runs in flight), kept current from signals.
         self.board = RouterBoard(providers, stream_buffer)
-        self.board.on_agent_seen = self._ask_features
+        self.board.on_agent_seen = functools.partial(ask_features, self)
         #: Extra time an agent gets past an attempt's deadline before the router answers for it.
         self.terminal_grace = terminal_grace
         #: Chunks a ``stream()`` caller may fall behind by before its request is cancelled.
@@ -152,16 +142,18 @@ class RouterAgent:
         config's ``request_timeout``; ``options`` are ``RequestOptions`` fields (``max_tokens``...).
         Cancelling the caller cancels the request.
         """
+        # A caller cancelled already gets no request at all (no intake, no final result).
+        await trio.lowlevel.checkpoint_if_cancelled()
         request = build_request(
             prompt, model=model, provider=provider, required_features=required_features, stream=False,
-            options=options,
+            options=options, timeout=timeout,
         )
-        run = self._open_run(_with_timeout(request, timeout))
-        try:
-            await run.done.wait()
-        finally:
-            if not run.done.is_set():
-                self.cancel(run.request_id)
+        # Driven in this task: no spawn, and the caller wakes straight from the attempt's terminal.
+        run = self._open_run(request, inline=True)
+        await drive(self, run)
+        # One more scheduler turn, so tasks woken by the final result (bus subscribers) have seen it
+        # before the caller goes on, as when another task published it.
+        await trio.lowlevel.cancel_shielded_checkpoint()
         final = run.final
         if isinstance(final, ProviderResponse):
             return final
@@ -179,12 +171,12 @@ class RouterAgent:
         **options: Any,
     ) -> ResponseStream:
         """A streamed completion: ``async with router.stream(...) as s: async for chunk in s`` (see
-        :class:`~._runs.ResponseStream`); ``s.response`` holds the final response afterwards."""
+        :class:`~._stream.ResponseStream`); ``s.response`` holds the final response afterwards."""
         request = build_request(
             prompt, model=model, provider=provider, required_features=required_features, stream=True,
-            options=options,
+            options=options, timeout=timeout,
         )
-        return ResponseStream(self, _with_timeout(request, timeout))
+        return ResponseStream(self, request)
 
     async def submit(self, request: ProviderRequest) -> None:
         """Route ``request`` in the background; its chunks and one final terminal (source ``/router``,
@@ -231,64 +223,24 @@ class RouterAgent:
         self._crashed = False
         loop_scope = trio.CancelScope(shield=True)
         loop_done = trio.Event()
-        inbox_filter = SignalFilter(types=_INBOX_TYPES)
+        inbox_filter = SignalFilter(types=INBOX_TYPES)
         with self.bus.subscribe(inbox_filter, buffer=self.inbox_buffer, overflow=Overflow.BLOCK) as inbox:
             self._inbox = inbox
             try:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    nursery.start_soon(self._serve_inbox, inbox, loop_scope, loop_done)
+                    nursery.start_soon(serve_signals, self, inbox, loop_scope, loop_done)
                     for view in self.views.values():
-                        self._ask_features(view)
+                        ask_features(self, view)
                     task_status.started()
                     try:
                         await trio.sleep_forever()
                     finally:
                         with trio.CancelScope(shield=True):
-                            await self._stop(inbox, loop_scope, loop_done)
+                            await stop_router(self, inbox, loop_scope, loop_done)
             finally:
                 self._nursery = None
                 self._inbox = None
-
-    async def _stop(self, inbox: Subscription, loop_scope: trio.CancelScope, loop_done: trio.Event) -> None:
-        self.close_intake()
-        loop_scope.cancel()
-        with trio.move_on_after(self.publish_timeout):
-            await loop_done.wait()
-        self._drain(inbox)  # every terminal already published is taken into account
-        inbox.close()  # from here on nobody waits for us on the bus
-        kind = ErrorKind.AGENT_CRASHED if self._crashed else ErrorKind.SHUTDOWN
-        for run in list(self.runs.values()):
-            run.stop(kind, "the router crashed" if self._crashed else "the router shut down")
-
-    async def _serve_inbox(self, inbox: Subscription, scope: trio.CancelScope, done: trio.Event) -> None:
-        try:
-            with scope:
-                await self._guard(self._loop, inbox)
-        finally:
-            done.set()
-
-    async def _loop(self, inbox: Subscription) -> None:
-        # Never awaits anything but receive, and handles whatever is buffered in one scheduler turn: the
-        # router sees every signal of every request, so it must never be what the bus waits on.
-        while True:
-            try:
-                signal = await inbox.receive()
-            except BusClosed:
-                await trio.sleep_forever()  # the bus closed: nothing to do until we are stopped
-            self.board.handle(signal)
-            self._drain(inbox, DRAIN_BATCH)
-
-    def _drain(self, inbox: Subscription, limit: float = math.inf) -> None:
-        """Handle buffered signals (at most ``limit``) without yielding."""
-        handled = 0
-        while handled < limit:
-            try:
-                signal = inbox.receive_nowait()
-            except (trio.WouldBlock, BusClosed):
-                return
-            self.board.handle(signal)
-            handled += 1
 
     async def _guard(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run one of the router's tasks; a bug stops every run (each publishes its final result)."""
@@ -300,7 +252,13 @@ class RouterAgent:
                 run.stop(ErrorKind.AGENT_CRASHED, "the router crashed")
             raise
 
+    def _crash(self, exc: Exception) -> None:
+        """Crash the router with ``exc`` (a bug met in a caller's task), as if one of its tasks raised it."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self._guard, _reraise, exc)
+
     def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the router's nursery, under the crash guard."""
         if self._nursery is None:
             raise ProviderError(ErrorKind.SHUTDOWN, "the router is not running")
         self._nursery.start_soon(self._guard, fn, *args)
@@ -313,72 +271,33 @@ class RouterAgent:
                 await self.board.changed.wait()
         return condition()
 
-    def _ask_features(self, view: AgentView) -> None:
-        """Ask an agent for its features unless known or being asked. Called at start and whenever the
-        agent shows up (status, supervisor started/restarted): a check sent while it was down is lost."""
-        if view.features or view.features_asked or self._nursery is None:
-            return
-        view.features_asked = True
-        self._spawn(self._send_feature_checks, view)
-
-    async def _send_feature_checks(self, view: AgentView) -> None:
-        checks = self.board.feature_checks
-        # Forget the unanswered checks of an earlier ask, so the table stays bounded.
-        for check_id in [c for c, (name, _) in checks.items() if name == view.name]:
-            del checks[check_id]
-        try:
-            for model in dict.fromkeys([None, *view.config.models]):
-                check_id = new_id()
-                checks[check_id] = (view.name, model is None)
-                check = FeatureCheck(check_id, provider=view.name, model=model)
-                await self.bus.publish(make_signal(check, DISPATCH))
-        except BusClosed:
-            pass
-        finally:
-            view.features_asked = False
-
     # --- routing -----------------------------------------------------------------------------------
 
     def _open_run(
-        self, request: ProviderRequest, *, chunks_out: trio.MemorySendChannel[ProviderChunk] | None = None
+        self, request: ProviderRequest, *, chunks_out: ChunkQueue | None = None, inline: bool = False
     ) -> Run:
-        if self._nursery is None or self.board.closing:
-            raise ProviderError(ErrorKind.SHUTDOWN, "the router is not accepting requests")
-        if request.request_id in self.runs:
-            raise ProviderError(
-                ErrorKind.INVALID_REQUEST, f"request id {request.request_id!r} is already in flight"
-            )
-        if len(self.runs) >= self.max_in_flight:
-            raise ProviderError(ErrorKind.OVERLOADED, f"{len(self.runs)} requests in flight", retry_after=1.0)
-        if request.provider is not None and request.provider not in self.views:
-            raise ProviderError(
-                ErrorKind.NO_PROVIDER,
-                f"unknown provider {request.provider!r}; known: {', '.join(self.views)}",
-            )
-        try:
-            needs = needs_of(request.messages, request.options, request.required_features, request.model)
-        except ValueError as exc:
-            raise ProviderError(ErrorKind.INVALID_REQUEST, str(exc)) from None
-        deadline = request.deadline
-        if deadline is None:
-            deadline = trio.current_time() + self.config.request_timeout
-        run = Run(attrs.evolve(request, deadline=deadline, attempt=1), needs, deadline, chunks_out)
-        self.runs[run.request_id] = run
-        self._spawn(drive, self, run)
-        return run
+        """Accept ``request`` (see :func:`~._drive.open_run`)."""
+        return open_run(self, request, chunks_out=chunks_out, inline=inline)
 
-    async def publish(self, payload: Payload, source: str, subject: str | None = None) -> None:
-        """Publish a payload as the router (``subject`` overrides the envelope's); a closed bus is ignored."""
-        signal = make_signal(payload, source)
-        if subject is not None:
-            signal = attrs.evolve(signal, subject=subject)
+    def inbox_position(self) -> float:
+        """Where a signal published now falls in the router's inbox: signals handled plus buffered."""
+        inbox = self._inbox
+        return math.inf if inbox is None else self.board.position + inbox.pending
+
+    async def publish(
+        self, payload: Final | ProviderRequest, source: str, subject: str | None = None
+    ) -> None:
+        """Publish a payload as the router (``subject`` overrides the envelope's, which is the request
+        id); a closed bus is ignored."""
+        signal = Signal(
+            payload.TYPE, source, payload, subject=subject or payload.request_id, provider=payload.provider
+        )
         try:
             await self.bus.publish(signal)
         except BusClosed:
             pass
 
 
-def _with_timeout(request: ProviderRequest, timeout: float | None) -> ProviderRequest:
-    if timeout is None:
-        return request
-    return attrs.evolve(request, deadline=trio.current_time() + timeout)
+async def _reraise(exc: Exception) -> None:
+    raise exc
+
