@@ -33,5 +33,5 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks: duckagents vs bare httpx vs litellm.Router on one loopback upstream."""
-    session.install("-e", ".", "litellm")
+    session.install("-e", ".", "litellm", "pyinstrument")
     session.run("python", "-m", "benchmarks", *session.posargs)
