@@ -37,7 +37,10 @@ class Subscription:
 
     # ``SignalBus.publish`` reads ``_match_all``, ``filter`` and ``_send`` directly on its hot path: slots
     # keep those lookups cheap, and a method call per delivery would cost more than the delivery.
-    __slots__ = ("_bus", "_closed", "_match_all", "_recv", "_send", "dropped", "filter", "overflow")
+    __slots__ = (
+        "_blocks", "_bus", "_closed", "_match_all", "_recv", "_room", "_send",
+        "dropped", "filter", "overflow",
+    )
 
     def __init__(self, bus: SignalBus, signal_filter: SignalFilter, buffer: int, overflow: Overflow) -> None:
         self._bus = bus
@@ -48,6 +51,12 @@ class Subscription:
         self._closed = False
         # Looked up on every publish, so precomputed.
         self._match_all = signal_filter.matches_all
+        self._blocks = overflow is Overflow.BLOCK
+        # Free places as the bus sees them: the buffer size minus the signals sent (or being sent by a
+        # blocked publisher) and not yet received. Never more than the channel really has, so when it is
+        # positive a send cannot block: ``SignalBus.publish_nowait`` relies on that instead of asking the
+        # channel (whose statistics cost an object per call). A zero-buffer subscription never has room.
+        self._room = buffer
         self._send, self._recv = trio.open_memory_channel[Signal](buffer)
 
     @property
@@ -64,17 +73,21 @@ class Subscription:
         """The next signal; raises :class:`BusClosed` when unsubscribed, or when the bus closed and the
         buffer is drained."""
         try:
-            return await self._recv.receive()
+            signal = await self._recv.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise BusClosed("subscription closed") from None
+        self._room += 1
+        return signal
 
     def receive_nowait(self) -> Signal:
         """The next buffered signal; raises :class:`trio.WouldBlock` when none is buffered and
         :class:`BusClosed` like :meth:`receive`."""
         try:
-            return self._recv.receive_nowait()
+            signal = self._recv.receive_nowait()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise BusClosed("subscription closed") from None
+        self._room += 1
+        return signal
 
     def close(self) -> None:
         """Unsubscribe. Tasks blocked in :meth:`receive` wake with :class:`BusClosed`, publishers blocked
@@ -86,6 +99,7 @@ class Subscription:
         self._recv.close()
 
     def _drop_oldest_and_send(self, signal: Signal) -> None:
+        # One out, one in: ``_room`` is unchanged.
         try:
             self._recv.receive_nowait()
         except trio.WouldBlock:  # buffer size 0 is refused for DROP_OLDEST, so this cannot happen

@@ -9,7 +9,9 @@ Every subscription owns a bounded Trio memory channel and an explicit overflow p
 Filters match on the envelope only (``type``, ``provider``, ``subject``), never on the payload. Subscriptions
 that name request ids are indexed by request id, so per-request listeners (the router's, one per in-flight
 request) cost a dict lookup per publish instead of a scan. :meth:`SignalBus.expect` is the cheapest way to
-wait for the one terminal signal of a request.
+wait for the one terminal signal of a request. :meth:`SignalBus.publish_nowait` is the synchronous fast
+path (no scheduler round trip) for publishers that fall back to ``publish`` when it reports a full
+subscriber.
 
 Ordering: each subscriber sees the signals of one publisher in publish order.
 
@@ -85,6 +87,7 @@ class SignalBus:
                 if sub._match_all or sub.filter.matches(signal):
                     try:
                         sub._send.send_nowait(signal)
+                        sub._room -= 1
                         delivered += 1
                     except trio.WouldBlock:
                         delivered += await self._deliver_full(sub, signal)
@@ -100,6 +103,7 @@ class SignalBus:
                         if sub.filter.matches(signal):
                             try:
                                 sub._send.send_nowait(signal)
+                                sub._room -= 1
                                 delivered += 1
                             except trio.WouldBlock:
                                 delivered += await self._deliver_full(sub, signal)
@@ -108,13 +112,75 @@ class SignalBus:
                             except trio.ClosedResourceError:
                                 raise BusClosed("the signal bus closed while publishing") from None
                 if signal.type in TERMINAL_TYPES:
-                    waiters = self._waiters.get(subject)
-                    if waiters is not None:
-                        for waiter in waiters:
-                            delivered += waiter._offer(signal)
+                    delivered += self._offer_waiters(subject, signal)
         finally:
             self._delivered += delivered
         await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def publish_nowait(self, signal: Signal) -> bool:
+        """Deliver ``signal`` at once, without a checkpoint, if no subscriber would make it wait.
+
+        True when it was published (to every matching subscription; full DROP_OLDEST ones drop their
+        oldest as usual). False when a matching BLOCK subscriber is full: then nothing was delivered and
+        the caller should ``await publish(signal)`` instead, which waits for room. Raises
+        :class:`BusClosed` when the bus is closed.
+
+        Being synchronous it is neither a cancellation point nor a schedule point: it is meant for hot
+        internal paths that checkpoint elsewhere anyway (the async :meth:`publish` keeps Trio's
+        conventions).
+        """
+        if self._closed:
+            raise BusClosed("the signal bus is closed")
+        general = self._general
+        subject = signal.subject
+        targeted = self._by_request.get(subject) if subject is not None else None
+        # First pass, all or nothing: is any matching BLOCK subscriber full? ``_room`` is tested first, so
+        # the usual case (room everywhere) costs one comparison per subscription and no filter match.
+        for sub in general:
+            if sub._room <= 0 and sub._blocks and (sub._match_all or sub.filter.matches(signal)):
+                return False
+        if targeted is not None:
+            for sub in targeted:
+                if sub._room <= 0 and sub._blocks and sub.filter.matches(signal):
+                    return False
+        # Second pass: deliver. Nothing can yield in between, so every BLOCK send succeeds now.
+        self._published += 1
+        delivered = 0
+        for sub in general:
+            if sub._match_all or sub.filter.matches(signal):
+                delivered += self._send_now(sub, signal)
+        if subject is not None:
+            if targeted is not None:
+                for sub in targeted:
+                    if sub.filter.matches(signal):
+                        delivered += self._send_now(sub, signal)
+            if signal.type in TERMINAL_TYPES:
+                delivered += self._offer_waiters(subject, signal)
+        self._delivered += delivered
+        return True
+
+    def _send_now(self, sub: Subscription, signal: Signal) -> int:
+        """Deliver to ``sub`` without waiting (the caller checked a BLOCK ``sub`` has room)."""
+        try:
+            sub._send.send_nowait(signal)
+        except trio.WouldBlock:
+            if sub._blocks:  # publish_nowait's first pass saw room: the accounting is broken
+                raise AssertionError(f"no room in {sub!r} although the bus counted some") from None
+            sub._drop_oldest_and_send(signal)
+            self._dropped += 1
+            return 1
+        except trio.BrokenResourceError:  # cannot happen synchronously (close() unsubscribes first)
+            return 0
+        sub._room -= 1
+        return 1
+
+    def _offer_waiters(self, subject: str, signal: Signal) -> int:
+        waiters = self._waiters.get(subject)
+        delivered = 0
+        if waiters is not None:
+            for waiter in waiters:
+                delivered += waiter._offer(signal)
+        return delivered
 
     async def _deliver_full(self, sub: Subscription, signal: Signal) -> int:
         """The slow path: ``sub``'s buffer is full. Returns 1 when delivered, 0 when not."""
@@ -122,12 +188,20 @@ class SignalBus:
             sub._drop_oldest_and_send(signal)
             self._dropped += 1
             return 1
+        # Counted before the wait: a receive makes room that Trio hands to this blocked send at once, and
+        # ``publish_nowait`` must not see it as free. Given back if the signal does not go in.
+        sub._room -= 1
+        sent = False
         try:
             await sub._send.send(signal)
+            sent = True
         except trio.BrokenResourceError:  # the subscriber left while we waited: nobody to deliver to
             return 0
         except trio.ClosedResourceError:
             raise BusClosed("the signal bus closed while publishing") from None
+        finally:
+            if not sent:
+                sub._room += 1
         return 1
 
     def subscribe(

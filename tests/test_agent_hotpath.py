@@ -31,7 +31,7 @@ from duckagents.agents._views import needs_of
 from duckagents.agents.provider_agent import ProviderAgent
 from duckagents.agents.router import SOURCE, RouterAgent, is_final
 from duckagents.app import open_tree
-from duckagents.bus import SignalBus
+from duckagents.bus import SignalBus, SignalFilter
 from duckagents.config import Config, LimitsConfig, ProviderConfig
 from duckagents.errors import ErrorKind, ProviderError
 from duckagents.messages import Message, RequestOptions
@@ -41,6 +41,7 @@ from duckagents.signals import (
     ProviderFailure,
     ProviderRequest,
     ProviderResponse,
+    Signal,
     SupervisorEvent,
     make_signal,
 )
@@ -233,6 +234,75 @@ async def test_a_bug_met_in_a_callers_task_crashes_the_router_like_before(
         assert [e.data.event for e in events] == ["crashed", "restarted"]  # type: ignore[union-attr]
         assert (await tree.router.complete("hi")).provider == "a"  # the restarted router serves again
     assert_one_terminal_per_request(rec)
+
+
+# --- wakeups per request ---------------------------------------------------------------------------
+
+
+class Reschedules(trio.abc.Instrument):
+    """Counts how often one task is put back on the run queue (each time is a scheduler turn)."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.count = 0
+
+    def task_scheduled(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.count += 1
+
+
+async def test_the_router_is_not_woken_by_its_own_signals(autojump_clock: object) -> None:
+    async with running_tree(mock_config("a")) as (tree, rec):
+        board = tree.router.board
+        seen: list[tuple[str, str]] = []
+        handle = board.handle
+
+        def recording_handle(signal: Signal) -> None:
+            seen.append((signal.source, signal.type))
+            handle(signal)
+
+        board.handle = recording_handle  # type: ignore[method-assign]
+        for i in range(5):
+            await tree.router.complete(f"question {i}", request_id=f"q{i}")
+        async with tree.router.stream("streamed", request_id="s") as stream:
+            assert [c async for c in stream]
+        await trio.sleep(1)
+        # Its final results and dispatches are on the bus, but its inbox leaves them out...
+        assert len([s for s in rec.signals if is_final(s)]) == 6
+        assert not [source for source, _ in seen if source in (SOURCE, "/router/dispatch")]
+        # ...while the agent's terminals (one per request) and chunks still get through.
+        assert len([t for _, t in seen if t == "provider_response"]) == 6
+        assert any(t == "provider_chunk" for _, t in seen)
+    assert_one_terminal_per_request(rec)
+
+
+async def test_an_agent_publishes_its_terminal_without_a_scheduler_turn(autojump_clock: object) -> None:
+    async with running_agent() as (agent, bus, _):
+        with bus.subscribe(SignalFilter(request_ids={"t"})) as sub:
+            instrument = Reschedules(trio.lowlevel.current_task())
+            trio.lowlevel.add_instrument(instrument)
+            try:
+                payload = ProviderResponse("t", agent.name, "m", "done")
+                await _inbox.publish_terminal(agent, payload, "t")
+            finally:
+                trio.lowlevel.remove_instrument(instrument)
+            assert instrument.count == 0
+            # Delivered all the same, before anyone else ran.
+            assert sub.receive_nowait().data == payload
+
+
+async def test_a_terminal_waits_for_a_full_subscriber_then_goes_out(autojump_clock: object) -> None:
+    async with running_agent() as (agent, bus, rec):
+        with bus.subscribe(SignalFilter(request_ids={"t"}), buffer=1) as tight:
+            await bus.publish(make_signal(ProviderChunk("t", agent.name, 0, "x"), "/test"))  # now full
+            payload = ProviderResponse("t", agent.name, "m", "done")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_inbox.publish_terminal, agent, payload, "t")
+                await trio.sleep(1)
+                assert tight.pending == 1  # the terminal waits for room (shielded, bounded)
+                assert isinstance((await tight.receive()).data, ProviderChunk)
+            assert (await tight.receive()).data == payload
+            await rec.wait_for(lambda s: s.is_terminal and s.subject == "t")
 
 
 # --- crash ordering --------------------------------------------------------------------------------

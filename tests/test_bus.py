@@ -417,6 +417,129 @@ async def test_stats_count_published_delivered_and_subscribers() -> None:
     assert "SignalBus(" in repr(bus) and "Subscription(" in repr(a) and "r1" in repr(waiter)
 
 
+# --- source exclusion ------------------------------------------------------------------------------
+
+
+def test_exclude_sources_leaves_out_only_those_sources() -> None:
+    mine = make_signal(ProviderChunk("r1", "p1", 0, "x"), "/router")
+    theirs = chunk("r1", "p1")  # source /test
+    f = SignalFilter(types={"provider_chunk"}, exclude_sources="/router")
+    assert f.exclude_sources == frozenset({"/router"})
+    assert [f.matches(s) for s in (mine, theirs, response("r1"))] == [False, True, False]
+    assert not SignalFilter(exclude_sources={"/x"}).matches_all
+
+
+async def test_a_subscription_excluding_a_source_is_not_woken_by_it() -> None:
+    bus = SignalBus()
+    with bus.subscribe(SignalFilter(exclude_sources={"/router"})) as sub:
+        await bus.publish(make_signal(ProviderChunk("r1", "p1", 0, "own"), "/router"))
+        assert bus.publish_nowait(make_signal(ProviderChunk("r1", "p1", 1, "own"), "/router"))
+        await bus.publish(chunk("r1", index=2))
+        assert [s.data.index for s in drain(sub)] == [2]  # type: ignore[union-attr]
+
+
+# --- publish_nowait ---------------------------------------------------------------------------------
+
+
+async def test_publish_nowait_delivers_to_every_match_without_a_scheduler_turn() -> None:
+    bus = SignalBus()
+    general = bus.subscribe(SignalFilter(types={"provider_response"}))
+    targeted = bus.subscribe(SignalFilter(request_ids={"r1"}))
+    other = bus.subscribe(SignalFilter(request_ids={"r2"}))
+    with bus.expect("r1") as waiter:
+        # Synchronous: no other task can run in between, so both subscribers have it right away.
+        assert bus.publish_nowait(response("r1"))
+        assert [s.type for s in drain(general)] == ["provider_response"]
+        assert [s.type for s in drain(targeted)] == ["provider_response"]
+        assert drain(other) == []
+        assert waiter.result is not None and waiter.result.subject == "r1"
+    stats = bus.stats()
+    assert (stats.published, stats.delivered) == (1, 3)
+
+
+def test_publish_nowait_delivers_nothing_when_a_block_subscriber_is_full() -> None:
+    bus = SignalBus()
+    roomy = bus.subscribe(buffer=10)
+    tight = bus.subscribe(SignalFilter(request_ids={"r1"}), buffer=1)
+    assert bus.publish_nowait(chunk("r1", index=0))
+    # tight is full: all or nothing, so roomy does not get it either, and nothing is counted.
+    assert not bus.publish_nowait(chunk("r1", index=1))
+    assert bus.publish_nowait(chunk("r2", index=2))  # tight does not want it: no reason to wait
+    assert [s.data.index for s in drain(roomy)] == [0, 2]  # type: ignore[union-attr]
+    assert [s.data.index for s in drain(tight)] == [0]  # type: ignore[union-attr]
+    assert bus.publish_nowait(chunk("r1", index=3))  # room again
+    assert bus.stats().published == 3
+
+
+def test_publish_nowait_never_waits_on_drop_oldest_and_refuses_a_rendezvous() -> None:
+    bus = SignalBus()
+    lossy = bus.subscribe(buffer=2, overflow=Overflow.DROP_OLDEST)
+    for i in range(5):
+        assert bus.publish_nowait(chunk(index=i))
+    assert [s.data.index for s in drain(lossy)] == [3, 4]  # type: ignore[union-attr]
+    assert lossy.dropped == 3 and bus.stats().dropped == 3
+    lossy.close()
+    with bus.subscribe(buffer=0):  # a rendezvous always needs the awaiting publish
+        assert not bus.publish_nowait(chunk())
+    bus.close()
+    with pytest.raises(BusClosed):
+        bus.publish_nowait(chunk())
+
+
+async def test_publish_nowait_sees_room_taken_by_a_blocked_publisher() -> None:
+    bus = SignalBus()
+    sub = bus.subscribe(buffer=1)
+    assert bus.publish_nowait(chunk(index=0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(bus.publish, chunk(index=1))
+        await trio.testing.wait_all_tasks_blocked()
+        # The receive frees a place that Trio hands straight to the blocked publisher: still full.
+        assert sub.receive_nowait().data.index == 0  # type: ignore[union-attr]
+        assert not bus.publish_nowait(chunk(index=2))
+    assert [s.data.index for s in drain(sub)] == [1]  # type: ignore[union-attr]
+    assert bus.publish_nowait(chunk(index=3))
+
+
+async def test_a_cancelled_blocked_publisher_gives_its_place_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    bus = SignalBus()
+    sub = bus.subscribe(buffer=1)
+    assert bus.publish_nowait(chunk(index=0))
+    with trio.move_on_after(1):
+        await bus.publish(chunk(index=1))  # stuck: the buffer is full
+    assert sub.receive_nowait().data.index == 0  # type: ignore[union-attr]
+    assert bus.publish_nowait(chunk(index=2))  # the cancelled publish does not hold the freed place
+    assert [s.data.index for s in drain(sub)] == [2]  # type: ignore[union-attr]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    size=st.integers(1, 4),
+    ops=st.lists(st.sampled_from(["nowait", "receive"]), max_size=40),
+)
+def test_publish_nowait_agrees_with_a_bounded_queue_model(size: int, ops: list[str]) -> None:
+    bus = SignalBus()
+    block = bus.subscribe(buffer=size)
+    lossy = bus.subscribe(buffer=size, overflow=Overflow.DROP_OLDEST)
+    model: list[int] = []
+    lossy_model: list[int] = []
+    for n, op in enumerate(ops):
+        if op == "nowait":
+            published = bus.publish_nowait(chunk(index=n))
+            assert published == (len(model) < size)
+            if published:
+                model.append(n)
+                lossy_model = [*lossy_model, n][-size:]
+        elif model:
+            assert block.receive_nowait().data.index == model.pop(0)  # type: ignore[union-attr]
+        else:
+            with pytest.raises(trio.WouldBlock):
+                block.receive_nowait()
+        assert block.pending == len(model)
+    assert [s.data.index for s in drain(lossy)] == lossy_model  # type: ignore[union-attr]
+
+
 # --- module layout -----------------------------------------------------------------------------------
 
 

@@ -27,7 +27,7 @@ from ._runs import Final, Run
 from ._views import AgentView
 from .strategies import RequestShape, RoutingStrategy
 
-__all__ = ["AGENT_CHILD_PREFIX", "DISPATCH", "SOURCE", "NoneFits", "RouterBoard", "Wait"]
+__all__ = ["AGENT_CHILD_PREFIX", "DISPATCH", "OWN_SOURCES", "SOURCE", "NoneFits", "RouterBoard", "Wait"]
 
 #: Source of caller-level signals: the intake request and the final result.
 SOURCE = "/router"
@@ -35,7 +35,8 @@ SOURCE = "/router"
 DISPATCH = "/router/dispatch"
 #: Supervisor child ids of provider agents are ``agent:<name>``.
 AGENT_CHILD_PREFIX = "agent:"
-_OWN_SOURCES = frozenset({SOURCE, DISPATCH})
+#: The router's own sources; its inbox leaves them out.
+OWN_SOURCES = frozenset({SOURCE, DISPATCH})
 _GONE_EVENTS = frozenset({"crashed", "exited", "shutdown", "killed", "gave_up"})
 _BACK_EVENTS = frozenset({"started", "restarted"})
 
@@ -91,8 +92,8 @@ class RouterBoard:
     def handle(self, signal: Signal) -> None:
         """Take one signal into account."""
         self.position += 1
-        if signal.source in _OWN_SOURCES:
-            return  # the router's own final results and terminals on an agent's behalf
+        if signal.source in OWN_SOURCES:
+            return  # the router's own (its inbox leaves them out; a board fed otherwise may see them)
         data = signal.data
         if isinstance(data, ProviderChunk):
             self._on_chunk(data)

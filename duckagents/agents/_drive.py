@@ -91,10 +91,9 @@ async def drive(router: RouterAgent, run: Run) -> None:
         # (every run ends, the supervisor restarts it); this caller gets the final result.
         router._crash(exc)
     finally:
-        # Shielded: the final result must go out even when the run was cancelled; bounded, so a stalled
-        # subscriber cannot hold the caller (or the router's shutdown) forever.
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + router.publish_timeout):
-            await _finish(router, run, final)
+        # The final result must go out even when the run was cancelled: _finish publishes shielded and
+        # bounded (a stalled subscriber cannot hold the caller or the router's shutdown forever).
+        await _finish(router, run, final)
 
 
 async def _route(router: RouterAgent, run: Run) -> Final:
@@ -164,15 +163,16 @@ async def _attempt(router: RouterAgent, run: Run, agent: str, number: int) -> Fi
     return run.result
 
 
-async def _publish_on_behalf(router: RouterAgent, run: Run) -> None:
+async def _publish_on_behalf(router: RouterAgent, run: Run, *, shielded: bool = False) -> None:
     if run.on_behalf_pending and run.result is not None:
         run.on_behalf_pending = False
-        await router.publish(run.result, DISPATCH, attempt_subject(run.request_id, run.attempt))
+        publish = router.publish_shielded if shielded else router.publish
+        await publish(run.result, DISPATCH, attempt_subject(run.request_id, run.attempt))
 
 
 async def _finish(router: RouterAgent, run: Run, final: Final | None) -> None:
-    """Close the run: answer for an attempt still outstanding, publish the final result (the caller
-    shields and bounds this), wake the caller and forget the run."""
+    """Close the run: answer for an attempt still outstanding, publish the final result (shielded and
+    bounded: no cancel scope at all unless the bus makes it wait), wake the caller and forget the run."""
     try:
         if final is None:
             final = run.stopped_final()
@@ -182,11 +182,11 @@ async def _finish(router: RouterAgent, run: Run, final: Final | None) -> None:
             else:
                 failure = run.attempt_failure(ErrorKind.CANCELLED, "the request ended")
             router.board.end_attempt(run, failure, on_behalf=True)
-        await _publish_on_behalf(router, run)
+        await _publish_on_behalf(router, run, shielded=True)
         if isinstance(final, ProviderFailure) and run.chunks > 0 and not final.partial:
             final = attrs.evolve(final, partial=True)
         run.final = final
-        await router.publish(final, SOURCE)
+        await router.publish_shielded(final, SOURCE)
     finally:
         if run.final is None:
             run.final = final or run.router_failure(ErrorKind.SHUTDOWN, "the router shut down")

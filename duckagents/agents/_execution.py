@@ -208,9 +208,12 @@ async def _chunk(agent: ProviderAgent, attempt: Attempt, text: str, tool_call: T
     attempt.chunks += 1
     request_id = attempt.request.request_id
     chunk = ProviderChunk(request_id, agent.name, index, text, tool_call)
-    await agent.bus.publish(
-        Signal(ProviderChunk.TYPE, agent.source, chunk, subject=request_id, provider=agent.name)
-    )
+    signal = Signal(ProviderChunk.TYPE, agent.source, chunk, subject=request_id, provider=agent.name)
+    # Still a cancellation point per chunk (an attempt answered elsewhere stops streaming here), but the
+    # chunk goes out without a scheduler turn unless a subscriber is full: the stream's reads yield anyway.
+    await trio.lowlevel.checkpoint_if_cancelled()
+    if not agent.bus.publish_nowait(signal):
+        await agent.bus.publish(signal)
 
 
 def _record_success(

@@ -159,6 +159,7 @@ async def publish_terminal(agent: ProviderAgent, payload: Payload, subject: str 
 
     Shielded: a decided terminal must go out whole even when the agent is being stopped; bounded, so a
     stalled subscriber cannot hold a shutdown forever (the router then answers on the agent's behalf).
+    Usually nobody's buffer is full and it goes out at once, with no cancel scope and no scheduler turn.
     """
     signal = Signal(
         payload.TYPE,
@@ -167,8 +168,10 @@ async def publish_terminal(agent: ProviderAgent, payload: Payload, subject: str 
         subject=subject if subject is not None else getattr(payload, "request_id", None),
         provider=getattr(payload, "provider", None),
     )
-    with trio.CancelScope(shield=True, deadline=trio.current_time() + agent.publish_timeout):
-        try:
-            await agent.bus.publish(signal)
-        except BusClosed:
+    try:
+        if agent.bus.publish_nowait(signal):
             return
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + agent.publish_timeout):
+            await agent.bus.publish(signal)
+    except BusClosed:
+        return

@@ -40,7 +40,7 @@ from ..signals import (
     ProviderStatus,
     Signal,
 )
-from ._board import AGENT_CHILD_PREFIX, DISPATCH, SOURCE, RouterBoard
+from ._board import AGENT_CHILD_PREFIX, DISPATCH, OWN_SOURCES, SOURCE, RouterBoard
 from ._drive import attempt_subject, drive, open_run
 from ._feature_checks import ask_features
 from ._router_loop import INBOX_TYPES, serve_signals, stop_router
@@ -151,8 +151,10 @@ class RouterAgent:
         # Driven in this task: no spawn, and the caller wakes straight from the attempt's terminal.
         run = self._open_run(request, inline=True)
         await drive(self, run)
-        # One more scheduler turn, so tasks woken by the final result (bus subscribers) have seen it
-        # before the caller goes on, as when another task published it.
+        # Two scheduler turns, so tasks woken by the final result (bus subscribers) have seen it before
+        # the caller goes on, as when another task published it: the final went out without one (see
+        # publish_nowait), and the tasks of one turn run in an order Trio chooses at random.
+        await trio.lowlevel.cancel_shielded_checkpoint()
         await trio.lowlevel.cancel_shielded_checkpoint()
         final = run.final
         if isinstance(final, ProviderResponse):
@@ -223,7 +225,9 @@ class RouterAgent:
         self._crashed = False
         loop_scope = trio.CancelScope(shield=True)
         loop_done = trio.Event()
-        inbox_filter = SignalFilter(types=INBOX_TYPES)
+        # The router's own signals (final results, terminals on an agent's behalf) tell it nothing new:
+        # left out, they do not wake its loop once per request.
+        inbox_filter = SignalFilter(types=INBOX_TYPES, exclude_sources=OWN_SOURCES)
         with self.bus.subscribe(inbox_filter, buffer=self.inbox_buffer, overflow=Overflow.BLOCK) as inbox:
             self._inbox = inbox
             try:
@@ -288,12 +292,30 @@ class RouterAgent:
         self, payload: Final | ProviderRequest, source: str, subject: str | None = None
     ) -> None:
         """Publish a payload as the router (``subject`` overrides the envelope's, which is the request
-        id); a closed bus is ignored."""
+        id); a closed bus is ignored. Delivered at once when nobody's buffer is full (no scheduler round
+        trip), so this is a cancellation point only when it has to wait."""
         signal = Signal(
             payload.TYPE, source, payload, subject=subject or payload.request_id, provider=payload.provider
         )
         try:
-            await self.bus.publish(signal)
+            if not self.bus.publish_nowait(signal):
+                await self.bus.publish(signal)  # a BLOCK subscriber is full: wait for room
+        except BusClosed:
+            pass
+
+    async def publish_shielded(
+        self, payload: Final | ProviderRequest, source: str, subject: str | None = None
+    ) -> None:
+        """:meth:`publish` that no cancellation interrupts, bounded by ``publish_timeout``: for results that
+        must go out. The shielded scope is only entered when the bus makes us wait (rarely)."""
+        signal = Signal(
+            payload.TYPE, source, payload, subject=subject or payload.request_id, provider=payload.provider
+        )
+        try:
+            if self.bus.publish_nowait(signal):
+                return
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + self.publish_timeout):
+                await self.bus.publish(signal)
         except BusClosed:
             pass
 
