@@ -127,3 +127,12 @@ async def test_drain_after_the_terminal_line_is_bounded(autojump_clock: trio.tes
             waited = trio.current_time() - start
     assert isinstance(events[-1], StreamEnd) and events[-1].completion.content == "hi"
     assert waited == pytest.approx(DRAIN_TIMEOUT)
+
+
+def test_parse_rate_limit_scans_httpx_headers_once_and_still_parses_mixed_case() -> None:
+    from duckagents.providers._http import parse_rate_limit
+
+    assert parse_rate_limit(httpx.Headers({"content-type": "text/event-stream", "x-request-id": "r"})) is None
+    info = parse_rate_limit(httpx.Headers({"X-RateLimit-Remaining-Requests": "7", "Retry-After": "2"}))
+    assert info is not None and info.remaining_requests == 7 and info.retry_after == 2.0
+    assert parse_rate_limit({"retry-after": "3"}) is not None  # a plain mapping takes the general path

@@ -547,3 +547,78 @@ async def test_compatible_server_stream_quirks() -> None:
     assert done.tool_calls == (ToolCall("call_0", "f", "{}"),) and done.content == ""
     assert done.finish_reason is FinishReason.TOOL_CALLS and done.usage == Usage(2, 0)
     assert len(deltas) == 2
+
+
+# --- the streaming fast path keeps the one-event-at-a-time semantics --------------------------------
+
+
+def _sse(*events: Any) -> bytes:
+    return b"".join(sse(None, e) if not isinstance(e, bytes) else e for e in events)
+
+
+def _text_chunk(text: str) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": {"content": text}}]}
+
+
+class _ChunkStream(httpx.AsyncByteStream):
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self._chunks:
+            yield chunk
+
+
+async def _items_until_error(prov: OpenAIProvider) -> tuple[list[str], ProviderError]:
+    texts: list[str] = []
+    with pytest.raises(ProviderError) as info:
+        async with contextlib.aclosing(prov.stream(req())) as events:
+            async for item in events:
+                assert isinstance(item, StreamDelta)
+                texts.append(item.text)
+    return texts, info.value
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"data: {not json\n\n",
+        # text first, then a malformed tool fragment in the same event: that event yields nothing
+        _sse({"choices": [{"index": 0, "delta": {"content": "half", "tool_calls": [{"index": "zero"}]}}]}),
+        _sse({"error": {"message": "overloaded mid-stream", "type": "server_error"}}),
+    ],
+)
+async def test_events_before_a_bad_event_in_the_same_network_chunk_are_still_delivered(bad: bytes) -> None:
+    # One network chunk holding good events, then a bad one: the good ones reach the caller first,
+    # exactly as when each event arrives in its own chunk.
+    body = _sse(_text_chunk("a"), _text_chunk("b")) + bad + _sse(_text_chunk("never")) + b"data: [DONE]\n\n"
+    results = []
+    for pieces in ([body], [bytes([b]) for b in body]):
+        stream = _ChunkStream(pieces)
+        async with _mock(lambda r, s=stream: httpx.Response(200, stream=s)) as prov:
+            results.append(await _items_until_error(prov))
+    (whole_texts, whole_err), (split_texts, split_err) = results
+    assert whole_texts == split_texts == ["a", "b"]
+    assert whole_err.kind is split_err.kind
+    assert whole_err.kind in (ErrorKind.PROTOCOL, ErrorKind.UPSTREAM_5XX, ErrorKind.OVERLOADED)
+
+
+async def test_gzip_encoded_stream_is_decoded() -> None:
+    # The fast path reads raw bytes only when the body has no content-encoding; gzip is decoded.
+    import gzip
+
+    body = _sse(_text_chunk("hello "), _text_chunk("zip")) + b"data: [DONE]\n\n"
+    packed = gzip.compress(body)
+    stream = _ChunkStream([packed[:10], packed[10:]])
+    headers = {"content-encoding": "gzip", "content-type": "text/event-stream"}
+    async with _mock(lambda r: httpx.Response(200, stream=stream, headers=headers)) as prov:
+        deltas, done = await run_stream(prov, req())
+    assert [d.text for d in deltas] == ["hello ", "zip"] and done.content == "hello zip"
+
+
+async def test_done_without_final_blank_line_and_crlf_endings() -> None:
+    body = _sse(_text_chunk("x")).replace(b"\n", b"\r\n") + b"data: [DONE]"
+    stream = _ChunkStream([body])
+    async with _mock(lambda r: httpx.Response(200, stream=stream)) as prov:
+        deltas, done = await run_stream(prov, req())
+    assert [d.text for d in deltas] == ["x"] and done.content == "x"

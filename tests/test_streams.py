@@ -245,3 +245,15 @@ async def test_garbage_sse_from_server_does_not_crash_the_callers_nursery(pieces
         events = await _drain(prov)
     assert sorted(outcomes) == ["protocol", "sibling done"]
     assert isinstance(events[-1], StreamEnd) and events[-1].completion.content == "echo: hi"
+
+
+@FAST
+@given(sse_streams(), st.lists(st.integers(0, 2000), max_size=12))
+def test_sse_data_only_api_matches_events(stream: tuple[bytes, list[SSEEvent]], cuts: list[int]) -> None:
+    data, expected = stream
+    parser = SSEParser()
+    out: list[str] = []
+    for chunk in split(data, cuts):
+        out.extend(parser.feed_data(chunk))
+    out.extend(parser.close_data())
+    assert out == [event.data for event in expected]

@@ -162,6 +162,15 @@ class HTTPProvider:
         return HealthProbe(ok=True, latency=trio.current_time() - started, detail=detail)
 
 
+def body_chunks(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+    """The streamed body's bytes as they arrive: ``aiter_raw`` when the body has no content-encoding
+    (it saves httpx's decoding generator layer per chunk), else the decoded ``aiter_bytes``."""
+    encoding = response.headers.get("content-encoding")
+    if response.is_stream_consumed or (encoding and encoding.strip().lower() != "identity"):
+        return response.aiter_bytes()  # type: ignore[return-value]  # an async generator in httpx
+    return response.aiter_raw()  # type: ignore[return-value]
+
+
 #: Turns a streamed reply into its items; raises for in-band errors, ``StreamFormatError`` for bad bytes.
 Decoder = Callable[[httpx.Response, str], AsyncGenerator[T, None]]
 

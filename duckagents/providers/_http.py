@@ -110,11 +110,18 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     return parse_retry_after(headers.get("retry-after"))
 
 
+_RATE_LIMIT_PREFIXES = ("x-ratelimit-", "retry-after")
+
+
 def parse_rate_limit(headers: Mapping[str, str]) -> RateLimitInfo | None:
     """The ``x-ratelimit-*`` and retry headers (a case-insensitive mapping), or None when absent.
 
     OpenAI's header family; Ollama proxies and TGI deployments behind gateways send the same one.
     """
+    if isinstance(headers, httpx.Headers) and not any(
+        name.startswith(_RATE_LIMIT_PREFIXES) for name in headers.keys()
+    ):
+        return None  # the common case upstream of a proxy; one pass instead of seven lookups
     info = RateLimitInfo(
         limit_requests=parse_int(headers.get("x-ratelimit-limit-requests")),
         remaining_requests=parse_int(headers.get("x-ratelimit-remaining-requests")),

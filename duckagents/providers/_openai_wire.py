@@ -207,15 +207,16 @@ class ChunkAssembler:
 
     def feed(self, chunk: Any) -> list[StreamDelta]:
         """Consume one parsed chunk; return the deltas it carries (only choice 0 is followed)."""
+        deltas: list[StreamDelta] = []
         data = _obj(chunk, "chunk")
-        if isinstance(data.get("model"), str) and data["model"]:
-            self.model = data["model"]
+        model = data.get("model")
+        if model and isinstance(model, str):
+            self.model = model
         if data.get("usage") is not None:
             self._usage = parse_usage(data["usage"])
         choices = data.get("choices") or []
         if not isinstance(choices, list):
             raise _fail("chunk choices is not a list")
-        deltas: list[StreamDelta] = []
         for raw_choice in choices:
             choice = _obj(raw_choice, "chunk choice")
             if choice.get("index", 0) != 0:
@@ -224,16 +225,21 @@ class ChunkAssembler:
             if reason:
                 self._raw_reason = reason
             delta = _obj(choice.get("delta") or {}, "delta")
-            text = _opt_str(delta.get("content"), "delta.content") or ""
-            refusal = _opt_str(delta.get("refusal"), "delta.refusal") or ""
-            self._text.append(text)
-            self._refusal.append(refusal)
+            text = _opt_str(delta.get("content"), "delta.content")
+            refusal = _opt_str(delta.get("refusal"), "delta.refusal")
+            # Empty pieces are not kept: the joined text is the same and a plain text delta costs one
+            # append instead of two.
+            if text:
+                self._text.append(text)
+            if refusal:
+                self._refusal.append(refusal)
             if text or refusal:
-                deltas.append(StreamDelta(text=text or refusal))
-            raw_calls = delta.get("tool_calls") or []
-            if not isinstance(raw_calls, list):
-                raise _fail("delta.tool_calls is not a list")
-            deltas.extend(StreamDelta(tool_call=self._tool_fragment(c)) for c in raw_calls)
+                deltas.append(StreamDelta(text=text or refusal or ""))
+            raw_calls = delta.get("tool_calls")
+            if raw_calls:
+                if not isinstance(raw_calls, list):
+                    raise _fail("delta.tool_calls is not a list")
+                deltas.extend(StreamDelta(tool_call=self._tool_fragment(c)) for c in raw_calls)
         return deltas
 
     def _tool_fragment(self, value: Any) -> ToolCallDelta:

@@ -31,12 +31,17 @@ class SSEEvent:
 
     def json(self) -> Any:
         """The data parsed as JSON; raises :class:`StreamFormatError` when it is not JSON."""
-        try:
-            return json.loads(self.data)
-        except RecursionError:
-            raise StreamFormatError("SSE data is JSON nested too deeply") from None
-        except json.JSONDecodeError as exc:
-            raise StreamFormatError(f"SSE data is not JSON: {exc.msg}: {self.data[:80]!r}") from None
+        return sse_json(self.data)
+
+
+def sse_json(data: str) -> Any:
+    """SSE ``data`` parsed as JSON; raises :class:`StreamFormatError` when it is not JSON."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise StreamFormatError("SSE data is JSON nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise StreamFormatError(f"SSE data is not JSON: {exc.msg}: {data[:80]!r}") from None
 
 
 class _LineSplitter:
@@ -48,6 +53,16 @@ class _LineSplitter:
     def feed(self, data: bytes) -> list[str]:
         if not data:
             return []  # an empty chunk must not forget a pending \r (of a \r\n split around it)
+        if not self._buffer and not self._pending_cr and b"\r" not in data:
+            # Fast path, the usual case: nothing carried over and \n endings only, so the complete lines
+            # are decoded in one go (\n never occurs inside a UTF-8 sequence) and split in C.
+            end = data.rfind(b"\n")
+            if 0 <= end <= self._max_line:  # then no line in it can be longer than max_line
+                if end + 1 < len(data):
+                    self._buffer += data[end + 1 :]
+                    if len(self._buffer) > self._max_line:
+                        raise StreamFormatError(f"stream line longer than {self._max_line} bytes")
+                return _decode(data[:end]).split("\n")
         if self._pending_cr and data[:1] == b"\n":
             data = data[1:]  # the \n of a \r\n that was split across chunks
         self._pending_cr = False
@@ -89,7 +104,11 @@ def _decode(raw: bytes) -> str:
 
 
 class SSEParser:
-    """Feed bytes, get :class:`SSEEvent` objects (per the WHATWG event-stream rules we need)."""
+    """Feed bytes, get :class:`SSEEvent` objects (per the WHATWG event-stream rules we need).
+
+    :meth:`feed_data` / :meth:`close_data` are the same parser for callers that only need each event's
+    data (the event name and id are still tracked, just not returned), without an object per event.
+    """
 
     def __init__(self, max_line: int = MAX_LINE) -> None:
         self._lines = _LineSplitter(max_line)
@@ -99,34 +118,46 @@ class SSEParser:
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         """Consume a chunk; return the events it completed."""
-        events: list[SSEEvent] = []
-        for line in self._lines.feed(data):
-            event = self._line(line)
-            if event is not None:
-                events.append(event)
-        return events
+        return self._run(self._lines.feed(data), True)
 
     def close(self) -> list[SSEEvent]:
         """End of input: an unterminated final event is dispatched if it has data."""
-        events: list[SSEEvent] = []
-        rest = self._lines.rest()
-        if rest:
-            self._line(rest)
-        event = self._line("")
-        if event is not None:
-            events.append(event)
-        return events
+        return self._run(self._final_lines(), True)
 
-    def _line(self, line: str) -> SSEEvent | None:
-        if line == "":
-            if not self._data:
+    def feed_data(self, data: bytes) -> list[str]:
+        """Like :meth:`feed`, returning only the ``data`` of each completed event."""
+        return self._run(self._lines.feed(data), False)
+
+    def close_data(self) -> list[str]:
+        """Like :meth:`close`, returning only the ``data`` of the final event, if any."""
+        return self._run(self._final_lines(), False)
+
+    def _final_lines(self) -> list[str]:
+        rest = self._lines.rest()
+        return [rest, ""] if rest else [""]
+
+    def _run(self, lines: list[str], full: bool) -> Any:
+        # One loop for both result shapes; `data:` lines and blank lines (the usual traffic) are handled
+        # inline, any other field in _field.
+        out: list[Any] = []
+        data = self._data
+        for line in lines:
+            if line[:5] == "data:":
+                data.append(line[6:] if line[5:6] == " " else line[5:])
+            elif line:
+                self._field(line)
+            elif data:
+                text = data[0] if len(data) == 1 else "\n".join(data)
+                out.append(SSEEvent(text, self._event or "message", self._id) if full else text)
+                data.clear()
                 self._event = ""
-                return None
-            event = SSEEvent("\n".join(self._data), self._event or "message", self._id)
-            self._data, self._event = [], ""
-            return event
-        if line.startswith(":"):
-            return None  # comment / keep-alive
+            else:
+                self._event = ""
+        return out
+
+    def _field(self, line: str) -> None:
+        if line[0] == ":":
+            return  # comment / keep-alive
         field, _, value = line.partition(":")
         if value.startswith(" "):
             value = value[1:]
@@ -136,7 +167,6 @@ class SSEParser:
             self._event = value
         elif field == "id":
             self._id = value
-        return None
 
 
 class NDJSONParser:

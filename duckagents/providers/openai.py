@@ -19,7 +19,7 @@ import trio
 from ..errors import ProviderError, Secret
 from ..messages import Features, Message
 from ..signals import ProviderRequest
-from ._client import DRAIN_TIMEOUT, HTTPProvider
+from ._client import DRAIN_TIMEOUT, HTTPProvider, body_chunks
 from ._http import (
     decode_error_body,
     parse_rate_limit,
@@ -28,11 +28,12 @@ from ._http import (
 )
 from ._openai_errors import make_error, stream_error
 from ._openai_wire import ChunkAssembler, build_body, parse_completion
-from ._streams import StreamFormatError, iter_sse
+from ._streams import SSEParser, StreamFormatError, sse_json
 from .base import (
     Completion,
     HealthProbe,
     ModelInfo,
+    StreamDelta,
     StreamEnd,
     StreamEvent,
     TokenCount,
@@ -173,33 +174,58 @@ class OpenAIProvider(HTTPProvider):
         assembler = ChunkAssembler(model)
         async with self._post_stream("chat/completions", model, body) as response:
             rate_limit = parse_rate_limit(response.headers)
+            # The parser is driven here rather than through iter_sse: every async-generator layer between
+            # the socket and the caller costs per item. Events are still handled (and their deltas
+            # yielded) one at a time, so the first delta of a network chunk does not wait for the rest.
+            parser = SSEParser()
             done = False
             try:
-                async with contextlib.aclosing(iter_sse(response.aiter_bytes())) as events:
-                    async for event in events:
-                        if event.data.strip() == "[DONE]":
-                            done = True
+                async with contextlib.aclosing(body_chunks(response)) as chunks:
+                    async for raw in chunks:
+                        for data in parser.feed_data(raw):
+                            deltas = self._event_deltas(data, assembler, response, model)
+                            if deltas is None:
+                                done = True
+                                break
+                            for delta in deltas:
+                                yield delta
+                        if done:
                             break
-                        chunk = event.json()
-                        if stream_error(chunk) is not None:
-                            raise make_error(
-                                None, response.headers, chunk, provider=self.name, model=model,
-                                secrets=self.secrets,
-                            )
-                        for delta in assembler.feed(chunk):
-                            yield delta
+                    else:
+                        for data in parser.close_data():
+                            deltas = self._event_deltas(data, assembler, response, model)
+                            if deltas is None:
+                                done = True
+                                break
+                            for delta in deltas:
+                                yield delta
                     if done:
                         # Read the (empty) rest of the body so the connection returns to the pool;
                         # abandoning it at [DONE] would cost a new connection per stream.
                         with trio.move_on_after(DRAIN_TIMEOUT):
-                            async for _ in events:
-                                pass
+                            async for raw in chunks:
+                                parser.feed_data(raw)
+                            parser.close_data()
                 if not done:
                     raise StreamFormatError("stream ended without data: [DONE]")
                 completion = assembler.finish(rate_limit)
             except StreamFormatError as exc:
                 raise self._protocol_error(str(exc), model, response) from None
         yield StreamEnd(completion)
+
+    def _event_deltas(
+        self, data: str, assembler: ChunkAssembler, response: httpx.Response, model: str
+    ) -> list[StreamDelta] | None:
+        """The deltas of one event's ``data``, or None for ``[DONE]``; an in-band error raises."""
+        # A chunk object starts with "{" and cannot be [DONE]: no strip() per event.
+        if data[:1] != "{" and data.strip() == "[DONE]":
+            return None
+        chunk = sse_json(data)
+        if type(chunk) is dict and "error" in chunk and stream_error(chunk) is not None:
+            raise make_error(
+                None, response.headers, chunk, provider=self.name, model=model, secrets=self.secrets
+            )
+        return assembler.feed(chunk)
 
     # --- the rest of the protocol ----------------------------------------------------------------
 
