@@ -6,6 +6,7 @@ All types are frozen attrs classes; sequences are tuples so values can be shared
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import attrs
@@ -164,3 +165,18 @@ class Features:
 
 
 FEATURE_NAMES: tuple[str, ...] = ("streaming", "tools", "vision", "system_prompt", "json_mode")
+
+
+def implied_features(messages: Sequence[Message], options: RequestOptions) -> set[str]:
+    """The features a request needs by its content and options: ``tools``, ``vision``, ``json_mode``,
+    ``system_prompt`` (a system or developer turn). The router and the agents both decide by this."""
+    needed: set[str] = set()
+    if options.tools:
+        needed.add("tools")
+    if any(message.images for message in messages):
+        needed.add("vision")
+    if options.response_format == "json_object":
+        needed.add("json_mode")
+    if any(message.role in ("system", "developer") for message in messages):
+        needed.add("system_prompt")
+    return needed

@@ -14,7 +14,7 @@ import attrs
 
 from ..config import ProviderConfig
 from ..errors import ErrorKind
-from ..messages import FEATURE_NAMES, Features, Message, RequestOptions
+from ..messages import FEATURE_NAMES, Features, Message, RequestOptions, implied_features
 from ..providers.base import heuristic_token_count
 from ..signals import FeatureReply, ProviderFailure, ProviderResponse, ProviderStatus
 from .strategies import Candidate
@@ -50,14 +50,7 @@ def needs_of(
     if unknown:
         known = ", ".join(FEATURE_NAMES)
         raise ValueError(f"unknown feature(s) {', '.join(sorted(unknown))}; known: {known}")
-    if options.tools:
-        features.add("tools")
-    if any(m.images for m in messages):
-        features.add("vision")
-    if options.response_format == "json_object":
-        features.add("json_mode")
-    if any(m.role == "system" for m in messages):
-        features.add("system_prompt")
+    features |= implied_features(messages, options)
     input_tokens = heuristic_token_count(messages)
     return Needs(
         frozenset(features), input_tokens + (options.max_tokens or 0), input_tokens, options.max_tokens, model

@@ -31,7 +31,6 @@ from ..providers.anthropic import image_problem
 from ..providers.base import Completion, Provider, heuristic_token_count
 from ..resilience.ratelimit import RateLimits
 from ..signals import ProviderRequest
-from .openai import missing_features
 from .provider_agent import ProviderAgent
 
 __all__ = ["MAX_IMAGES", "TIER1_LIMITS", "AnthropicAgent", "default_limits_for", "trim_units"]
@@ -140,14 +139,7 @@ class AnthropicAgent(ProviderAgent):
         """Validate features and images, then fit the context window (see the module docstring)."""
         model = request.model or self.model
         features = self.features(model)
-        lacking = missing_features(request, features)
-        if lacking:
-            raise ProviderError(
-                ErrorKind.UNSUPPORTED,
-                f"model {model} does not support {', '.join(lacking)}, which this request needs",
-                provider=self.name,
-                model=model,
-            )
+        self.require_features(request, model, features)
         self._check_images(request.messages, model)
         return await self._fit(request, model, features)
 

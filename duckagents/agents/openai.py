@@ -18,12 +18,10 @@ from typing import Any
 
 import attrs
 
-from ..errors import ErrorKind, ProviderError
-from ..messages import FEATURE_NAMES, Features
 from ..providers.openai import UNKNOWN_MODEL_FEATURES, is_reasoning_model, model_family
 from ..resilience.ratelimit import RateLimits
 from ..signals import ProviderRequest
-from .provider_agent import ProviderAgent
+from .provider_agent import ProviderAgent, missing_features
 
 __all__ = ["TIER1_LIMITS", "OpenAIAgent", "default_limits_for", "missing_features"]
 
@@ -72,24 +70,6 @@ def default_limits_for(model: str) -> RateLimits:
     return RateLimits(requests=requests, tokens=tokens, period=60.0)
 
 
-def missing_features(request: ProviderRequest, features: Features) -> list[str]:
-    """The features ``request`` needs (by its content, options and ``required_features``) that
-    ``features`` lacks, sorted."""
-    options = request.options
-    needed = {name for name in request.required_features if name in FEATURE_NAMES}
-    if options.tools:
-        needed.add("tools")
-    if any(message.images for message in request.messages):
-        needed.add("vision")
-    if options.response_format == "json_object":
-        needed.add("json_mode")
-    if any(message.role in ("system", "developer") for message in request.messages):
-        needed.add("system_prompt")
-    # Streaming is never a hard need: the base agent delivers a non-streaming answer as one chunk.
-    needed.discard("streaming")
-    return sorted(name for name in needed if not features.supports(name))
-
-
 class OpenAIAgent(ProviderAgent):
     """The provider agent for OpenAI (and OpenAI-compatible servers); see the module docstring."""
 
@@ -108,14 +88,7 @@ class OpenAIAgent(ProviderAgent):
         features = self.features(model)
         known = self.knows(model)
         if known:
-            lacking = missing_features(request, features)
-            if lacking:
-                raise ProviderError(
-                    ErrorKind.UNSUPPORTED,
-                    f"model {model} does not support {', '.join(lacking)}, which this request needs",
-                    provider=self.name,
-                    model=model,
-                )
+            self.require_features(request, model, features)
         options = request.options
         changes: dict[str, Any] = {}
         if is_reasoning_model(model):

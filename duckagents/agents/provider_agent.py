@@ -18,8 +18,8 @@ import trio
 
 from ..bus import Overflow, SignalBus, SignalFilter, Subscription
 from ..config import ProviderConfig
-from ..errors import ProviderError, redact
-from ..messages import Features
+from ..errors import ErrorKind, ProviderError, redact
+from ..messages import FEATURE_NAMES, Features, implied_features
 from ..metrics import ProviderMetrics
 from ..providers.base import Completion, HealthProbe, Provider
 from ..resilience.breaker import BreakerConfig, BreakerState, CircuitBreaker
@@ -158,6 +158,17 @@ class ProviderAgent:
         """What ``model`` (default: :attr:`model`) supports."""
         return self.provider.features(model or self.model)
 
+    def require_features(self, request: ProviderRequest, model: str, features: Features) -> None:
+        """Fail fast (``unsupported``, before any upstream call) when ``model`` lacks a needed feature."""
+        lacking = missing_features(request, features)
+        if lacking:
+            raise ProviderError(
+                ErrorKind.UNSUPPORTED,
+                f"model {model} does not support {', '.join(lacking)}, which this request needs",
+                provider=self.name,
+                model=model,
+            )
+
     async def resources(self) -> dict[str, str]:
         """Extra health detail (strings). Base: none."""
         return {}
@@ -280,3 +291,13 @@ class ProviderAgent:
             else (defaults.tokens if per_minute else None),
             period=60.0,
         )
+
+
+def missing_features(request: ProviderRequest, features: Features) -> list[str]:
+    """The features ``request`` needs (by its content, options and ``required_features``) that
+    ``features`` lacks, sorted."""
+    needed = {name for name in request.required_features if name in FEATURE_NAMES}
+    needed |= implied_features(request.messages, request.options)
+    # Streaming is never a hard need: the base agent delivers a non-streaming answer as one chunk.
+    needed.discard("streaming")
+    return sorted(name for name in needed if not features.supports(name))
