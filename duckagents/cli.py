@@ -1,4 +1,4 @@
-"""The ``duckagents`` command: serve, ask, status, providers, watch."""
+"""The ``duckagents`` command: serve, ask, status, providers, pull, watch."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from typing import Any, TextIO
 
 import httpx
 import trio
+import trio.lowlevel
 
 from .config import DEFAULT_BASE_URLS, Config, default_config, load_config
 from .errors import ConfigError, DuckAgentsError, ProviderError
+from .signals import ProgressEvent
 
 OLLAMA_PROBE_TIMEOUT = 0.5
 
@@ -115,6 +117,45 @@ async def _ask_local(args: argparse.Namespace, options: dict[str, Any], out: Tex
                 raise RuntimeError("stream ended without a final response")
             response = final
     return response
+
+
+def _progress_line(event: ProgressEvent) -> str:
+    if event.total:
+        share = 100 * (event.completed or 0) / event.total
+        return f"{event.provider}: {event.status} {share:5.1f}% ({event.completed}/{event.total} bytes)"
+    return f"{event.provider}: {event.status}"
+
+
+async def cmd_pull(args: argparse.Namespace, out: TextIO) -> int:
+    """Download a model into a local (Ollama) provider, printing its progress."""
+    from .agents.local import LocalAgent
+    from .app import open_tree
+    from .bus import Overflow, SignalFilter
+
+    config = await resolve_config(args.config)
+    async with open_tree(config) as tree:
+        local = {name: a for name, a in tree.agents.items() if isinstance(a, LocalAgent)}
+        if not local:
+            raise ConfigError("no local (ollama) provider is configured or answering on 127.0.0.1:11434")
+        name = args.provider or next(iter(local))
+        if name not in local:
+            raise ConfigError(f"{name!r} is not a local provider; local providers: {', '.join(local)}")
+        progress = SignalFilter(types=frozenset({ProgressEvent.TYPE}), providers=frozenset({name}))
+        with tree.bus.subscribe(progress, buffer=256, overflow=Overflow.DROP_OLDEST) as events:
+            async with trio.open_nursery() as nursery:
+
+                async def show() -> None:
+                    async for signal in events:
+                        assert isinstance(signal.data, ProgressEvent)
+                        out.write(_progress_line(signal.data) + "\n")
+                        out.flush()
+
+                nursery.start_soon(show)
+                await local[name].pull(args.model)
+                await trio.lowlevel.checkpoint()  # let the last progress line through
+                nursery.cancel_scope.cancel()
+    out.write(f"pulled {args.model} into {name}\n")
+    return 0
 
 
 async def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
@@ -251,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ask.add_argument("--token-env", default="DUCKAGENTS_TOKEN", help="env var holding the gateway token")
     ask.set_defaults(func=cmd_ask)
+
+    pull = sub.add_parser("pull", help="download a model into a local (Ollama) provider, with progress")
+    pull.add_argument("model")
+    pull.add_argument("--provider", help="the local provider agent (default: the first one)")
+    pull.set_defaults(func=cmd_pull)
 
     status = sub.add_parser("status", help="providers, breaker states, limits and metrics")
     status.set_defaults(func=cmd_status)

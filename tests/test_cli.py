@@ -146,3 +146,24 @@ def test_unreachable_gateway_is_a_clear_error(args: list[str]) -> None:
     result = run(*args)
     assert result.returncode == 1
     assert "cannot connect" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_pull_shows_progress_from_a_loopback_ollama(tmp_path: Path) -> None:
+    from duckagents.testing._threaded import ThreadedServer
+    from duckagents.testing.ollama import OllamaServer
+
+    with ThreadedServer(OllamaServer(pull_chunks=4)) as upstream:
+        config = tmp_path / "local.toml"
+        config.write_text(f'[[providers]]\nname = "gpu"\nkind = "ollama"\nbase_url = "{upstream.url}"\n')
+        result = run("--config", str(config), "pull", "tinyduck:1b")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "gpu: pulling manifest"
+    shares = [line for line in lines if "%" in line]
+    assert [line.split()[3] for line in shares] == ["25.0%", "50.0%", "75.0%", "100.0%"]
+    assert lines[-2] == "gpu: success" and lines[-1] == "pulled tinyduck:1b into gpu"
+
+
+def test_pull_without_a_local_provider_is_a_clear_error() -> None:
+    result = run("pull", "x")
+    assert result.returncode == 1 and "no local (ollama) provider" in result.stderr
