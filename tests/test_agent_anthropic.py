@@ -277,3 +277,25 @@ async def test_trimming_invariants(turns: list[tuple[int, int, bool]], system: b
     if k:  # and no more than needed: keeping one more turn would not fit
         one_more = [m for i, m in enumerate(messages) if i not in {j for u in units[: k - 1] for j in u}]
         assert heuristic_token_count(one_more) > budget
+
+
+async def test_router_sends_a_trimmable_request_to_the_agent_that_can_trim_it() -> None:
+    """The router checks the window against what trimming must keep, not the whole history."""
+    async with open_anthropic_server() as server:
+        cfg = Config(
+            providers=(
+                ProviderConfig(
+                    name="claude", kind="anthropic", base_url=server.url, options={"context_window": 60}
+                ),
+            )
+        )
+        async with open_router(cfg) as router:
+            with trio.fail_after(10):
+                with pytest.raises(ProviderError) as info:
+                    await router.complete(list(CONVERSATION), max_tokens=10)
+                response = await router.complete(list(CONVERSATION), max_tokens=10, allow_trim=True)
+        assert info.value.kind is ErrorKind.NO_PROVIDER and "context window" in info.value.message
+        assert response.provider == "claude"
+        [body] = sent(server)
+        assert body["system"] == SYSTEM and len(body["messages"]) < len(CONVERSATION) - 1
+        assert server.count_tokens(body) + 10 <= 60

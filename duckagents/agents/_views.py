@@ -51,10 +51,17 @@ def needs_of(
         known = ", ".join(FEATURE_NAMES)
         raise ValueError(f"unknown feature(s) {', '.join(sorted(unknown))}; known: {known}")
     features |= implied_features(messages, options)
-    input_tokens = heuristic_token_count(messages)
+    input_tokens = heuristic_token_count(_untrimmable(messages) if options.allow_trim else messages)
     return Needs(
         frozenset(features), input_tokens + (options.max_tokens or 0), input_tokens, options.max_tokens, model
     )
+
+
+def _untrimmable(messages: Sequence[Message]) -> list[Message]:
+    """What an agent that trims (``allow_trim``) must still send: the system prompt and the last user
+    turn. The window check is against these, so the request reaches an agent that can make it fit."""
+    last_user = next((m for m in reversed(messages) if m.role == "user"), None)
+    return [m for m in messages if m.role in ("system", "developer") or m is last_user]
 
 
 @attrs.frozen
