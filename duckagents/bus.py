@@ -21,6 +21,8 @@ the terminal waiter live in private modules and are re-exported here, which is w
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import attrs
 import trio
 
@@ -83,36 +85,20 @@ class SignalBus:
         self._published += 1
         delivered = 0
         try:
-            for sub in self._general:
-                if sub._match_all or sub.filter.matches(signal):
-                    try:
-                        sub._send.send_nowait(signal)
-                        sub._room -= 1
-                        delivered += 1
-                    except trio.WouldBlock:
-                        delivered += await self._deliver_full(sub, signal)
-                    except trio.BrokenResourceError:  # unsubscribed while we iterated a snapshot
-                        pass
-                    except trio.ClosedResourceError:  # the bus closed while we waited on another one
-                        raise BusClosed("the signal bus closed while publishing") from None
+            for sub in self._matching(signal):
+                try:
+                    sub._send.send_nowait(signal)
+                    sub._room -= 1
+                    delivered += 1
+                except trio.WouldBlock:
+                    delivered += await self._deliver_full(sub, signal)
+                except trio.BrokenResourceError:  # unsubscribed while we iterated a snapshot
+                    pass
+                except trio.ClosedResourceError:  # the bus closed while we waited on another one
+                    raise BusClosed("the signal bus closed while publishing") from None
             subject = signal.subject
-            if subject is not None:
-                targeted = self._by_request.get(subject)
-                if targeted is not None:
-                    for sub in targeted:
-                        if sub.filter.matches(signal):
-                            try:
-                                sub._send.send_nowait(signal)
-                                sub._room -= 1
-                                delivered += 1
-                            except trio.WouldBlock:
-                                delivered += await self._deliver_full(sub, signal)
-                            except trio.BrokenResourceError:
-                                pass
-                            except trio.ClosedResourceError:
-                                raise BusClosed("the signal bus closed while publishing") from None
-                if signal.type in TERMINAL_TYPES:
-                    delivered += self._offer_waiters(subject, signal)
+            if subject is not None and signal.type in TERMINAL_TYPES:
+                delivered += self._offer_waiters(subject, signal)
         finally:
             self._delivered += delivered
         await trio.lowlevel.cancel_shielded_checkpoint()
@@ -146,18 +132,26 @@ class SignalBus:
         # Second pass: deliver. Nothing can yield in between, so every BLOCK send succeeds now.
         self._published += 1
         delivered = 0
-        for sub in general:
-            if sub._match_all or sub.filter.matches(signal):
-                delivered += self._send_now(sub, signal)
-        if subject is not None:
-            if targeted is not None:
-                for sub in targeted:
-                    if sub.filter.matches(signal):
-                        delivered += self._send_now(sub, signal)
-            if signal.type in TERMINAL_TYPES:
-                delivered += self._offer_waiters(subject, signal)
+        for sub in self._matching(signal):
+            delivered += self._send_now(sub, signal)
+        if subject is not None and signal.type in TERMINAL_TYPES:
+            delivered += self._offer_waiters(subject, signal)
         self._delivered += delivered
         return True
+
+    def _matching(self, signal: Signal) -> Iterator[Subscription]:
+        """The subscriptions ``signal`` goes to: general ones (scanned), then those indexed by its subject.
+
+        Iterates snapshots (tuples replaced on change), so subscribing or leaving meanwhile is safe.
+        """
+        for sub in self._general:
+            if sub._match_all or sub.filter.matches(signal):
+                yield sub
+        subject = signal.subject
+        if subject is not None:
+            for sub in self._by_request.get(subject, ()):
+                if sub.filter.matches(signal):
+                    yield sub
 
     def _send_now(self, sub: Subscription, signal: Signal) -> int:
         """Deliver to ``sub`` without waiting (the caller checked a BLOCK ``sub`` has room)."""
