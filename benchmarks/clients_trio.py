@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import trio
 
-from duckagents.providers._streams import iter_sse
+from duckagents.providers import iter_sse
 
 from ._stats import CallOutcome
 from .loadgen_trio import Call

@@ -12,8 +12,7 @@ import argparse
 
 import trio
 
-from duckagents.testing._server import Fault
-from duckagents.testing.openai import open_openai_server
+from duckagents.testing import Fault, open_openai_server
 
 HANG_SECONDS = 3600.0
 

@@ -19,11 +19,10 @@ from typing import Any
 import attrs
 import trio
 
-from duckagents.agents.registry import agent_class
+from duckagents.agents import agent_class
 from duckagents.bus import SignalBus
 from duckagents.config import ProviderConfig
-from duckagents.providers.base import HealthProbe
-from duckagents.providers.openai import OpenAIProvider
+from duckagents.providers import HealthProbe, OpenAIProvider
 from duckagents.supervision import Backoff, ChildSpec, Intensity, Restart, Strategy, Supervisor
 
 from ._stats import percentile

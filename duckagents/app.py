@@ -20,12 +20,11 @@ from pathlib import Path
 
 import attrs
 
-from .agents.provider_agent import ProviderAgent
-from .agents.registry import build_agent
-from .agents.router import AGENT_CHILD_PREFIX, RouterAgent
+from .agents import ProviderAgent, build_agent
 from .bus import SignalBus
 from .config import Config, default_config, load_config
-from .providers.base import Provider
+from .providers import Provider
+from .router import AGENT_CHILD_PREFIX, RouterAgent
 from .supervision import ChildSpec, Intensity, Restart, Strategy, Supervisor, open_supervisor
 
 __all__ = ["DEFAULT_INTENSITY", "Tree", "open_router", "open_tree"]

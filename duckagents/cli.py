@@ -73,7 +73,7 @@ async def cmd_ask(args: argparse.Namespace, out: TextIO) -> int:
 
 async def _ask_gateway(args: argparse.Namespace, url: str, options: dict[str, Any], out: TextIO) -> Any:
     """Submit through a running ``duckagents serve --gateway`` (so ``watch`` clients see it)."""
-    from .gateway.client import ask
+    from .gateway import ask
 
     if args.provider:
         raise ConfigError("--provider cannot be used with --url: the server's router chooses")
@@ -128,7 +128,7 @@ def _progress_line(event: ProgressEvent) -> str:
 
 async def cmd_pull(args: argparse.Namespace, out: TextIO) -> int:
     """Download a model into a local (Ollama) provider, printing its progress."""
-    from .agents.local import LocalAgent
+    from .agents import LocalAgent
     from .app import open_tree
     from .bus import Overflow, SignalFilter
 
@@ -245,7 +245,7 @@ async def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
 
 async def _print_events(router: Any, out: TextIO) -> None:
     from .bus import Overflow, SignalFilter
-    from .gateway.client import format_signal
+    from .gateway import format_signal
 
     interesting = frozenset({"provider_status", "provider_error", "supervisor_event", "progress"})
     signal_filter = SignalFilter(types=interesting)
@@ -257,7 +257,7 @@ async def _print_events(router: Any, out: TextIO) -> None:
 
 async def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
     """Connect to a running gateway and print the live signal stream."""
-    from .gateway.client import watch
+    from .gateway import watch
 
     token = os.environ.get(args.token_env) if args.token_env else None
     await watch(

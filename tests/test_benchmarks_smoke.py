@@ -44,7 +44,7 @@ from benchmarks.upstream import (  # noqa: E402
     sse_body,
 )
 from benchmarks.workload import HttpSpec  # noqa: E402
-from duckagents.providers._streams import SSEParser  # noqa: E402
+from duckagents.providers import SSEParser  # noqa: E402
 
 OK = CallOutcome(ok=True, chunks=2, first_chunk=0.001)
 

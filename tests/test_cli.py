@@ -149,8 +149,7 @@ def test_unreachable_gateway_is_a_clear_error(args: list[str]) -> None:
 
 
 def test_pull_shows_progress_from_a_loopback_ollama(tmp_path: Path) -> None:
-    from duckagents.testing._threaded import ThreadedServer
-    from duckagents.testing.ollama import OllamaServer
+    from duckagents.testing import OllamaServer, ThreadedServer
 
     with ThreadedServer(OllamaServer(pull_chunks=4)) as upstream:
         config = tmp_path / "local.toml"

@@ -13,22 +13,24 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from agent_helpers import Recorder, assert_one_terminal_per_request, request, send
 
-from duckagents.agents.router import DISPATCH, is_final
 from duckagents.app import Tree, open_router, open_tree
 from duckagents.bus import SignalBus
 from duckagents.codec import dumps_signal
 from duckagents.config import BreakerSettings, Config, ProviderConfig, RouterConfig
 from duckagents.errors import ErrorKind, ProviderError
-from duckagents.providers.mock import MockProvider
+from duckagents.providers import MockProvider
+from duckagents.router import DISPATCH, is_final
 from duckagents.signals import ProviderResponse
-from duckagents.testing._script import ScriptedReply
-from duckagents.testing._server import Fault
-from duckagents.testing.anthropic import open_anthropic_server
-from duckagents.testing.ollama import open_ollama_server
-from duckagents.testing.openai import open_openai_server
-from duckagents.testing.tgi import open_tgi_server
+from duckagents.testing import (
+    Fault,
+    ScriptedReply,
+    open_anthropic_server,
+    open_ollama_server,
+    open_openai_server,
+    open_tgi_server,
+)
+from tests.helpers import Recorder, assert_one_terminal_per_request, request, send
 
 KEY = "sk-e2e-secret-0123456789abcdefghij"
 ENV = {"E2E_KEY": KEY}

@@ -15,18 +15,18 @@ from collections.abc import Iterable
 import pytest
 import trio
 import trio.testing
-from agent_helpers import Recorder, assert_one_terminal_per_request
 
-from duckagents.agents.router import is_final
+from duckagents.agents import ProviderMetrics
 from duckagents.app import Tree, open_tree
 from duckagents.bus import SignalBus
 from duckagents.config import BreakerSettings, Config, LimitsConfig, ProviderConfig, RouterConfig
 from duckagents.errors import ErrorKind, ProviderError
-from duckagents.metrics import ProviderMetrics
-from duckagents.providers.mock import Latency, MockProvider
+from duckagents.providers import Latency, MockProvider
+from duckagents.router import is_final
 from duckagents.signals import ProviderResponse
 from duckagents.supervision import Intensity
-from duckagents.testing.openai import OpenAIRateLimits, open_openai_server
+from duckagents.testing import OpenAIRateLimits, open_openai_server
+from tests.helpers import Recorder, assert_one_terminal_per_request
 
 REQUESTS = 2_000
 #: Requests per wave of the memory check, and the growth allowed over one wave: a leak of 512 bytes a

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import ProviderError
 from ..messages import Features, Message
-from ..providers.base import Completion, HealthProbe, ModelInfo, Provider, StreamEvent, TokenCount
+from ..providers import Completion, HealthProbe, ModelInfo, Provider, StreamEvent, TokenCount
 from ..signals import ProviderRequest
 
 if TYPE_CHECKING:
-    from .local import LocalAgent
+    from ._local import LocalAgent
 
 __all__ = ["AutoPulling", "auto_pulling_factory"]
 

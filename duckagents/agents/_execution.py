@@ -16,8 +16,8 @@ import attrs
 import trio
 
 from ..errors import ErrorKind, ProviderError, StreamProtocolError
-from ..providers.base import Completion, RateLimitInfo, StreamEnd, heuristic_token_count
-from ..resilience.ratelimit import Reservation
+from ..providers import Completion, RateLimitInfo, StreamEnd, heuristic_token_count
+from ..resilience import Reservation
 from ..signals import (
     ProviderChunk,
     ProviderFailure,
@@ -28,7 +28,7 @@ from ..signals import (
 )
 
 if TYPE_CHECKING:
-    from .provider_agent import ProviderAgent
+    from ._agent import ProviderAgent
 
 __all__ = ["Attempt", "execute_attempt"]
 
@@ -212,8 +212,7 @@ async def _chunk(agent: ProviderAgent, attempt: Attempt, text: str, tool_call: T
     # Still a cancellation point per chunk (an attempt answered elsewhere stops streaming here), but the
     # chunk goes out without a scheduler turn unless a subscriber is full: the stream's reads yield anyway.
     await trio.lowlevel.checkpoint_if_cancelled()
-    if not agent.bus.publish_nowait(signal):
-        await agent.bus.publish(signal)
+    await agent.bus.deliver(signal)
 
 
 def _record_success(

@@ -19,8 +19,7 @@ from __future__ import annotations
 from collections import deque
 
 from ..errors import ErrorKind
-from ..resilience.breaker import BreakerState
-from ..resilience.ratelimit import RateLimits
+from ..resilience import BreakerState, RateLimits
 from ..signals import Headroom
 
 __all__ = [

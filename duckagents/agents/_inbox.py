@@ -29,7 +29,7 @@ from ._execution import Attempt, execute_attempt
 from ._replies import reply_features, reply_tokens
 
 if TYPE_CHECKING:
-    from .provider_agent import ProviderAgent
+    from ._agent import ProviderAgent
 
 __all__ = ["DRAIN_BATCH", "IDLE_WORKERS", "publish_terminal", "serve_broadcasts", "serve_inbox"]
 
@@ -145,7 +145,7 @@ async def _execute(agent: ProviderAgent, attempt: Attempt) -> None:
     except trio.Cancelled:
         # Shutdown: answer for the request ourselves. A crash: stay silent, the router answers for
         # every attempt of a crashed agent (it sees the supervisor's event), so nothing is doubled.
-        if not agent._crashed and not attempt.answered and not attempt.published:
+        if not agent.crashed and not attempt.answered and not attempt.published:
             error = ProviderError(ErrorKind.SHUTDOWN, "the provider agent shut down")
             await publish_terminal(agent, agent.failure(attempt, error), attempt.subject)
         raise
@@ -168,10 +168,4 @@ async def publish_terminal(agent: ProviderAgent, payload: Payload, subject: str 
         subject=subject if subject is not None else getattr(payload, "request_id", None),
         provider=getattr(payload, "provider", None),
     )
-    try:
-        if agent.bus.publish_nowait(signal):
-            return
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + agent.publish_timeout):
-            await agent.bus.publish(signal)
-    except BusClosed:
-        return
+    await agent.bus.deliver(signal, shielded_for=agent.publish_timeout)

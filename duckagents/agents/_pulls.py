@@ -17,11 +17,11 @@ import attrs
 import trio
 
 from ..errors import BusClosed, ErrorKind, ProviderError
-from ..providers.ollama import canonical_model_name
+from ..providers import canonical_model_name
 from ..signals import ProgressEvent, ProviderRequest
 
 if TYPE_CHECKING:
-    from .local import LocalAgent
+    from ._local import LocalAgent
 
 __all__ = ["MAX_CONCURRENT_PULLS", "PULL_WAIT_MARGIN", "ModelPulls", "PullState", "model_missing"]
 

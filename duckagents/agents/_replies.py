@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING
 
 from ..errors import BusClosed, ProviderError
 from ..messages import FEATURE_NAMES, Features
-from ..providers.base import heuristic_token_count
+from ..providers import heuristic_token_count
 from ..signals import FeatureCheck, FeatureReply, Payload, TokenEstimate, TokenEstimateReply
 
 if TYPE_CHECKING:
-    from .provider_agent import ProviderAgent
+    from ._agent import ProviderAgent
 
 __all__ = ["reply_features", "reply_tokens"]
 

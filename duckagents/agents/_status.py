@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..errors import BusClosed, ProviderError
-from ..providers.base import HealthProbe
+from ..providers import HealthProbe
 from ..signals import ProviderStatus
 from ._health import headroom_fraction, health_score
 
 if TYPE_CHECKING:
-    from .provider_agent import ProviderAgent
+    from ._agent import ProviderAgent
 
 __all__ = ["build_status", "health_loop", "probe"]
 

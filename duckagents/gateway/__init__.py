@@ -1,9 +1,9 @@
 """The WebSocket gateway: outside clients watch the signal stream and submit requests (docs/gateway.md)."""
 
-from .client import ask, connect, format_signal, watch
-from .outbox import SlowConsumer
-from .protocol import PROTOCOL_VERSION, ErrorCode
-from .server import Gateway, GatewayStats, open_gateway, serve_gateway
+from ._client import ask, connect, format_signal, watch
+from ._outbox import SlowConsumer
+from ._protocol import PROTOCOL_VERSION, ErrorCode
+from ._server import Gateway, GatewayStats, open_gateway, serve_gateway
 
 __all__ = [
     "PROTOCOL_VERSION",

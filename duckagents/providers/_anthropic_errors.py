@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import ErrorKind, ProviderError, Secret, redact
+from ._base import RateLimitInfo
 from ._http import error_message_from_body, kind_for_status, parse_int, parse_retry_after
-from .base import RateLimitInfo
 
 PROVIDER = "anthropic"
 

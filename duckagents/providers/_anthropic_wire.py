@@ -2,7 +2,7 @@
 
 Pure functions and one small state machine (:class:`StreamAssembler`); no I/O, so every edge case is
 testable without a socket. Request encoding is in :mod:`._anthropic_request`, rate-limit headers and
-error replies in :mod:`._anthropic_errors`; :mod:`duckagents.providers.anthropic` does the HTTP.
+error replies in :mod:`._anthropic_errors`; :mod:`duckagents.providers._anthropic` does the HTTP.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import attrs
 
 from ..messages import FinishReason, ToolCall, Usage
 from ..signals import ToolCallDelta
-from .base import Completion, RateLimitInfo, StreamDelta
+from ._base import Completion, RateLimitInfo, StreamDelta
 
 FINISH_REASONS: dict[str, FinishReason] = {
     "end_turn": FinishReason.STOP,

@@ -15,9 +15,9 @@ import httpx
 import trio
 
 from ..errors import ProviderError, Secret, StreamProtocolError, redact
+from ._base import HealthProbe
 from ._http import make_client, translate_transport_errors
 from ._streams import StreamFormatError
-from .base import HealthProbe
 
 #: Seconds to wait for the end of a streamed body after its terminal event.
 DRAIN_TIMEOUT = 1.0

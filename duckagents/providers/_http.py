@@ -16,7 +16,7 @@ import certifi
 import httpx
 
 from ..errors import ErrorKind, ProviderError, Secret, redact
-from .base import RateLimitInfo
+from ._base import RateLimitInfo
 
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 # Keep-alive pool sized for high fan-out agents; bounded like everything else.

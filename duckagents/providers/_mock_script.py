@@ -1,4 +1,4 @@
-"""What a :class:`~duckagents.providers.mock.MockProvider` is scripted to do next.
+"""What a :class:`~duckagents.providers._mock.MockProvider` is scripted to do next.
 
 Replies and outcomes (failures, crashes, hangs) wait in two bounded queues; :class:`MockScript` holds them
 and is the mock's scripting half (``push_reply``, ``fail_next``, ``crash_next``, ``hang_next``).

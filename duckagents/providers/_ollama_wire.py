@@ -1,6 +1,6 @@
 """The Ollama wire format: chat request bodies, replies, model details and the per-model feature table.
 
-Pure functions over JSON values, no I/O; :mod:`duckagents.providers.ollama` does the HTTP. Parsers
+Pure functions over JSON values, no I/O; :mod:`duckagents.providers._ollama` does the HTTP. Parsers
 raise :class:`~duckagents.providers._streams.StreamFormatError` on malformed values (never a raw
 ``KeyError``); the provider turns that into a ``PROTOCOL`` error with its context.
 """
@@ -17,8 +17,8 @@ import attrs
 from ..errors import ErrorKind, ProviderError
 from ..messages import Features, FinishReason, ImagePart, Message, ToolCall, Usage
 from ..signals import ProviderRequest
+from ._base import Completion, RateLimitInfo
 from ._streams import StreamFormatError
-from .base import Completion, RateLimitInfo
 
 PROVIDER = "ollama"
 #: Used when neither /api/show nor the family table knows the model (Ollama's own default num_ctx).

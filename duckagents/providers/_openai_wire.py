@@ -1,6 +1,6 @@
 """The OpenAI Chat Completions wire format: request bodies, replies and stream chunks.
 
-Pure functions over JSON values, no I/O; :mod:`duckagents.providers.openai` does the HTTP and
+Pure functions over JSON values, no I/O; :mod:`duckagents.providers._openai` does the HTTP and
 :mod:`duckagents.providers._openai_errors` maps error replies. The ``x-ratelimit-*`` headers are parsed by
 :func:`duckagents.providers._http.parse_rate_limit`.
 Parsers raise :class:`~duckagents.providers._streams.StreamFormatError` on a malformed value (never a raw
@@ -13,8 +13,8 @@ from typing import Any
 
 from ..messages import FinishReason, ImagePart, Message, TextPart, ToolCall, ToolSpec, Usage
 from ..signals import ProviderRequest, ToolCallDelta
+from ._base import Completion, RateLimitInfo, StreamDelta
 from ._streams import StreamFormatError
-from .base import Completion, RateLimitInfo, StreamDelta
 
 FINISH_REASONS: dict[str, FinishReason] = {
     "stop": FinishReason.STOP,

@@ -18,9 +18,9 @@ import attrs
 from ..messages import Features, FinishReason, Message, Usage
 from ..signals import ProviderRequest
 from . import _openai_wire as openai_wire
+from ._base import Completion, RateLimitInfo, StreamDelta
 from ._http import parse_int
 from ._streams import StreamFormatError
-from .base import Completion, RateLimitInfo, StreamDelta
 
 #: Before /info is fetched: TGI's default limits (v2 launcher defaults), tools and grammar always on.
 DEFAULT_FEATURES = Features(tools=True, json_mode=True, context_window=4096, max_output_tokens=1024)
@@ -56,6 +56,10 @@ class TGIInfo:
     version: str | None = None
     model_pipeline_tag: str | None = None
     model_sha: str | None = None
+
+    def features(self) -> Features:
+        """What the served model supports, by this ``/info`` (see :func:`features_for`)."""
+        return features_for(self)
 
 
 def parse_info(body: Any) -> TGIInfo:

@@ -1,13 +1,13 @@
 """Pure resilience state machines: a circuit breaker and a rate limiter, driven by a ``now`` passed in."""
 
-from .breaker import (
+from ._breaker import (
     DEFAULT_TRIPPING_KINDS,
     BreakerConfig,
     BreakerSnapshot,
     BreakerState,
     CircuitBreaker,
 )
-from .ratelimit import Admission, RateLimiter, RateLimits, Reservation
+from ._ratelimit import Admission, RateLimiter, RateLimits, Reservation
 
 __all__ = [
     "DEFAULT_TRIPPING_KINDS",

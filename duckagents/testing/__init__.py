@@ -3,15 +3,18 @@
 ``async with open_openai_server() as upstream:`` (likewise ``open_anthropic_server``,
 ``open_ollama_server``, ``open_tgi_server``) yields a server with ``.url``, ``.requests`` (recorded),
 ``.script`` (:class:`ReplyScript` of :class:`ScriptedReply`) and ``.inject(Fault(...))`` for fault
-injection. Our own test suite uses them; so can yours.
+injection. Our own test suite uses them; so can yours. :class:`ThreadedServer` runs one in a thread, for
+synchronous clients.
 """
 
+from ._anthropic import AnthropicServer, open_anthropic_server
+from ._common import WireServer
+from ._ollama import OllamaServer, open_ollama_server
+from ._openai import OpenAIRateLimits, OpenAIServer, open_openai_server
 from ._script import ReplyScript, ScriptedReply
-from ._server import Fault, HTTPRequest, LoopbackServer, Reply, StreamReply, serve_loopback
-from .anthropic import AnthropicServer, open_anthropic_server
-from .ollama import OllamaServer, open_ollama_server
-from .openai import OpenAIServer, open_openai_server
-from .tgi import TGIServer, open_tgi_server
+from ._server import Fault, HTTPRequest, LoopbackServer, Reply, StreamReply, ndjson, serve_loopback, sse
+from ._tgi import TGIServer, open_tgi_server
+from ._threaded import ThreadedServer
 
 __all__ = [
     "AnthropicServer",
@@ -19,15 +22,20 @@ __all__ = [
     "HTTPRequest",
     "LoopbackServer",
     "OllamaServer",
+    "OpenAIRateLimits",
     "OpenAIServer",
     "Reply",
     "ReplyScript",
     "ScriptedReply",
     "StreamReply",
     "TGIServer",
+    "ThreadedServer",
+    "WireServer",
+    "ndjson",
     "open_anthropic_server",
     "open_ollama_server",
     "open_openai_server",
     "open_tgi_server",
     "serve_loopback",
+    "sse",
 ]

@@ -1,7 +1,7 @@
 """How the loopback Anthropic server renders a scripted reply: a ``message`` object or its SSE events.
 
 Also how a :class:`~duckagents.testing._server.Fault` changes a stream: garbage after ``message_start``,
-or an ``error`` event after N events (see :mod:`duckagents.testing.anthropic`).
+or an ``error`` event after N events (see :mod:`duckagents.testing._anthropic`).
 """
 
 from __future__ import annotations

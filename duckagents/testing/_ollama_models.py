@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import trio
 
-from ..providers._http import parse_duration
+from ..providers import parse_duration
 
 DEFAULT_KEEP_ALIVE = 300.0  # Ollama keeps a model loaded 5 minutes unless told otherwise
 MODIFIED_AT = "2024-12-01T10:00:00.000000+00:00"

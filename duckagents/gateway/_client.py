@@ -1,0 +1,241 @@
+"""The gateway's client side: ``duckagents watch`` prints the live signal stream of a running gateway,
+and ``duckagents ask --url`` submits a prompt through it.
+
+:func:`watch` connects, subscribes with a filter and prints one line per signal: a compact human view by
+default (:func:`format_signal`), or the CloudEvents JSON object per line for ``jq`` (``json_lines``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+import urllib.parse
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, TextIO
+
+import trio
+import trio_websocket
+from trio_websocket import WebSocketConnection
+
+from ..codec import signal_from_dict
+from ..errors import GatewayError, Secret, redact
+from ..signals import (
+    ProgressEvent,
+    ProviderChunk,
+    ProviderFailure,
+    ProviderRequest,
+    ProviderResponse,
+    ProviderStatus,
+    Signal,
+    SupervisorEvent,
+)
+from ._protocol import CLOSE_GOING_AWAY, CLOSE_NORMAL, PROTOCOL_VERSION
+
+SUMMARY_WIDTH = 72
+CONNECT_TIMEOUT = 10.0
+
+
+def _clip(text: str, width: int = SUMMARY_WIDTH) -> str:
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _text(value: object) -> str:
+    """An enum member's value, or the string itself (signals parsed from JSON may carry either)."""
+    return str(getattr(value, "value", value))
+
+
+def summarize(signal: Signal) -> str:
+    """A short, type-specific description of a signal's payload."""
+    data = signal.data
+    if isinstance(data, ProviderChunk):
+        return (
+            json.dumps(data.delta, ensure_ascii=False)
+            if data.delta or not data.tool_call
+            else (f"tool_call[{data.tool_call.index}] {data.tool_call.name or ''}{data.tool_call.arguments}")
+        )
+    if isinstance(data, ProviderResponse):
+        text = json.dumps(_clip(data.content, 40), ensure_ascii=False)
+        return (
+            f"{_text(data.finish_reason)} {data.usage.total_tokens} tok {data.latency * 1000:.0f} ms "
+            f"model={data.model} {text}"
+        )
+    if isinstance(data, ProviderFailure):
+        status = f" HTTP {data.upstream_status}" if data.upstream_status else ""
+        return f"{_text(data.kind)}{status}: {data.message}"
+    if isinstance(data, ProviderRequest):
+        last = data.messages[-1].text if data.messages else ""
+        return f"model={data.model or '-'} attempt={data.attempt} {json.dumps(last, ensure_ascii=False)}"
+    if isinstance(data, ProviderStatus):
+        return f"health={data.health:.2f} breaker={data.breaker_state} reachable={data.reachable}"
+    if isinstance(data, SupervisorEvent):
+        return f"{data.supervisor}/{data.child} {data.event} {data.reason}".rstrip()
+    if isinstance(data, ProgressEvent):
+        done = f" {data.completed}/{data.total}" if data.total else ""
+        return f"{data.task} {data.status}{done}"
+    from ..codec import unstructure
+
+    return json.dumps(unstructure(data), separators=(",", ":"), default=str)
+
+
+def _clock(micros: int) -> str:
+    return _dt.datetime.fromtimestamp(micros / 1e6, _dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
+def format_signal(signal: Signal) -> str:
+    """One human line: UTC time, type, provider, request id, summary."""
+    return (
+        f"{_clock(signal.time)} {signal.type:<20} {signal.provider or '-':<10} "
+        f"{signal.subject or '-':<12} {_clip(summarize(signal))}"
+    )
+
+
+def format_event(event: dict[str, Any]) -> str:
+    """:func:`format_signal` for a CloudEvents object, tolerant of types this client does not know."""
+    try:
+        return format_signal(signal_from_dict(event))
+    except ValueError:
+        data = json.dumps(event.get("data"), separators=(",", ":"), default=str)
+        return (
+            f"{str(event.get('time', '-'))[11:23]:<12} {event.get('type', '?')!s:<20} "
+            f"{event.get('provider') or '-'!s:<10} {event.get('subject') or '-'!s:<12} {_clip(data)}"
+        )
+
+
+def _public(url: str) -> str:
+    """The URL without its query (which may carry ``?token=``), for error messages."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+@asynccontextmanager
+async def connect(url: str, token: str | Secret | None = None) -> AsyncIterator[WebSocketConnection]:
+    """Open a WebSocket to the gateway at ``url``; refusals and network failures become
+    :class:`~duckagents.errors.GatewayError` with a clear, token-free message."""
+    secret = token.reveal() if isinstance(token, Secret) else token
+    headers = [(b"Authorization", f"Bearer {secret}".encode())] if secret else []
+    try:
+        async with trio_websocket.open_websocket_url(
+            url, extra_headers=headers, connect_timeout=CONNECT_TIMEOUT
+        ) as ws:
+            yield ws
+    except trio_websocket.ConnectionRejected as exc:
+        hint = {401: " (missing or wrong token)", 403: " (origin not allowed)", 503: " (gateway full)"}
+        raise GatewayError(
+            f"gateway at {_public(url)} refused the connection: HTTP {exc.status_code}"
+            f"{hint.get(exc.status_code, '')}"
+        ) from None
+    except (trio_websocket.HandshakeError, OSError, trio.TooSlowError) as exc:
+        message = redact(f"cannot connect to {_public(url)}: {type(exc).__name__} {exc}", [secret])
+        raise GatewayError(message) from None
+
+
+async def watch(
+    url: str,
+    *,
+    token: str | Secret | None = None,
+    types: Iterable[str] = (),
+    providers: Iterable[str] = (),
+    request_ids: Iterable[str] = (),
+    json_lines: bool = False,
+    out: TextIO | None = None,
+    limit: int | None = None,
+) -> int:
+    """Print the live signals of the gateway at ``url`` until it closes or ``limit`` signals were printed.
+
+    Returns the number of signals printed. Raises :class:`~duckagents.errors.GatewayError` when the
+    gateway refuses the connection or the subscription, or closes with anything but 1000/1001.
+    ``out`` defaults to the current ``sys.stdout``; in JSON mode a dropped-signals notice goes to stderr.
+    """
+    out = sys.stdout if out is None else out
+    wanted = {"types": list(types), "providers": list(providers), "request_ids": list(request_ids)}
+    subscribe = {
+        "type": "subscribe",
+        "id": "watch",
+        "v": PROTOCOL_VERSION,
+        "filter": {k: v for k, v in wanted.items() if v},
+    }
+    printed = 0
+    try:
+        async with connect(url, token) as ws:
+            await ws.send_message(json.dumps(subscribe))
+            while limit is None or printed < limit:
+                frame = json.loads(await ws.get_message())
+                kind = frame.get("type")
+                if kind == "signal":
+                    event = frame["event"]
+                    line = json.dumps(event, separators=(",", ":")) if json_lines else format_event(event)
+                    out.write(line + "\n")
+                    out.flush()
+                    printed += 1
+                elif kind == "dropped":
+                    notice = f"!! {frame['count']} signal(s) dropped: this client reads too slowly\n"
+                    (sys.stderr if json_lines else out).write(notice)
+                elif kind == "error":
+                    raise GatewayError(
+                        f"gateway refused the subscription: {frame.get('code')}: {frame.get('message')}"
+                    )
+                elif kind == "hello" and frame.get("v") != PROTOCOL_VERSION:
+                    raise GatewayError(
+                        f"gateway speaks protocol v{frame.get('v')}, this client v{PROTOCOL_VERSION}"
+                    )
+    except trio_websocket.ConnectionClosed as exc:
+        reason = exc.reason
+        if reason is None or reason.code in (CLOSE_NORMAL, CLOSE_GOING_AWAY):
+            return printed
+        raise GatewayError(
+            f"gateway closed the connection: {reason.code} {reason.reason or reason.name}"
+        ) from None
+    return printed
+
+
+async def ask(
+    url: str,
+    prompt: str,
+    *,
+    token: str | Secret | None = None,
+    model: str | None = None,
+    request_timeout: float | None = None,
+    options: dict[str, Any] | None = None,
+    out: TextIO | None = None,
+) -> ProviderResponse:
+    """Submit one prompt through the gateway at ``url``, write the streamed answer to ``out`` as it
+    arrives, and return the final response; a failed request raises its
+    :class:`~duckagents.errors.ProviderError`."""
+    out = sys.stdout if out is None else out
+    message: dict[str, Any] = {
+        "type": "request",
+        "id": "ask",
+        "v": PROTOCOL_VERSION,
+        "messages": [{"role": "user", "content": prompt}],
+        "options": {"stream": True, **(options or {})},
+    }
+    if model is not None:
+        message["model"] = model
+    if request_timeout is not None:  # the server-side deadline of the request, in seconds
+        message["timeout"] = request_timeout
+    try:
+        async with connect(url, token) as ws:
+            await ws.send_message(json.dumps(message))
+            while True:
+                frame = json.loads(await ws.get_message())
+                if frame.get("type") == "error":
+                    raise GatewayError(
+                        f"gateway refused the request: {frame.get('code')}: {frame.get('message')}"
+                    )
+                if frame.get("type") != "signal" or frame.get("request") != "ask":
+                    continue
+                data = signal_from_dict(frame["event"]).data
+                if isinstance(data, ProviderChunk):
+                    out.write(data.delta)
+                    out.flush()
+                elif isinstance(data, ProviderResponse):
+                    return data
+                elif isinstance(data, ProviderFailure):
+                    raise data.to_error()
+    except trio_websocket.ConnectionClosed as exc:
+        reason = exc.reason
+        detail = "" if reason is None else f": {reason.code} {reason.reason or reason.name}"
+        raise GatewayError(f"gateway closed the connection before the answer{detail}") from None

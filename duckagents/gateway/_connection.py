@@ -1,0 +1,297 @@
+"""One accepted WebSocket connection: read and answer client messages, write frames, clean up.
+
+Tasks of a connection: the writer (outbox -> socket), and in a work nursery the reader (socket ->
+dispatch) and one :class:`~duckagents.gateway._flight.Flight` per request. Subscriptions are routes of the
+gateway's :class:`~duckagents.gateway._fanout.Fanout`, which pushes into this connection's outbox.
+Whatever ends the connection (client close, bad frame, slow consumer, gateway shutdown) cancels the work
+nursery; the writer finishes the batch in hand, the close frame goes out with its code, and every request
+still in flight is cancelled at the router.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+import trio_websocket
+
+from ..bus import Overflow, SignalFilter, Subscription
+from ..errors import BusClosed
+from ..resilience import RateLimiter, RateLimits
+from ..signals import ProviderRequest, new_id
+from ._auth import Principal
+from ._fanout import Route
+from ._flight import FLIGHT_TYPES, Flight
+from ._outbox import Outbox, SlowConsumer
+from ._protocol import (
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_UNSUPPORTED_DATA,
+    Cancel,
+    ClientMessage,
+    ErrorCode,
+    MessageId,
+    Ping,
+    ProtocolError,
+    Submit,
+    Subscribe,
+    Unsubscribe,
+    ack_frame,
+    error_frame,
+    hello_frame,
+    parse_client_message,
+    signal_prefix,
+)
+from ._shared import Shared
+from ._wire import send_batch
+
+log = logging.getLogger("duckagents.gateway")
+
+
+class Connection:
+    """The session of one client. Create it after the handshake was accepted, then ``await run()``."""
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection, shared: Shared, principal: Principal) -> None:
+        self.id = f"c{new_id()}"
+        self._ws = ws
+        self._shared = shared
+        self._config = config = shared.config
+        self._router = shared.router
+        self.principal = principal
+        self.outbox = Outbox(
+            config.send_buffer, SlowConsumer(config.slow_consumer), on_overflow=self._overflow
+        )
+        self._subs: dict[MessageId, Route] = {}
+        self._flights: dict[str, Flight] = {}
+        rate = max(config.max_messages_per_second, 1e-9)
+        self._limiter = RateLimiter(
+            RateLimits(requests=config.message_burst, period=config.message_burst / rate)
+        )
+        self._refused_in_a_row = 0
+        self._work_scope = trio.CancelScope()
+        self._work: trio.Nursery | None = None
+        self._close_code: int | None = None
+        self._close_reason = ""
+        self._flush_on_close = False
+
+    def limits(self) -> dict[str, Any]:
+        """The limits announced in the hello frame."""
+        c = self._config
+        return {
+            "max_frame_bytes": c.max_frame_bytes,
+            "max_subscriptions": c.max_subscriptions,
+            "max_in_flight": c.max_in_flight,
+            "send_buffer": c.send_buffer,
+            "slow_consumer": c.slow_consumer,
+            "max_messages_per_second": c.max_messages_per_second,
+            "message_burst": c.message_burst,
+        }
+
+    async def run(self) -> None:
+        """Serve the connection until it ends; always leaves the socket closed and the requests cancelled."""
+        hello = hello_frame(self.id, self.principal.scopes, self.limits(), self._shared.server)
+        writes_complete = True
+        try:
+            async with trio.open_nursery() as outer:
+                writer_done = trio.Event()
+                outer.start_soon(self._writer, writer_done)
+                with self._work_scope:
+                    async with trio.open_nursery() as work:
+                        self._work = work
+                        await self.outbox.push_control(hello)
+                        work.start_soon(self._reader)
+                # The work is over (flights cancelled at the router on their way out); let the writer
+                # finish the batch in hand, so the close frame does not land in the middle of a frame.
+                self.outbox.close(flush=self._flush_on_close)
+                with trio.move_on_after(self._shared.close_timeout):
+                    await writer_done.wait()
+                writes_complete = writer_done.is_set()
+                outer.cancel_scope.cancel()
+        finally:
+            for route in self._subs.values():
+                self._shared.fanout.remove(route)
+            self.outbox.close()
+            await self._close_socket(writes_complete)
+
+    async def _close_socket(self, writes_complete: bool) -> None:
+        if self._close_code is None or not writes_complete:
+            # Cancelled from outside, or a write was cut mid-frame (a client that stopped reading): no
+            # close handshake is possible, so drop the TCP connection (aclose in a cancelled scope does).
+            with trio.CancelScope() as abort:
+                abort.cancel()
+                await self._ws.aclose()
+            return
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + self._shared.close_timeout):
+            await self._ws.aclose(self._close_code, self._close_reason)
+
+    def close(self, code: int | None, reason: str = "", *, flush: bool = False) -> None:
+        """End the connection with ``code`` (None: the peer is already gone). The first call decides."""
+        if self._close_code is None and code is not None:
+            self._close_code, self._close_reason, self._flush_on_close = code, reason, flush
+            log.info("gateway %s: closing with %d (%s)", self.id, code, reason)
+        self._work_scope.cancel()
+
+    def _overflow(self) -> None:
+        self._shared.counters.slow_disconnects += 1
+        self.close(CLOSE_SLOW_CONSUMER, f"slow consumer: more than {self._config.send_buffer} frames unsent")
+
+    async def _writer(self, done: trio.Event) -> None:
+        try:
+            while (batch := await self.outbox.take()) is not None:
+                await send_batch(self._ws, batch)
+        except trio_websocket.ConnectionClosed:
+            self.close(None)
+        finally:
+            done.set()
+
+    async def _reader(self) -> None:
+        while True:
+            try:
+                message = await self._ws.get_message()
+            except trio_websocket.ConnectionClosed as exc:
+                if exc.reason is not None and exc.reason.code not in (1000, 1001):
+                    log.info("gateway %s: connection closed: %s", self.id, exc.reason)
+                self.close(None)
+                return
+            if isinstance(message, bytes):
+                self.close(
+                    CLOSE_UNSUPPORTED_DATA, "binary frames are not supported: send JSON text", flush=True
+                )
+                return
+            await self._handle(message)
+
+    async def _handle(self, text: str) -> None:
+        parsed: ClientMessage | ProtocolError
+        try:
+            parsed = parse_client_message(text)
+        except ProtocolError as exc:
+            parsed = exc
+        msg_id = parsed.msg_id if isinstance(parsed, ProtocolError) else parsed.id
+        now = trio.current_time()
+        admission = self._limiter.admit(now)
+        if not admission.admitted:
+            self._refused_in_a_row += 1
+            if self._refused_in_a_row > self._config.message_burst:
+                self.close(
+                    CLOSE_POLICY_VIOLATION, "message flood: too many messages over the rate limit", flush=True
+                )
+                return
+            retry_after = round(max(0.0, (admission.retry_at or now) - now), 3)
+            limit = self._config.max_messages_per_second
+            await self.outbox.push_control(
+                error_frame(
+                    ErrorCode.RATE_LIMITED,
+                    f"more than {limit:g} messages per second; message ignored",
+                    msg_id,
+                    retry_after=retry_after,
+                )
+            )
+            return
+        self._refused_in_a_row = 0
+        try:
+            if isinstance(parsed, ProtocolError):
+                raise parsed
+            await self._dispatch(parsed)
+        except ProtocolError as exc:
+            await self.outbox.push_control(exc.frame())
+
+    async def _dispatch(self, msg: ClientMessage) -> None:
+        match msg:
+            case Ping():
+                self._shared.fanout.flush()  # signals published before the ping come before its ack
+                await self.outbox.push_control(ack_frame(msg.id))
+            case Subscribe():
+                await self._subscribe(msg)
+            case Unsubscribe():
+                route = self._subs.pop(msg.subscription, None)
+                if route is None:
+                    raise ProtocolError(
+                        ErrorCode.UNKNOWN_SUBSCRIPTION, f"no subscription {msg.subscription!r}", msg.id
+                    )
+                self._shared.fanout.remove(route)
+                await self.outbox.push_control(ack_frame(msg.id, subscription=msg.subscription))
+            case Submit():
+                await self._submit(msg)
+            case Cancel():
+                if msg.request_id not in self._flights:
+                    raise ProtocolError(
+                        ErrorCode.UNKNOWN_REQUEST, "no such request in flight on this connection", msg.id
+                    )
+                cancelled = self._router.cancel(msg.request_id)
+                await self.outbox.push_control(
+                    ack_frame(msg.id, request_id=msg.request_id, cancelled=cancelled)
+                )
+
+    def _require(self, scope: str, msg_id: MessageId) -> None:
+        if scope not in self.principal.scopes:
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"this token lacks the {scope!r} scope", msg_id)
+
+    def _subscribe_bus(self, signal_filter: SignalFilter, msg_id: MessageId) -> Subscription:
+        try:
+            return self._router.bus.subscribe(
+                signal_filter, buffer=self._config.send_buffer, overflow=Overflow.DROP_OLDEST
+            )
+        except BusClosed:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "the router is shutting down", msg_id) from None
+
+    async def _subscribe(self, msg: Subscribe) -> None:
+        self._require("subscribe", msg.id)
+        if msg.id in self._subs:
+            raise ProtocolError(ErrorCode.DUPLICATE_ID, f"subscription {msg.id!r} already exists", msg.id)
+        if len(self._subs) >= self._config.max_subscriptions:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"at most {self._config.max_subscriptions} subscriptions per connection",
+                msg.id,
+            )
+        if self._router.bus.closed:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "the router is shutting down", msg.id)
+        route = Route(msg.filter, signal_prefix(subscription=msg.id), self.outbox)
+        self._subs[msg.id] = route
+        # The ack goes first: signals for this subscription are pushed only after it is queued.
+        await self.outbox.push_control(ack_frame(msg.id, subscription=msg.id))
+        if self._subs.get(msg.id) is route and not self.outbox.closed:
+            # What the bus already holds for the gateway was published before this subscription.
+            self._shared.fanout.flush()
+            self._shared.fanout.add(route)
+
+    async def _submit(self, msg: Submit) -> None:
+        self._require("request", msg.id)
+        if len(self._flights) >= self._config.max_in_flight:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_REQUESTS,
+                f"at most {self._config.max_in_flight} requests in flight per connection",
+                msg.id,
+            )
+        deadline = None if msg.timeout is None else trio.current_time() + msg.timeout
+        request = ProviderRequest(
+            request_id=f"gw-{new_id()}",
+            messages=msg.messages,
+            model=msg.model,
+            options=msg.options,
+            deadline=deadline,
+            required_features=msg.required_features,
+        )
+        # Subscribed before submitting, so not even the first chunk can slip past.
+        sub = self._subscribe_bus(
+            SignalFilter(types=FLIGHT_TYPES, request_ids=frozenset({request.request_id})), msg.id
+        )
+        flight = Flight(msg.id, request)
+        self._flights[flight.request_id] = flight
+        queued = False
+        try:
+            await self.outbox.push_control(ack_frame(msg.id, request_id=flight.request_id))
+            queued = True
+        finally:
+            if not queued:
+                sub.close()
+                del self._flights[flight.request_id]
+        assert self._work is not None
+        self._work.start_soon(self._fly, flight, sub)
+
+    async def _fly(self, flight: Flight, sub: Subscription) -> None:
+        try:
+            await flight.run(self._router, sub, self.outbox, self._shared.cache)
+        finally:
+            del self._flights[flight.request_id]

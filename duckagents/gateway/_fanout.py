@@ -1,0 +1,136 @@
+"""Fan-out of bus signals to every client subscription, in one task, paced.
+
+One DROP_OLDEST bus subscription feeds the whole gateway; the fan-out task matches each signal against
+every client subscription (a :class:`Route`) and pushes the shared frame into that connection's
+:class:`~duckagents.gateway._outbox.Outbox`, which never waits. So the bus never waits for the gateway, and
+a slow client only ever fills its own outbox.
+
+Pacing: after each drain the task lets the connections write, then pauses :data:`PACE` seconds before
+draining again. A burst is thus written in a few large socket writes per connection instead of one per
+signal per connection (with hundreds of clients, per-signal writes would cost more than everything
+else), at the price of at most :data:`PACE` of extra latency; the first signal after a quiet spell goes
+out at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import attrs
+import trio
+import trio.lowlevel
+
+from ..bus import Overflow, SignalBus, SignalFilter, Subscription
+from ..errors import BusClosed
+from ..signals import Signal
+from ._outbox import Outbox
+from ._wire import Frame, FrameCache
+
+log = logging.getLogger("duckagents.gateway")
+
+#: Seconds the fan-out pauses after a drain (see the module docstring).
+PACE = 0.005
+#: Upper bound of the pause under heavy load (the most a burst's later signals can be held back).
+MAX_PACE = 0.05
+#: Signals the gateway's own bus subscription holds while the fan-out task is busy.
+BUFFER = 16384
+# Signals fanned out per drain before yielding, so a flood cannot monopolise the event loop.
+DRAIN_LIMIT = 4096
+
+
+@attrs.define(eq=False)
+class Route:
+    """One client subscription: its filter, the frame prefix naming it, and its connection's outbox."""
+
+    filter: SignalFilter
+    prefix: str
+    outbox: Outbox
+
+
+class Fanout:
+    """Delivers every bus signal to the matching routes. Run :meth:`run` in a nursery."""
+
+    def __init__(self, bus: SignalBus, cache: FrameCache, *, on_bus_closed: Callable[[], None]) -> None:
+        self._bus = bus
+        self._cache = cache
+        self._on_bus_closed = on_bus_closed
+        # Copy-on-write, like the bus: a drain iterates a snapshot while routes come and go.
+        self._routes: tuple[Route, ...] = ()
+        self._sub: Subscription | None = None
+        self._seen_dropped = 0
+
+    def add(self, route: Route) -> None:
+        """Start delivering to ``route`` (from the next drain on)."""
+        self._routes = (*self._routes, route)
+
+    def remove(self, route: Route) -> None:
+        """Stop delivering to ``route``; nothing more is pushed for it after this returns."""
+        self._routes = tuple(r for r in self._routes if r is not route)
+
+    @property
+    def routes(self) -> int:
+        """How many client subscriptions are active."""
+        return len(self._routes)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Fan out until cancelled or the bus closes (then ``on_bus_closed`` is called)."""
+        try:
+            self._sub = self._bus.subscribe(SignalFilter(), buffer=BUFFER, overflow=Overflow.DROP_OLDEST)
+        except BusClosed:
+            task_status.started()
+            self._on_bus_closed()
+            return
+        with self._sub:
+            task_status.started()
+            while True:
+                try:
+                    signal = await self._sub.receive()
+                except BusClosed:
+                    break
+                started = trio.current_time()
+                self._deliver(signal)
+                self.flush(DRAIN_LIMIT)
+                # Two schedule points: the writers woken by this drain run (and finish their round)
+                # before the pause starts. The pause then lasts at least as long as that work did, so
+                # under load the publishers get at least half of the time and batches grow.
+                await trio.lowlevel.checkpoint()
+                await trio.lowlevel.checkpoint()
+                busy = trio.current_time() - started
+                await trio.sleep(min(max(PACE, busy), MAX_PACE))
+        self._on_bus_closed()
+
+    def flush(self, limit: int = BUFFER) -> None:
+        """Fan out (up to ``limit`` of) what the bus has buffered for the gateway, now.
+
+        Called with no limit by a ``ping`` (which makes it a barrier) and by a new subscription.
+        """
+        sub = self._sub
+        if sub is None:
+            return
+        for _ in range(limit):
+            try:
+                signal = sub.receive_nowait()
+            except (trio.WouldBlock, BusClosed):
+                break
+            self._deliver(signal)
+        if sub.dropped != self._seen_dropped:
+            self._lost(sub.dropped - self._seen_dropped)
+            self._seen_dropped = sub.dropped
+
+    def _deliver(self, signal: Signal) -> None:
+        # Clients mostly share subscription ids (and so frame prefixes): look each frame up once.
+        frames: dict[str, Frame] = {}
+        for route in self._routes:
+            if route.filter.matches(signal):
+                frame = frames.get(route.prefix)
+                if frame is None:
+                    frame = frames[route.prefix] = self._cache.frame(signal, route.prefix)
+                route.outbox.push_signal(frame)
+
+    def _lost(self, count: int) -> None:
+        # The gateway fell behind the bus: which clients those signals were for is unknown, so every
+        # subscribed connection is told (an over-count, never a silent gap).
+        log.warning("gateway fan-out fell behind the bus: %d signals lost", count)
+        for outbox in {id(r.outbox): r.outbox for r in self._routes}.values():
+            outbox.count_dropped(count)

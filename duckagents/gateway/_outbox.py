@@ -1,0 +1,161 @@
+"""The outgoing buffer of one connection, bounded, with a slow-consumer policy.
+
+The bus never waits for a gateway client: signals reach a connection through the fan-out (one
+DROP_OLDEST bus subscription for the gateway) or a request's own DROP_OLDEST subscription, and are pushed
+here without awaiting. When a client reads slower than signals arrive, the buffer fills
+and the connection's policy applies: drop the oldest signal (and tell the client how many were lost), or
+disconnect. Control frames (hello, ack, error, request results) are never dropped; the reader awaits
+room for them, which pushes back on the client's own flood and on nobody else.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+
+import trio
+
+from ._frames import dropped_frame
+from ._wire import Frame
+
+MAX_BATCH_FRAMES = 1024
+MAX_BATCH_BYTES = 512 * 1024
+
+
+class SlowConsumer(str, enum.Enum):
+    """What to do when a client's send buffer is full."""
+
+    DROP_OLDEST = "drop_oldest"
+    DISCONNECT = "disconnect"
+
+
+class Outbox:
+    """The bounded outgoing queue of one connection.
+
+    ``capacity`` bounds buffered signal frames; ``control_capacity`` bounds control frames (pushers wait).
+    ``on_overflow`` is called once when the DISCONNECT policy trips.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        policy: SlowConsumer,
+        *,
+        control_capacity: int = 64,
+        on_overflow: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.capacity = capacity
+        self.policy = policy
+        self.control_capacity = control_capacity
+        self._on_overflow = on_overflow
+        self._queue: deque[Frame] = deque()
+        self._signals = 0
+        self._controls = 0
+        self._pending_drops = 0
+        #: Signals lost on this connection so far (buffer overflow here or in the bus subscription).
+        self.dropped_total = 0
+        #: True once the DISCONNECT policy tripped.
+        self.overflowed = False
+        self._closed = False
+        self._flush = False
+        self._writer_lot = trio.lowlevel.ParkingLot()
+        self._control_lot = trio.lowlevel.ParkingLot()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called; later pushes are ignored."""
+        return self._closed
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def push_signal(self, frame: Frame) -> None:
+        """Queue a signal frame without waiting; a full buffer applies the slow-consumer policy."""
+        if self._closed:
+            return
+        if self._signals >= self.capacity:
+            if self.policy is SlowConsumer.DISCONNECT:
+                self._overflow()
+                return
+            self._drop_oldest_signal()
+        queue = self._queue
+        queue.append(frame)
+        self._signals += 1
+        if len(queue) == 1:  # the writer parks only on an empty queue (this is the hot path)
+            self._writer_lot.unpark_all()
+
+    def count_dropped(self, lost: int) -> None:
+        """Account for signals lost before they reached this buffer (the bus subscription overflowed)."""
+        if lost <= 0 or self._closed:
+            return
+        if self.policy is SlowConsumer.DISCONNECT:
+            self._overflow()
+            return
+        self._pending_drops += lost
+        self.dropped_total += lost
+        self._writer_lot.unpark_all()
+
+    async def push_control(self, frame: str) -> None:
+        """Queue a frame that must not be dropped, waiting while the control budget is used up."""
+        while self._controls >= self.control_capacity and not self._closed:
+            await self._control_lot.park()
+        if self._closed:
+            return
+        self._queue.append(Frame(frame, droppable=False))
+        self._controls += 1
+        self._writer_lot.unpark_all()
+
+    async def take(self) -> list[Frame] | None:
+        """Wait for frames and return the next batch (oldest first), or None once closed."""
+        while not self._queue and not self._pending_drops and not self._closed:
+            await self._writer_lot.park()
+        if self._closed and not (self._flush and (self._queue or self._pending_drops)):
+            return None
+        batch: list[Frame] = []
+        if self._pending_drops:
+            # The lost signals were the oldest, so the notice goes where they would have been.
+            batch.append(Frame(dropped_frame(self._pending_drops, self.dropped_total), droppable=False))
+            self._pending_drops = 0
+        size = 0
+        queue = self._queue
+        while queue and len(batch) < MAX_BATCH_FRAMES and size < MAX_BATCH_BYTES:
+            frame = queue.popleft()
+            if frame.droppable:
+                self._signals -= 1
+            else:
+                self._controls -= 1
+            batch.append(frame)
+            size += len(frame.wire)
+        self._control_lot.unpark_all()
+        return batch
+
+    def close(self, *, flush: bool = False) -> None:
+        """Refuse further pushes (waiting pushers return). :meth:`take` then returns None, after handing out
+        what is queued when ``flush`` (e.g. the error frames before a protocol-violation close)."""
+        if self._closed and not self._flush:
+            return
+        self._closed = True
+        self._flush = flush
+        if not flush:
+            self._queue.clear()
+        self._writer_lot.unpark_all()
+        self._control_lot.unpark_all()
+
+    def _overflow(self) -> None:
+        if not self.overflowed:
+            self.overflowed = True
+            self._on_overflow()
+
+    def _drop_oldest_signal(self) -> None:
+        queue = self._queue
+        if queue[0].droppable:
+            queue.popleft()
+        else:  # control frames are never dropped; they are few (bounded), so a scan is cheap
+            for index, frame in enumerate(queue):
+                if frame.droppable:
+                    del queue[index]
+                    break
+        self._signals -= 1
+        self._pending_drops += 1
+        self.dropped_total += 1

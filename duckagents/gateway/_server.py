@@ -1,0 +1,243 @@
+"""The WebSocket gateway server: handshake checks, connection limit, graceful shutdown.
+
+``open_gateway(router, config)`` runs the gateway for the duration of an ``async with`` block and closes
+every connection with 1001 on the way out; ``serve_gateway`` is the same for ``nursery.start`` (cancel it
+for an abrupt stop, or call :meth:`Gateway.aclose` for a graceful one).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from functools import partial
+
+import attrs
+import trio
+import trio_websocket
+
+from ..config import GatewayConfig
+from ..errors import ConfigError
+from ._auth import Gatekeeper, is_loopback_host
+from ._connection import Connection
+from ._fanout import Fanout
+from ._flight import RouterLike
+from ._shared import Counters, Shared
+from ._wire import FrameCache
+
+log = logging.getLogger("duckagents.gateway")
+
+#: Seconds a client has to finish the opening handshake, and to answer our close frame.
+HANDSHAKE_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 5.0
+# Client messages buffered by trio-websocket before its reader stops reading the socket (backpressure).
+INCOMING_QUEUE = 8
+
+
+@attrs.frozen
+class GatewayStats:
+    """A snapshot of gateway counters. ``rejected`` counts refused handshakes by HTTP status."""
+
+    connections: int
+    subscriptions: int
+    accepted: int
+    dropped: int
+    slow_disconnects: int
+    rejected: dict[int, int]
+
+
+class Gateway:
+    """A gateway bound to ``host``:``port``; built and started by :func:`serve_gateway`/:func:`open_gateway`.
+
+    Refuses to start without tokens on a non-loopback address (an open gateway lets anyone who can reach
+    it spend the configured providers' quota).
+    """
+
+    def __init__(
+        self,
+        router: RouterLike,
+        config: GatewayConfig,
+        *,
+        environ: Mapping[str, str] | None = None,
+        close_timeout: float = CLOSE_TIMEOUT,
+    ) -> None:
+        self.config = config
+        self._gatekeeper = Gatekeeper(config, environ)
+        if self._gatekeeper.open and not is_loopback_host(config.host):
+            raise ConfigError(
+                f"gateway: refusing to serve {config.host!r} without tokens; bind 127.0.0.1 or configure "
+                "[[gateway.tokens]]"
+            )
+        self._counters = Counters()
+        cache = FrameCache()
+        self._fanout = Fanout(router.bus, cache, on_bus_closed=self._bus_closed)
+        self._shared = Shared(
+            router=router,
+            config=config,
+            cache=cache,
+            fanout=self._fanout,
+            counters=self._counters,
+            server=f"duckagents/{_version()}",
+            close_timeout=close_timeout,
+        )
+        self._close_timeout = close_timeout
+        self._live: set[Connection] = set()
+        self._changed = trio.Event()
+        self._accepting = True
+        self._scope = trio.CancelScope()
+        #: The bound port (useful with ``port = 0``), set once the gateway listens.
+        self.port = 0
+
+    @property
+    def host(self) -> str:
+        """The bind address."""
+        return self.config.host
+
+    @property
+    def url(self) -> str:
+        """``ws://host:port/`` of the running gateway."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.port}/"
+
+    def stats(self) -> GatewayStats:
+        """Counters now (``dropped`` includes live connections)."""
+        c = self._counters
+        live_dropped = sum(conn.outbox.dropped_total for conn in self._live)
+        return GatewayStats(
+            c.connections,
+            self._fanout.routes,
+            c.accepted,
+            c.dropped + live_dropped,
+            c.slow_disconnects,
+            dict(c.rejected),
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until :meth:`aclose` (or cancellation)."""
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._fanout.run)
+                server = await nursery.start(
+                    partial(
+                        trio_websocket.serve_websocket,
+                        self._handshake,
+                        self.config.host,
+                        self.config.port,
+                        None,
+                        max_message_size=self.config.max_frame_bytes,
+                        message_queue_size=INCOMING_QUEUE,
+                        connect_timeout=HANDSHAKE_TIMEOUT,
+                        disconnect_timeout=self._close_timeout,
+                    )
+                )
+                listener = server.listeners[0]
+                self.port = listener.port if isinstance(listener, trio_websocket.Endpoint) else 0
+                log.info(
+                    "gateway listening on %s (%s)", self.url, "open" if self._gatekeeper.open else "tokens"
+                )
+                task_status.started(self)
+
+    async def aclose(self) -> None:
+        """Graceful stop: refuse new clients, close every connection with 1001, then stop listening."""
+        self._accepting = False
+        for conn in list(self._live):
+            conn.close(1001, "gateway shutting down")
+        with trio.move_on_after(self._close_timeout):
+            while self._live:
+                await self._changed.wait()
+        self._scope.cancel()
+
+    def _bus_closed(self) -> None:
+        self._accepting = False
+        for conn in list(self._live):
+            conn.close(1001, "the router shut down", flush=True)
+
+    async def _handshake(self, request: trio_websocket.WebSocketRequest) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
+        verdict = self._gatekeeper.check(headers, request.path)
+        status = verdict.status
+        if not status and not self._accepting:
+            status, verdict = 503, attrs.evolve(verdict, reason="shutting down")
+        if not status and self._counters.connections >= self.config.max_connections:
+            status, verdict = 503, attrs.evolve(verdict, reason="connection limit reached")
+        if status:
+            await self._reject(request, status, verdict.reason)
+            return
+        assert verdict.principal is not None
+        self._counters.connections += 1
+        conn: Connection | None = None
+        try:
+            ws = await request.accept()
+            conn = Connection(ws, self._shared, verdict.principal)
+            self._counters.accepted += 1
+            self._live.add(conn)
+            log.info("gateway %s: %s connected from %s", conn.id, verdict.principal.name, _remote(request))
+            await conn.run()
+        except trio_websocket.ConnectionClosed:
+            pass  # the client left during the handshake
+        except Exception:  # one connection's bug must not take the gateway (and every other client) down
+            log.exception("gateway connection %s crashed", conn.id if conn else "?")
+        finally:
+            self._counters.connections -= 1
+            if conn is not None:
+                self._live.discard(conn)
+                self._counters.dropped += conn.outbox.dropped_total
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def _reject(self, request: trio_websocket.WebSocketRequest, status: int, reason: str) -> None:
+        self._counters.rejected[status] = self._counters.rejected.get(status, 0) + 1
+        # The path is logged without its query: it may carry ?token=.
+        log.info(
+            "gateway: refused %s %s with %d: %s", _remote(request), request.path.split("?")[0], status, reason
+        )
+        extra = [(b"WWW-Authenticate", b'Bearer realm="duckagents"')] if status == 401 else []
+        try:
+            await request.reject(status, extra_headers=extra)
+        except trio_websocket.ConnectionClosed:
+            pass
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("duckagents")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _remote(request: trio_websocket.WebSocketRequest) -> str:
+    remote = request.remote
+    return f"{remote.address}:{remote.port}" if isinstance(remote, trio_websocket.Endpoint) else str(remote)
+
+
+async def serve_gateway(
+    router: RouterLike,
+    config: GatewayConfig,
+    *,
+    environ: Mapping[str, str] | None = None,
+    close_timeout: float = CLOSE_TIMEOUT,
+    task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the gateway until cancelled; ``nursery.start`` returns the :class:`Gateway` (bound port)."""
+    gateway = Gateway(router, config, environ=environ, close_timeout=close_timeout)
+    await gateway.run(task_status=task_status)
+
+
+@asynccontextmanager
+async def open_gateway(
+    router: RouterLike,
+    config: GatewayConfig,
+    *,
+    environ: Mapping[str, str] | None = None,
+    close_timeout: float = CLOSE_TIMEOUT,
+) -> AsyncIterator[Gateway]:
+    """Run the gateway for the block; on exit every client gets a 1001 close, then the port is released."""
+    gateway = Gateway(router, config, environ=environ, close_timeout=close_timeout)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.run)
+        try:
+            yield gateway
+        finally:
+            with trio.CancelScope(shield=True):
+                await gateway.aclose()

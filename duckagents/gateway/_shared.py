@@ -1,0 +1,34 @@
+"""What the connections of one gateway share: the router, the configuration, the fan-out, counters."""
+
+from __future__ import annotations
+
+import attrs
+
+from ..config import GatewayConfig
+from ._fanout import Fanout
+from ._flight import RouterLike
+from ._wire import FrameCache
+
+
+@attrs.define
+class Counters:
+    """Gateway-wide counters, shared by every connection."""
+
+    connections: int = 0
+    accepted: int = 0
+    dropped: int = 0
+    slow_disconnects: int = 0
+    rejected: dict[int, int] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Shared:
+    """What every connection of one gateway shares."""
+
+    router: RouterLike
+    config: GatewayConfig
+    cache: FrameCache
+    fanout: Fanout
+    counters: Counters
+    server: str
+    close_timeout: float

@@ -1,0 +1,39 @@
+"""The router agent: chooses a provider agent per request, retries and fails over, and publishes exactly
+one final result per request (docs/signals.md)."""
+
+from ._router import AGENT_CHILD_PREFIX, DISPATCH, SOURCE, RouterAgent, attempt_subject, is_final
+from ._strategies import (
+    DEFAULT_OUTPUT_TOKENS,
+    STRATEGIES,
+    Candidate,
+    CheapestStrategy,
+    LeastBusyStrategy,
+    LowestLatencyStrategy,
+    PriorityStrategy,
+    RequestShape,
+    RoundRobinStrategy,
+    RoutingStrategy,
+    make_strategy,
+)
+from ._stream import ResponseStream
+
+__all__ = [
+    "AGENT_CHILD_PREFIX",
+    "DEFAULT_OUTPUT_TOKENS",
+    "DISPATCH",
+    "SOURCE",
+    "STRATEGIES",
+    "Candidate",
+    "CheapestStrategy",
+    "LeastBusyStrategy",
+    "LowestLatencyStrategy",
+    "PriorityStrategy",
+    "RequestShape",
+    "ResponseStream",
+    "RoundRobinStrategy",
+    "RouterAgent",
+    "RoutingStrategy",
+    "attempt_subject",
+    "is_final",
+    "make_strategy",
+]

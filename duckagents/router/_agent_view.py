@@ -1,0 +1,204 @@
+"""The router's view of one provider agent, built from signals only, and the eligibility rules.
+
+An :class:`AgentView` is updated from ``provider_status``, ``feature_reply``, ``supervisor_event`` and
+the terminal signals of attempts; :meth:`AgentView.eligibility` says whether a request may go to the
+agent now, later (and from when), or never.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import attrs
+
+from ..config import ProviderConfig
+from ..errors import ErrorKind
+from ..messages import FEATURE_NAMES, Features, Message, RequestOptions, implied_features
+from ..providers import heuristic_token_count
+from ..signals import FeatureReply, ProviderFailure, ProviderResponse, ProviderStatus
+from ._strategies import Candidate
+
+__all__ = ["AgentView", "Eligibility", "Needs", "needs_of"]
+
+#: Weight of the newest sample in the router's moving average of an agent's latency.
+LATENCY_ALPHA = 0.3
+_KNOWN_FEATURES = frozenset(FEATURE_NAMES)
+
+
+@attrs.frozen
+class Needs:
+    """What a request needs from a provider."""
+
+    features: frozenset[str] = frozenset()
+    #: Estimated input tokens plus ``max_tokens``: must fit the context window.
+    tokens: int = 0
+    input_tokens: int = 0
+    max_tokens: int | None = None
+    model: str | None = None
+
+
+def needs_of(
+    messages: Sequence[Message], options: RequestOptions, required: Sequence[str], model: str | None
+) -> Needs:
+    """The features a request implies (tools, vision, json_mode) plus those it names, and its size.
+
+    Raises ``ValueError`` for an unknown feature name.
+    """
+    features = set(required)
+    unknown = features - _KNOWN_FEATURES
+    if unknown:
+        known = ", ".join(FEATURE_NAMES)
+        raise ValueError(f"unknown feature(s) {', '.join(sorted(unknown))}; known: {known}")
+    features |= implied_features(messages, options)
+    input_tokens = heuristic_token_count(_untrimmable(messages) if options.allow_trim else messages)
+    return Needs(
+        frozenset(features), input_tokens + (options.max_tokens or 0), input_tokens, options.max_tokens, model
+    )
+
+
+def _untrimmable(messages: Sequence[Message]) -> list[Message]:
+    """What an agent that trims (``allow_trim``) must still send: the system prompt and the last user
+    turn. The window check is against these, so the request reaches an agent that can make it fit."""
+    last_user = next((m for m in reversed(messages) if m.role == "user"), None)
+    return [m for m in messages if m.role in ("system", "developer") or m is last_user]
+
+
+@attrs.frozen
+class Eligibility:
+    """``ok``; or not now but maybe at ``retry_at`` (``inf``: when the view changes); or never."""
+
+    ok: bool
+    retry_at: float | None = None
+    reason: str = ""
+    #: Why it must wait, when it must: lets the router say "rate limited" rather than "no provider".
+    kind: ErrorKind = ErrorKind.NO_PROVIDER
+
+
+_ELIGIBLE = Eligibility(True)
+
+
+@attrs.define(eq=False)
+class AgentView:
+    """What the router believes about one agent."""
+
+    config: ProviderConfig
+    order: int
+    status: ProviderStatus | None = None
+    #: Features per model, from ``feature_reply``; key ``None`` is the agent's default model.
+    features: dict[str | None, Features] = attrs.field(factory=dict)
+    default_reply: FeatureReply | None = None
+    #: False from a crash until the agent reports again (status or a supervisor's restarted).
+    up: bool = False
+    breaker_state: str = "closed"
+    breaker_retry_at: float | None = None
+    #: No requests before this time (upstream said retry-after, or the limiter refuses).
+    cooldown_until: float = -math.inf
+    #: Attempts in flight on this agent, dispatched by the router.
+    active: int = 0
+    latency: float | None = None
+    features_asked: bool = False
+
+    @property
+    def name(self) -> str:
+        """The agent's (provider config's) name."""
+        return self.config.name
+
+    def serves(self, model: str | None) -> bool:
+        """Does this agent offer ``model``? Agents that list no models take any."""
+        if model is None:
+            return True
+        listed = (*self.config.models, *((self.config.default_model,) if self.config.default_model else ()))
+        return not listed or model in listed
+
+    def features_for(self, model: str | None) -> Features | None:
+        """Known features of ``model`` (falling back to the default model's), or None before a reply."""
+        return self.features.get(model, self.features.get(None))
+
+    def eligibility(self, needs: Needs, now: float) -> Eligibility:
+        """May a request with ``needs`` go to this agent at ``now``?"""
+        if not self.serves(needs.model):
+            return Eligibility(False, reason=f"{self.name}: does not offer model {needs.model}")
+        features = self.features_for(needs.model)
+        if features is not None:
+            lacking = sorted(f for f in needs.features if not features.supports(f))
+            if lacking:
+                return Eligibility(False, reason=f"{self.name}: lacks {', '.join(lacking)}")
+            if needs.tokens > features.context_window:
+                return Eligibility(
+                    False,
+                    reason=f"{self.name}: context window {features.context_window} < {needs.tokens} tokens",
+                )
+        if not self.up:
+            return Eligibility(False, math.inf, f"{self.name}: not running", ErrorKind.AGENT_CRASHED)
+        if self.breaker_state == "open":
+            retry = self.breaker_retry_at
+            if retry is None or now < retry:
+                return Eligibility(
+                    False, math.inf if retry is None else retry, f"{self.name}: circuit open",
+                    ErrorKind.CIRCUIT_OPEN,
+                )
+        if now < self.cooldown_until:
+            return Eligibility(
+                False, self.cooldown_until,
+                f"{self.name}: rate limited for {self.cooldown_until - now:.3g} s", ErrorKind.RATE_LIMITED,
+            )
+        return _ELIGIBLE
+
+    def candidate(self) -> Candidate:
+        """This agent as a strategy sees it."""
+        latency = self.latency
+        if latency is None and self.status is not None and self.status.metrics.latency.samples:
+            latency = self.status.metrics.latency.p50
+        return Candidate(
+            name=self.name,
+            order=self.order,
+            priority=self.config.priority,
+            cost_per_1k_input=self.config.cost_per_1k_input,
+            cost_per_1k_output=self.config.cost_per_1k_output,
+            active=self.active,
+            latency=latency,
+            health=self.status.health if self.status is not None else 1.0,
+        )
+
+    # --- updates from signals ----------------------------------------------------------------------
+
+    def observe_status(self, status: ProviderStatus) -> None:
+        """A ``provider_status``: the agent is up; adopt its breaker state and limiter block."""
+        self.status = status
+        self.up = True
+        self.breaker_state = status.breaker_state
+        retry = status.detail.get("breaker_retry_at")
+        try:
+            self.breaker_retry_at = float(retry) if retry is not None else None
+        except ValueError:
+            self.breaker_retry_at = None
+        if status.headroom.retry_at is not None:
+            self.cooldown_until = max(self.cooldown_until, status.headroom.retry_at)
+
+    def observe_features(self, reply: FeatureReply, default: bool) -> None:
+        """A ``feature_reply`` for ``reply.model`` (``default``: asked for the default model)."""
+        self.features[reply.model] = reply.features
+        if default:
+            self.features[None] = reply.features
+            self.default_reply = reply
+        self.up = True
+
+    def observe_terminal(self, payload: ProviderResponse | ProviderFailure, now: float) -> None:
+        """An attempt ended: learn latency, breaker state and retry-after from it."""
+        if isinstance(payload, ProviderResponse):
+            sample = payload.latency
+            self.latency = sample if self.latency is None else (
+                LATENCY_ALPHA * sample + (1 - LATENCY_ALPHA) * self.latency
+            )
+            return
+        if payload.breaker_state is not None:
+            if payload.breaker_state == "open" and self.breaker_state != "open":
+                self.breaker_retry_at = None  # a new open period: its end comes with the next status
+            self.breaker_state = payload.breaker_state
+        if payload.retry_after is not None:
+            if payload.kind is ErrorKind.RATE_LIMITED:
+                self.cooldown_until = max(self.cooldown_until, now + payload.retry_after)
+            elif payload.kind is ErrorKind.CIRCUIT_OPEN:
+                self.breaker_state = "open"
+                self.breaker_retry_at = now + payload.retry_after

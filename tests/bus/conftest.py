@@ -1,0 +1,2 @@
+"""The signal bus (duckagents.bus): subscriptions, overflow policies, filters, the request-id index and
+terminal waiters."""

@@ -1,0 +1,1 @@
+"""OTP-style supervision (duckagents.supervision), under Trio's MockClock."""

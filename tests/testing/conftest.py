@@ -1,0 +1,2 @@
+"""The loopback wire servers (duckagents.testing), checked by the official openai, anthropic and ollama
+clients."""
