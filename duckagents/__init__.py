@@ -29,7 +29,7 @@ from .signals import (
     FeatureCheck,
     FeatureReply,
     ProviderChunk,
-    ProviderFailure,
+    ProviderErrorData,
     ProviderRequest,
     ProviderResponse,
     ProviderStatus,
@@ -39,6 +39,9 @@ from .signals import (
     make_signal,
 )
 from .supervision import ChildSpec, Restart, Strategy, Supervisor, open_supervisor
+
+#: The former name of :class:`ProviderErrorData` (deprecated alias, kept so existing imports work).
+ProviderFailure = ProviderErrorData
 
 __version__ = "0.1.0"
 
@@ -60,6 +63,7 @@ __all__ = [
     "ProviderChunk",
     "ProviderConfig",
     "ProviderError",
+    "ProviderErrorData",
     "ProviderFailure",
     "ProviderRequest",
     "ProviderResponse",

@@ -78,8 +78,11 @@ class ProviderResponse:
 
 
 @attrs.frozen
-class ProviderFailure:
-    """The terminal failure signal of a request (signal type ``provider_error``).
+class ProviderErrorData:
+    """The data of a ``provider_error`` signal: the terminal failure of a request (or of one attempt).
+
+    Named after its wire type; the exception a caller sees is :class:`~duckagents.errors.ProviderError`
+    (:meth:`to_error`). ``ProviderFailure`` is its former name, kept as an alias.
 
     ``partial`` is true when some chunks were already delivered, so the request must not be retried.
     """
@@ -99,7 +102,7 @@ class ProviderFailure:
     partial: bool = False
 
     @classmethod
-    def from_error(cls, request_id: str, error: ProviderError) -> ProviderFailure:
+    def from_error(cls, request_id: str, error: ProviderError) -> ProviderErrorData:
         """Build the signal payload from a raised :class:`ProviderError`."""
         return cls(
             request_id=request_id,
@@ -256,7 +259,7 @@ Payload = (
     ProviderRequest
     | ProviderChunk
     | ProviderResponse
-    | ProviderFailure
+    | ProviderErrorData
     | ProviderStatus
     | FeatureCheck
     | FeatureReply
@@ -272,7 +275,7 @@ PAYLOAD_TYPES: dict[str, type[Any]] = {
         ProviderRequest,
         ProviderChunk,
         ProviderResponse,
-        ProviderFailure,
+        ProviderErrorData,
         ProviderStatus,
         FeatureCheck,
         FeatureReply,
@@ -284,7 +287,7 @@ PAYLOAD_TYPES: dict[str, type[Any]] = {
 }
 
 #: Signal types that end a request: exactly one of them is emitted per ``provider_request``.
-TERMINAL_TYPES: frozenset[str] = frozenset({ProviderResponse.TYPE, ProviderFailure.TYPE})
+TERMINAL_TYPES: frozenset[str] = frozenset({ProviderResponse.TYPE, ProviderErrorData.TYPE})
 
 # --- envelope ------------------------------------------------------------------------------------
 

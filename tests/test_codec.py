@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from duckagents.codec import dumps_signal, loads_signal, signal_to_dict
 from duckagents.errors import ErrorKind
 from duckagents.messages import ImagePart, Message, RequestOptions, TextPart, ToolSpec
-from duckagents.signals import PAYLOAD_TYPES, ProviderFailure, ProviderRequest, Signal, make_signal
+from duckagents.signals import PAYLOAD_TYPES, ProviderErrorData, ProviderRequest, Signal, make_signal
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -193,7 +193,7 @@ def test_request_round_trip_keeps_every_field() -> None:
 
 
 def test_failure_is_terminal_and_round_trips() -> None:
-    signal = make_signal(ProviderFailure("r1", ErrorKind.TIMEOUT, "slow", provider="p"), "/a")
+    signal = make_signal(ProviderErrorData("r1", ErrorKind.TIMEOUT, "slow", provider="p"), "/a")
     assert signal.is_terminal and signal.provider == "p"
     assert loads_signal(dumps_signal(signal)) == signal
 
@@ -215,7 +215,7 @@ def test_enums_come_back_as_enums_not_strings() -> None:
     from duckagents.messages import FinishReason
     from duckagents.signals import ProviderResponse
 
-    failure = loads_signal(dumps_signal(make_signal(ProviderFailure("r", ErrorKind.TIMEOUT, "x"), "/a")))
+    failure = loads_signal(dumps_signal(make_signal(ProviderErrorData("r", ErrorKind.TIMEOUT, "x"), "/a")))
     assert type(failure.data.kind) is ErrorKind
     response = loads_signal(dumps_signal(make_signal(ProviderResponse("r", "p", "m"), "/a")))
     assert type(response.data.finish_reason) is FinishReason

@@ -23,7 +23,7 @@ from ..providers import Completion, HealthProbe, Provider
 from ..resilience import BreakerConfig, BreakerState, CircuitBreaker, RateLimiter, RateLimits
 from ..signals import (
     Payload,
-    ProviderFailure,
+    ProviderErrorData,
     ProviderRequest,
     ProviderStatus,
     make_signal,
@@ -205,11 +205,11 @@ class ProviderAgent(Actor):
 
     # --- replies and publishing --------------------------------------------------------------------
 
-    def failure(self, attempt: Attempt, error: ProviderError) -> ProviderFailure:
+    def failure(self, attempt: Attempt, error: ProviderError) -> ProviderErrorData:
         """The ``provider_error`` payload for ``error``, enriched with this agent's context."""
         now = trio.current_time()
         request = attempt.request
-        return ProviderFailure(
+        return ProviderErrorData(
             request_id=request.request_id,
             kind=error.kind,
             message=self.redact(error.message),

@@ -20,7 +20,7 @@ from ..providers import Completion, RateLimitInfo, StreamEnd, heuristic_token_co
 from ..resilience import Reservation
 from ..signals import (
     ProviderChunk,
-    ProviderFailure,
+    ProviderErrorData,
     ProviderRequest,
     ProviderResponse,
     Signal,
@@ -54,7 +54,7 @@ class Attempt:
 
 async def execute_attempt(
     agent: ProviderAgent, attempt: Attempt
-) -> ProviderResponse | ProviderFailure | None:
+) -> ProviderResponse | ProviderErrorData | None:
     """Run ``attempt`` within its deadline and return its terminal payload, or None when it was answered
     elsewhere (then nothing must be published for it). Never raises ProviderError."""
     request = attempt.request

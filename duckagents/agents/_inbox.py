@@ -20,7 +20,7 @@ from ..errors import BusClosed, ErrorKind, ProviderError
 from ..signals import (
     FeatureCheck,
     Payload,
-    ProviderFailure,
+    ProviderErrorData,
     ProviderRequest,
     Signal,
     TokenEstimate,
@@ -105,7 +105,7 @@ def _handle(agent: ProviderAgent, signal: Signal) -> Attempt | None:
         agent._spawn(reply_features, agent, data)
     elif isinstance(data, TokenEstimate):
         agent._spawn(reply_tokens, agent, data)
-    elif isinstance(data, ProviderFailure) and signal.source != agent.source:
+    elif isinstance(data, ProviderErrorData) and signal.source != agent.source:
         _answered_elsewhere(agent, data)
     return None
 
@@ -126,7 +126,7 @@ def _accept(agent: ProviderAgent, request: ProviderRequest, subject: str | None)
     return attempt
 
 
-def _answered_elsewhere(agent: ProviderAgent, failure: ProviderFailure) -> None:
+def _answered_elsewhere(agent: ProviderAgent, failure: ProviderErrorData) -> None:
     """Someone (the router) published the terminal of one of our attempts: stop it, stay silent."""
     attempt = agent.active_requests.get((failure.request_id, failure.attempt))
     if attempt is not None:

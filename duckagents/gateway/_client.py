@@ -24,7 +24,7 @@ from ..errors import GatewayError, Secret, redact
 from ..signals import (
     ProgressEvent,
     ProviderChunk,
-    ProviderFailure,
+    ProviderErrorData,
     ProviderRequest,
     ProviderResponse,
     ProviderStatus,
@@ -62,7 +62,7 @@ def summarize(signal: Signal) -> str:
             f"{_text(data.finish_reason)} {data.usage.total_tokens} tok {data.latency * 1000:.0f} ms "
             f"model={data.model} {text}"
         )
-    if isinstance(data, ProviderFailure):
+    if isinstance(data, ProviderErrorData):
         status = f" HTTP {data.upstream_status}" if data.upstream_status else ""
         return f"{_text(data.kind)}{status}: {data.message}"
     if isinstance(data, ProviderRequest):
@@ -233,7 +233,7 @@ async def ask(
                     out.flush()
                 elif isinstance(data, ProviderResponse):
                     return data
-                elif isinstance(data, ProviderFailure):
+                elif isinstance(data, ProviderErrorData):
                     raise data.to_error()
     except trio_websocket.ConnectionClosed as exc:
         reason = exc.reason

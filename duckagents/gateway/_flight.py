@@ -18,7 +18,7 @@ import trio
 from ..bus import SignalBus, Subscription
 from ..codec import dumps_signal
 from ..errors import BusClosed, ErrorKind, ProviderError, redact
-from ..signals import ProviderChunk, ProviderFailure, ProviderRequest, ProviderResponse, make_signal
+from ..signals import ProviderChunk, ProviderErrorData, ProviderRequest, ProviderResponse, make_signal
 from ._outbox import Outbox
 from ._protocol import MessageId, signal_prefix
 from ._wire import FrameCache
@@ -27,7 +27,7 @@ log = logging.getLogger("duckagents.gateway")
 
 GATEWAY_SOURCE = "/gateway"
 #: Signal types forwarded for a client's own request.
-FLIGHT_TYPES = frozenset({ProviderChunk.TYPE, ProviderResponse.TYPE, ProviderFailure.TYPE})
+FLIGHT_TYPES = frozenset({ProviderChunk.TYPE, ProviderResponse.TYPE, ProviderErrorData.TYPE})
 #: How long past a request's own deadline the gateway waits for the router's terminal signal.
 DEADLINE_GRACE = 5.0
 
@@ -132,7 +132,7 @@ class Flight:
             scope.cancel()
 
     async def _fail(self, outbox: Outbox, error: ProviderError) -> None:
-        failure = ProviderFailure.from_error(self.request_id, error)
+        failure = ProviderErrorData.from_error(self.request_id, error)
         await self._finish(outbox, dumps_signal(make_signal(failure, GATEWAY_SOURCE)))
 
     async def _finish(self, outbox: Outbox, event_json: str) -> None:

@@ -16,7 +16,7 @@ from ..config import ProviderConfig
 from ..errors import ErrorKind
 from ..messages import FEATURE_NAMES, Features, Message, RequestOptions, implied_features
 from ..providers import heuristic_token_count
-from ..signals import FeatureReply, ProviderFailure, ProviderResponse, ProviderStatus
+from ..signals import FeatureReply, ProviderErrorData, ProviderResponse, ProviderStatus
 from ._strategies import Candidate
 
 __all__ = ["AgentView", "Eligibility", "Needs", "needs_of"]
@@ -184,7 +184,7 @@ class AgentView:
             self.default_reply = reply
         self.up = True
 
-    def observe_terminal(self, payload: ProviderResponse | ProviderFailure, now: float) -> None:
+    def observe_terminal(self, payload: ProviderResponse | ProviderErrorData, now: float) -> None:
         """An attempt ended: learn latency, breaker state and retry-after from it."""
         if isinstance(payload, ProviderResponse):
             sample = payload.latency

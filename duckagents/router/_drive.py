@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from ..errors import ErrorKind, ProviderError
-from ..signals import ProviderFailure, ProviderRequest, ProviderResponse
+from ..signals import ProviderErrorData, ProviderRequest, ProviderResponse
 from ._agent_view import needs_of
 from ._request import Final, Run
 from ._state import DISPATCH, SOURCE, NoneFits
@@ -97,7 +97,7 @@ async def drive(router: RouterAgent, run: Run) -> None:
 
 
 async def _route(router: RouterAgent, run: Run) -> Final:
-    last: ProviderFailure | None = None
+    last: ProviderErrorData | None = None
     config = router.config
     for number in range(1, config.max_attempts + 1):
         if number > 1:
@@ -105,7 +105,7 @@ async def _route(router: RouterAgent, run: Run) -> Final:
             if delay > 0:
                 await trio.sleep_until(min(run.deadline, trio.current_time() + delay))
         choice = await _choose(router, run)
-        if isinstance(choice, ProviderFailure):
+        if isinstance(choice, ProviderErrorData):
             return last if last is not None else choice
         result = await _attempt(router, run, choice, number)
         if isinstance(result, ProviderResponse):
@@ -117,7 +117,7 @@ async def _route(router: RouterAgent, run: Run) -> Final:
     return last
 
 
-async def _choose(router: RouterAgent, run: Run) -> str | ProviderFailure:
+async def _choose(router: RouterAgent, run: Run) -> str | ProviderErrorData:
     """The agent for the next attempt; waits (within the deadline) while all are temporarily out."""
     while True:
         if router.board.closing:
@@ -177,13 +177,13 @@ async def _finish(router: RouterAgent, run: Run, final: Final | None) -> None:
         if final is None:
             final = run.stopped_final()
         if run.outstanding:
-            if isinstance(final, ProviderFailure):
+            if isinstance(final, ProviderErrorData):
                 failure = attrs.evolve(final, attempt=run.attempt, provider=run.agent)
             else:
                 failure = run.attempt_failure(ErrorKind.CANCELLED, "the request ended")
             router.board.end_attempt(run, failure, on_behalf=True)
         await _publish_on_behalf(router, run, shielded=True)
-        if isinstance(final, ProviderFailure) and run.chunks > 0 and not final.partial:
+        if isinstance(final, ProviderErrorData) and run.chunks > 0 and not final.partial:
             final = attrs.evolve(final, partial=True)
         run.final = final
         await router.publish_shielded(final, SOURCE)

@@ -17,7 +17,7 @@ import trio
 
 from ..errors import ErrorKind, ProviderError
 from ..messages import Message, RequestOptions, ToolSpec
-from ..signals import ProviderFailure, ProviderRequest, ProviderResponse, new_id
+from ..signals import ProviderErrorData, ProviderRequest, ProviderResponse, new_id
 from ._agent_view import Needs
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Final", "Run", "build_request"]
 
-Final = ProviderResponse | ProviderFailure
+Final = ProviderResponse | ProviderErrorData
 
 
 @attrs.define(eq=False)
@@ -118,7 +118,7 @@ class Run:
             self.scope.cancel()
         return True
 
-    def may_retry(self, failure: ProviderFailure, now: float) -> bool:
+    def may_retry(self, failure: ProviderErrorData, now: float) -> bool:
         """Is another attempt allowed after ``failure``? Never once chunks were delivered (a stream is
         not idempotent) or past the deadline. (The router also stops retrying while closing.)"""
         if self.chunks > 0 or failure.partial or now >= self.deadline:
@@ -126,9 +126,9 @@ class Run:
         # An agent stopped while the tree keeps running is like a crash: another agent can serve.
         return failure.retryable or failure.kind is ErrorKind.SHUTDOWN
 
-    def attempt_failure(self, kind: ErrorKind, message: str) -> ProviderFailure:
+    def attempt_failure(self, kind: ErrorKind, message: str) -> ProviderErrorData:
         """The terminal of the current attempt, made up by the router on the agent's behalf."""
-        return ProviderFailure(
+        return ProviderErrorData(
             request_id=self.request_id,
             kind=kind,
             message=message,
@@ -139,9 +139,9 @@ class Run:
             partial=self.chunks > 0,
         )
 
-    def router_failure(self, kind: ErrorKind, message: str) -> ProviderFailure:
+    def router_failure(self, kind: ErrorKind, message: str) -> ProviderErrorData:
         """A final failure decided by the router itself (no provider, shutdown, cancelled...)."""
-        return ProviderFailure(
+        return ProviderErrorData(
             request_id=self.request_id,
             kind=kind,
             message=message,

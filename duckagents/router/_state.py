@@ -17,7 +17,7 @@ from ..errors import ErrorKind
 from ..signals import (
     FeatureReply,
     ProviderChunk,
-    ProviderFailure,
+    ProviderErrorData,
     ProviderResponse,
     ProviderStatus,
     Signal,
@@ -97,7 +97,7 @@ class RouterBoard:
         data = signal.data
         if isinstance(data, ProviderChunk):
             self._on_chunk(data)
-        elif isinstance(data, ProviderResponse | ProviderFailure):
+        elif isinstance(data, ProviderResponse | ProviderErrorData):
             self._on_terminal(data)
         elif isinstance(data, ProviderStatus):
             view = self.views.get(data.provider)
@@ -129,11 +129,11 @@ class RouterBoard:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             run.stop(ErrorKind.CANCELLED, "the stream consumer went away")
 
-    def _on_terminal(self, payload: ProviderResponse | ProviderFailure) -> None:
+    def _on_terminal(self, payload: ProviderResponse | ProviderErrorData) -> None:
         view = self.views.get(payload.provider) if payload.provider is not None else None
         if view is not None:
             view.observe_terminal(payload, trio.current_time())
-            if isinstance(payload, ProviderFailure) and payload.retry_after is not None:
+            if isinstance(payload, ProviderErrorData) and payload.retry_after is not None:
                 self.notify()
         run = self.runs.get(payload.request_id)
         if (

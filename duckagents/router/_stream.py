@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Self
 import trio
 
 from ..errors import ProviderError
-from ..signals import ProviderChunk, ProviderFailure, ProviderRequest, ProviderResponse
+from ..signals import ProviderChunk, ProviderErrorData, ProviderRequest, ProviderResponse
 from ._request import Run
 
 if TYPE_CHECKING:
@@ -139,7 +139,7 @@ class ResponseStream:
             pass
         await run.done.wait()
         final = run.final
-        if isinstance(final, ProviderFailure):
+        if isinstance(final, ProviderErrorData):
             self.error = final.to_error()
             raise self.error
         self.response = final

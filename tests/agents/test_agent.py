@@ -19,7 +19,7 @@ from duckagents.signals import (
     FeatureCheck,
     Headroom,
     ProviderChunk,
-    ProviderFailure,
+    ProviderErrorData,
     ProviderRequest,
     ProviderResponse,
     ProviderStatus,
@@ -78,7 +78,7 @@ async def test_errors_are_enriched_with_agent_context(autojump_clock: object) ->
         await send(bus, request("e", provider="m", attempt=2))
         [terminal] = await rec.wait_for(lambda s: s.is_terminal)
         failure = terminal.data
-        assert isinstance(failure, ProviderFailure)
+        assert isinstance(failure, ProviderErrorData)
         assert failure.kind is ErrorKind.UPSTREAM_5XX and failure.retryable
         assert (failure.provider, failure.model, failure.attempt) == ("m", "mock-1", 2)
         assert failure.agent_id == "m#1" and failure.breaker_state == "closed"
@@ -216,7 +216,7 @@ async def test_answer_published_elsewhere_stops_the_attempt_silently(autojump_cl
         subject = await send(bus, request("c", provider="m"))
         await trio.sleep(1)
         assert ("c", 1) in agent.active_requests
-        on_behalf = ProviderFailure("c", ErrorKind.CANCELLED, "cancelled by the caller", provider="m")
+        on_behalf = ProviderErrorData("c", ErrorKind.CANCELLED, "cancelled by the caller", provider="m")
         await bus.publish(attrs.evolve(make_signal(on_behalf, "/router/dispatch"), subject=subject))
         await trio.sleep(200)
         assert not agent.active_requests

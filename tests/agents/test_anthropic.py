@@ -22,7 +22,7 @@ from duckagents.errors import ConfigError, ErrorKind, ProviderError
 from duckagents.messages import FinishReason, ImagePart, Message, ToolCall
 from duckagents.providers import AnthropicProvider, MockProvider, heuristic_token_count
 from duckagents.resilience import RateLimits
-from duckagents.signals import ProviderFailure, ProviderRequest, ProviderResponse
+from duckagents.signals import ProviderErrorData, ProviderRequest, ProviderResponse
 from duckagents.testing import AnthropicServer, ScriptedReply, open_anthropic_server
 from tests.helpers import Recorder, request, running_agent, send
 
@@ -47,12 +47,12 @@ async def anthropic_agent(
         yield cast(AnthropicAgent, agent), bus, rec
 
 
-async def outcome(rec: Recorder, request_id: str) -> ProviderResponse | ProviderFailure:
+async def outcome(rec: Recorder, request_id: str) -> ProviderResponse | ProviderErrorData:
     with trio.fail_after(10):  # a hang guard only
         [signal] = await rec.wait_for(
             lambda s: s.is_terminal and getattr(s.data, "request_id", None) == request_id
         )
-    return cast(ProviderResponse | ProviderFailure, signal.data)
+    return cast(ProviderResponse | ProviderErrorData, signal.data)
 
 
 def sent(server: AnthropicServer, path: str = "/v1/messages") -> list[dict[str, Any]]:
@@ -132,7 +132,7 @@ async def test_too_long_without_allow_trim_fails_fast_with_context_length() -> N
     async with open_anthropic_server() as server, anthropic_agent(server, context_window=60) as (_, bus, rec):
         await send(bus, request("n", provider="claude", messages=CONVERSATION, max_tokens=10))
         failure = await outcome(rec, "n")
-        assert isinstance(failure, ProviderFailure) and failure.kind is ErrorKind.CONTEXT_LENGTH
+        assert isinstance(failure, ProviderErrorData) and failure.kind is ErrorKind.CONTEXT_LENGTH
         assert "60-token context window" in failure.message and "allow_trim" in failure.message
         assert sent(server) == []
 
@@ -142,7 +142,7 @@ async def test_last_turn_alone_too_long_fails_even_with_trimming() -> None:
     async with open_anthropic_server() as server, anthropic_agent(server, context_window=30) as (_, bus, rec):
         await send(bus, request("h", provider="claude", messages=messages, max_tokens=10, allow_trim=True))
         failure = await outcome(rec, "h")
-        assert isinstance(failure, ProviderFailure) and failure.kind is ErrorKind.CONTEXT_LENGTH
+        assert isinstance(failure, ProviderErrorData) and failure.kind is ErrorKind.CONTEXT_LENGTH
         assert "last user turn" in failure.message and sent(server) == []
 
 
@@ -173,7 +173,7 @@ async def test_bad_images_fail_fast_with_invalid_request(
     async with open_anthropic_server() as server, anthropic_agent(server) as (agent, bus, rec):
         await send(bus, image_request("i", *images))
         failure = await outcome(rec, "i")
-        assert isinstance(failure, ProviderFailure) and failure.kind is ErrorKind.INVALID_REQUEST
+        assert isinstance(failure, ProviderErrorData) and failure.kind is ErrorKind.INVALID_REQUEST
         assert fragment in failure.message
         assert sent(server) == [] and agent.metrics.snapshot().total_requests == 0
 
@@ -186,7 +186,7 @@ async def test_a_good_image_and_json_mode() -> None:
         assert body["messages"][0]["content"][1]["source"]["media_type"] == "image/png"
         await send(bus, request("j", "json please", provider="claude", response_format="json_object"))
         failure = await outcome(rec, "j")
-        assert isinstance(failure, ProviderFailure) and failure.kind is ErrorKind.UNSUPPORTED
+        assert isinstance(failure, ProviderErrorData) and failure.kind is ErrorKind.UNSUPPORTED
         assert len(sent(server)) == 1
 
 

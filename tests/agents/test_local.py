@@ -17,7 +17,7 @@ from duckagents.bus import SignalBus
 from duckagents.config import ProviderConfig
 from duckagents.errors import ConfigError, ErrorKind, ProviderError
 from duckagents.providers import OllamaProvider
-from duckagents.signals import ProgressEvent, ProviderFailure, ProviderResponse, ProviderStatus, Signal
+from duckagents.signals import ProgressEvent, ProviderErrorData, ProviderResponse, ProviderStatus, Signal
 from duckagents.testing import Fault, OllamaServer, StreamReply, ndjson, open_ollama_server
 from tests.helpers import Recorder, request, running_agent, send
 
@@ -44,11 +44,11 @@ async def wait_for(rec: Recorder, predicate: Callable[[Signal], bool]) -> Signal
         return (await rec.wait_for(predicate))[-1]
 
 
-async def outcome(rec: Recorder, request_id: str) -> ProviderResponse | ProviderFailure:
+async def outcome(rec: Recorder, request_id: str) -> ProviderResponse | ProviderErrorData:
     signal = await wait_for(
         rec, lambda s: s.is_terminal and getattr(s.data, "request_id", None) == request_id
     )
-    return cast(ProviderResponse | ProviderFailure, signal.data)
+    return cast(ProviderResponse | ProviderErrorData, signal.data)
 
 
 def progress(rec: Recorder) -> list[ProgressEvent]:
@@ -147,7 +147,7 @@ async def test_without_auto_pull_not_found_is_the_answer() -> None:
     async with open_ollama_server() as server, local_agent(server) as (_, bus, rec):
         await send(bus, attrs.evolve(request("n", provider="local"), model="phi3"))
         failure = await outcome(rec, "n")
-        assert isinstance(failure, ProviderFailure) and failure.kind is ErrorKind.NOT_FOUND
+        assert isinstance(failure, ProviderErrorData) and failure.kind is ErrorKind.NOT_FOUND
         assert paths(server, "/api/pull") == [] and progress(rec) == []
 
 
@@ -170,7 +170,7 @@ async def test_a_pull_outliving_the_request_deadline_goes_on_in_the_agent(
         assert "phi3" in (await agent.resources())["pulling"]
         mock_clock.jump(9.5)  # past the request's wait for the pull (deadline - 1 s), not its deadline
         failure = await outcome(rec, "d")
-        assert isinstance(failure, ProviderFailure) and failure.kind is ErrorKind.NOT_FOUND
+        assert isinstance(failure, ProviderErrorData) and failure.kind is ErrorKind.NOT_FOUND
         assert failure.retryable and "pulling it (pulling manifest)" in failure.message
         server.store.add("phi3")
         gate.set()  # the pull was not cancelled with the request: it completes now

@@ -19,7 +19,7 @@ from duckagents.errors import ErrorKind
 from duckagents.messages import FinishReason, ImagePart, Message, ToolCall, ToolSpec
 from duckagents.providers import OpenAIProvider
 from duckagents.resilience import RateLimits
-from duckagents.signals import ProviderChunk, ProviderFailure, ProviderRequest, ProviderResponse
+from duckagents.signals import ProviderChunk, ProviderErrorData, ProviderRequest, ProviderResponse
 from duckagents.testing import OpenAIServer, ScriptedReply, open_openai_server
 from tests.helpers import Recorder, request, running_agent, send
 
@@ -44,12 +44,12 @@ async def openai_agent(
         yield cast(OpenAIAgent, agent), bus, rec
 
 
-async def outcome(rec: Recorder, request_id: str) -> ProviderResponse | ProviderFailure:
+async def outcome(rec: Recorder, request_id: str) -> ProviderResponse | ProviderErrorData:
     with trio.fail_after(10):  # a hang guard only
         [signal] = await rec.wait_for(
             lambda s: s.is_terminal and getattr(s.data, "request_id", None) == request_id
         )
-    return cast(ProviderResponse | ProviderFailure, signal.data)
+    return cast(ProviderResponse | ProviderErrorData, signal.data)
 
 
 def chat_bodies(server: OpenAIServer) -> list[dict[str, Any]]:
@@ -125,7 +125,7 @@ async def test_unsupported_feature_fails_fast_without_an_upstream_call(
     ):
         await send(bus, on(model, attrs.evolve(req, provider="oa")))
         failure = await outcome(rec, req.request_id)
-        assert isinstance(failure, ProviderFailure)
+        assert isinstance(failure, ProviderErrorData)
         assert failure.kind is ErrorKind.UNSUPPORTED and not failure.retryable
         assert missing in failure.message and model in failure.message and failure.model == model
         assert chat_bodies(server) == []

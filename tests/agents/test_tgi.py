@@ -18,7 +18,7 @@ from duckagents.providers import Completion, TGIProvider
 from duckagents.signals import (
     FeatureCheck,
     FeatureReply,
-    ProviderFailure,
+    ProviderErrorData,
     ProviderRequest,
     ProviderResponse,
     ProviderStatus,
@@ -43,12 +43,12 @@ async def tgi_agent(
         yield cast(TGIAgent, agent), bus, rec
 
 
-async def outcome(rec: Recorder, request_id: str) -> ProviderResponse | ProviderFailure:
+async def outcome(rec: Recorder, request_id: str) -> ProviderResponse | ProviderErrorData:
     with trio.fail_after(10):  # a hang guard only
         [signal] = await rec.wait_for(
             lambda s: s.is_terminal and getattr(s.data, "request_id", None) == request_id
         )
-    return cast(ProviderResponse | ProviderFailure, signal.data)
+    return cast(ProviderResponse | ProviderErrorData, signal.data)
 
 
 def chats(server: TGIServer) -> int:
@@ -71,11 +71,11 @@ async def test_context_limits_from_info_fail_fast_with_context_length() -> None:
         assert agent.info is not None and agent.info.max_total_tokens == 40  # fetched before started
         await send(bus, request("input", words(30), provider="tgi"))
         too_long = await outcome(rec, "input")
-        assert isinstance(too_long, ProviderFailure) and too_long.kind is ErrorKind.CONTEXT_LENGTH
+        assert isinstance(too_long, ProviderErrorData) and too_long.kind is ErrorKind.CONTEXT_LENGTH
         assert "max_input_tokens (20)" in too_long.message and not too_long.retryable
         await send(bus, request("total", words(10), provider="tgi", max_tokens=35))
         too_much = await outcome(rec, "total")
-        assert isinstance(too_much, ProviderFailure) and too_much.kind is ErrorKind.CONTEXT_LENGTH
+        assert isinstance(too_much, ProviderErrorData) and too_much.kind is ErrorKind.CONTEXT_LENGTH
         assert "max_total_tokens (40)" in too_much.message
         assert chats(server) == 0 and agent.metrics.snapshot().total_requests == 0
         assert any(r.path == "/tokenize" for r in server.requests)  # the server's tokenizer counted

@@ -12,7 +12,7 @@ from duckagents.bus import Overflow, SignalBus, SignalFilter, Subscription
 from duckagents.errors import BusClosed, ErrorKind, ProviderError
 from duckagents.signals import (
     ProviderChunk,
-    ProviderFailure,
+    ProviderErrorData,
     ProviderResponse,
     Signal,
     SupervisorEvent,
@@ -29,7 +29,7 @@ def response(request_id: str = "r1", provider: str = "p1", content: str = "ok") 
 
 
 def failure(request_id: str = "r1", provider: str = "p1") -> Signal:
-    return make_signal(ProviderFailure(request_id, ErrorKind.UPSTREAM_5XX, "bad", provider=provider), "/t")
+    return make_signal(ProviderErrorData(request_id, ErrorKind.UPSTREAM_5XX, "bad", provider=provider), "/t")
 
 
 def event() -> Signal:  # no subject, no provider

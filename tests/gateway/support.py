@@ -18,7 +18,13 @@ from duckagents.bus import SignalBus
 from duckagents.config import GatewayConfig
 from duckagents.errors import ErrorKind, ProviderError
 from duckagents.gateway import Gateway, open_gateway
-from duckagents.signals import ProviderChunk, ProviderFailure, ProviderRequest, ProviderResponse, make_signal
+from duckagents.signals import (
+    ProviderChunk,
+    ProviderErrorData,
+    ProviderRequest,
+    ProviderResponse,
+    make_signal,
+)
 
 STEP_TIMEOUT = 10.0
 
@@ -68,7 +74,7 @@ class FakeRouter:
             await self.bus.publish(make_signal(ProviderResponse(rid, "fake", "fake-1", content=text), "/f"))
         self._scopes.pop(rid, None)
         if scope.cancelled_caught:
-            failure = ProviderFailure(rid, ErrorKind.CANCELLED, "cancelled by the caller", provider="fake")
+            failure = ProviderErrorData(rid, ErrorKind.CANCELLED, "cancelled by the caller", provider="fake")
             await self.bus.publish(make_signal(failure, "/f"))
 
 

@@ -18,7 +18,7 @@ from duckagents.messages import Usage
 from duckagents.signals import (
     ProgressEvent,
     ProviderChunk,
-    ProviderFailure,
+    ProviderErrorData,
     ProviderResponse,
     ProviderStatus,
     Signal,
@@ -35,7 +35,7 @@ SIGNALS = [
         ProviderResponse("r1", "mock", "mock-1", "Hello world", usage=Usage(3, 2), latency=0.25), "/router"
     ),
     make_signal(
-        ProviderFailure("r2", ErrorKind.RATE_LIMITED, "slow down", provider="openai", upstream_status=429),
+        ProviderErrorData("r2", ErrorKind.RATE_LIMITED, "slow down", provider="openai", upstream_status=429),
         "/r",
     ),
     make_signal(SupervisorEvent("root", "agent:mock", "restarted", "crash"), "/sup"),

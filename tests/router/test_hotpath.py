@@ -26,7 +26,7 @@ from duckagents.router._state import RouterBoard
 from duckagents.router._stream import ChunkQueue
 from duckagents.signals import (
     ProviderChunk,
-    ProviderFailure,
+    ProviderErrorData,
     ProviderRequest,
     Signal,
     SupervisorEvent,
@@ -82,7 +82,7 @@ async def test_a_request_stopped_before_its_task_ran_still_gets_its_intake(autoj
             await tree.router.submit(ProviderRequest("x", (Message.user("hi"),)))
             assert tree.router.cancel("x")  # before the router's task for it ran at all
             final = await waiter.wait()
-        assert isinstance(final.data, ProviderFailure) and final.data.kind is ErrorKind.CANCELLED
+        assert isinstance(final.data, ProviderErrorData) and final.data.kind is ErrorKind.CANCELLED
         assert final.data.attempt == 0  # no attempt was made
         await rec.wait_for(lambda s: is_final(s) and s.subject == "x")
         assert [s.source for s in rec.signals if s.subject == "x"] == [SOURCE, SOURCE]  # intake, final
@@ -239,7 +239,7 @@ async def test_a_crash_ends_only_the_attempts_published_before_it() -> None:
     board.handle(make_signal(crash, "/supervisor/duckagents"))
     lost = runs["before"]
     assert not lost.outstanding and lost.on_behalf_pending
-    assert isinstance(lost.result, ProviderFailure) and lost.result.kind is ErrorKind.AGENT_CRASHED
+    assert isinstance(lost.result, ProviderErrorData) and lost.result.kind is ErrorKind.AGENT_CRASHED
     assert runs["after"].outstanding  # sent after the crash: its deadline covers it
     assert board.views["a"].up is False
 

@@ -25,7 +25,7 @@ from duckagents.router import (
     is_final,
     make_strategy,
 )
-from duckagents.signals import ProviderFailure, ProviderRequest, ProviderResponse
+from duckagents.signals import ProviderErrorData, ProviderRequest, ProviderResponse
 from tests.helpers import assert_one_terminal_per_request, mock_config, running_tree
 
 TOOLS = (ToolSpec("lookup"),)
@@ -380,7 +380,7 @@ async def test_cancel_ends_the_request_and_stops_the_attempt(autojump_clock: obj
             assert router.cancel("c1")
             final = await waiter.wait()
         assert final.source == SOURCE
-        assert isinstance(final.data, ProviderFailure) and final.data.kind is ErrorKind.CANCELLED
+        assert isinstance(final.data, ProviderErrorData) and final.data.kind is ErrorKind.CANCELLED
         assert not router.cancel("c1")  # already ended
         await trio.sleep(1)
         assert not tree.agents["a"].active_requests and not router.runs
