@@ -102,22 +102,27 @@ class ProviderErrorData:
     partial: bool = False
 
     @classmethod
-    def from_error(cls, request_id: str, error: ProviderError) -> ProviderErrorData:
-        """Build the signal payload from a raised :class:`ProviderError`."""
-        return cls(
-            request_id=request_id,
-            kind=error.kind,
-            message=error.message,
-            retryable=error.retryable,
-            provider=error.provider,
-            model=error.model,
-            retry_after=error.retry_after,
-            upstream_status=error.status,
-            attempt=error.attempt or 1,
-            agent_id=error.agent_id,
-            breaker_state=error.breaker_state,
-            partial=error.partial,
-        )
+    def from_error(cls, request_id: str, error: ProviderError, **context: Any) -> ProviderErrorData:
+        """The payload for a :class:`ProviderError`: the one place a ``provider_error`` payload is built.
+
+        ``context`` sets or overrides fields the error does not know (``provider``, ``model``,
+        ``attempt``, ``agent_id``, ``breaker_state``, ``partial``, ``message``...), e.g. an agent's own.
+        """
+        fields: dict[str, Any] = {
+            "kind": error.kind,
+            "message": error.message,
+            "retryable": error.retryable,
+            "provider": error.provider,
+            "model": error.model,
+            "retry_after": error.retry_after,
+            "upstream_status": error.status,
+            "attempt": error.attempt or 1,
+            "agent_id": error.agent_id,
+            "breaker_state": error.breaker_state,
+            "partial": error.partial,
+        }
+        fields.update(context)
+        return cls(request_id=request_id, **fields)
 
     def to_error(self) -> ProviderError:
         """The exception a caller of ``router.complete()`` sees for this failure."""
