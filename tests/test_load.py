@@ -108,7 +108,7 @@ async def quiesce(tree: Tree, recorder: Recorder) -> None:
     for _ in range(500):
         await trio.testing.wait_all_tasks_blocked(cushion=0.01)
         busy = tree.router.pending_signals or any(a.pending_signals for a in tree.agents.values())
-        if not busy and not tree.router.runs and not recorder.sub.pending:
+        if not busy and not tree.router.requests and not recorder.sub.pending:
             return
         await trio.sleep(0.01)
 
@@ -121,10 +121,10 @@ async def settle(tree: Tree, recorder: Recorder) -> None:
 
 def assert_empty(tree: Tree) -> None:
     router = tree.router
-    assert router.runs == {} and router.in_flight == 0
+    assert router.requests == {} and router.in_flight == 0
     assert router.pending_signals == 0
     assert all(view.active == 0 for view in router.views.values())
-    assert not router.board.feature_checks
+    assert not router.state.feature_checks
     for agent in tree.agents.values():
         assert agent.active_requests == {} and agent.pending_signals == 0
         assert agent.metrics.snapshot().in_flight == 0

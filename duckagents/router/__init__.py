@@ -1,7 +1,9 @@
 """The router agent: chooses a provider agent per request, retries and fails over, and publishes exactly
 one final result per request (docs/signals.md)."""
 
-from ._router import AGENT_CHILD_PREFIX, DISPATCH, SOURCE, RouterAgent, attempt_subject, is_final
+from ._request import DISPATCH, SOURCE, attempt_subject
+from ._router import RouterAgent, is_final
+from ._state import AGENT_CHILD_PREFIX
 from ._strategies import (
     DEFAULT_OUTPUT_TOKENS,
     STRATEGIES,

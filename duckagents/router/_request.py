@@ -1,69 +1,142 @@
-"""A routed request's state inside the router (:class:`Run`), and how a caller's request is built.
+"""A routed request: one caller's request inside the router, from intake to its one final result.
 
-A run lives from intake until its final result; it has at most one attempt outstanding at a time. The
-router's signal loop fills in the attempt's terminal (:meth:`Run.end_attempt`); the run's driver (the
-caller's own task for ``complete()``, a task in the router's nursery otherwise) decides what to do next.
-Kept apart from :mod:`.router` so the router module reads as the routing logic.
+A :class:`RoutedRequest` routes itself (:meth:`~RoutedRequest.route`): it publishes the intake, asks the
+router's state for an agent, sends attempt 1, 2, ... (one outstanding at a time, each a
+``provider_request`` addressed to one agent), and always publishes exactly one final result, however it
+ended. ``route()`` runs in the caller's own task for ``complete()`` (so a request costs no spawn and no
+task switch of its own), else in a task of the router. Each attempt waits for the terminal the router's
+signal loop hands over (:meth:`~RoutedRequest.take_terminal`), or answers for a hung agent at the
+attempt's deadline + grace. What a request uses of its router comes in a :class:`RoutingContext`.
+
+Also here: the sources and subjects of the router's signals (docs/signals.md) and :func:`build_request`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 import trio
 
+from ..bus import SignalBus
+from ..config import RouterConfig
 from ..errors import ErrorKind, ProviderError
 from ..messages import Message, RequestOptions, ToolSpec
-from ..signals import ProviderErrorData, ProviderRequest, ProviderResponse, new_id
-from ._agent_view import Needs
+from ..signals import ProviderChunk, ProviderErrorData, ProviderRequest, ProviderResponse, Signal, new_id
+from ._agent_view import AgentView, Needs
+from ._chunk_queue import ChunkQueue
+from ._state import AgentGone, NoneFits, RouterState
+from ._strategies import RoutingStrategy
 
-if TYPE_CHECKING:
-    from ._stream import ChunkQueue
+__all__ = [
+    "DISPATCH", "SOURCE", "Final", "RoutedRequest", "RoutingContext", "attempt_subject", "build_request",
+]
 
-__all__ = ["Final", "Run", "build_request"]
+#: Source of caller-level signals: the intake request and the final result.
+SOURCE = "/router"
+#: Source of attempt-level signals: attempts, terminals on an agent's behalf, feature checks.
+DISPATCH = "/router/dispatch"
 
 Final = ProviderResponse | ProviderErrorData
 
+# Kinds of terminal the router makes up for an agent that may do better on a retry elsewhere.
+_RETRYABLE_ON_BEHALF = frozenset({ErrorKind.AGENT_CRASHED, ErrorKind.TIMEOUT})
 
-@attrs.define(eq=False)
-class Run:
-    """One routed request (the caller's), from intake to final result."""
 
-    request: ProviderRequest
-    needs: Needs
-    deadline: float
-    #: Where chunks go for a ``stream()`` caller (bounded); None for complete() and submit().
-    chunks_out: ChunkQueue | None = None
-    #: Cancelled to stop the run. Shielded when a router task drives the run (the router stops runs one
-    #: by one, in order); not when the caller's task does, so cancelling the caller reaches it.
-    scope: trio.CancelScope = attrs.field(factory=lambda: trio.CancelScope(shield=True))
-    #: Driven by the caller's task (``complete()``), not by a task of the router.
-    inline: bool = False
-    done: trio.Event = attrs.field(factory=trio.Event)
-    tried: list[str] = attrs.field(factory=list)
-    #: The current attempt: its number, agent, whether it awaits a terminal, and the terminal.
-    attempt: int = 0
-    agent: str | None = None
-    outstanding: bool = False
-    #: Position in the router's inbox when the attempt went on the bus (see ``RouterBoard.position``):
-    #: a crash reported at a later position may have hit the attempt.
-    dispatch_mark: float = math.inf
-    attempt_done: trio.Event = attrs.field(factory=trio.Event)
-    result: Final | None = None
-    #: ``result`` was made up by the router (agent crashed / hung) and must still be published.
-    on_behalf_pending: bool = False
-    #: Chunks delivered for this request; > 0 forbids retrying.
-    chunks: int = 0
-    #: The intake is on the bus: from then on a stop cancels :attr:`scope` (before, the driver does it
-    #: once the intake is out, so a final result never answers a request nobody saw).
-    intake_sent: bool = False
-    #: Why the run was stopped from outside (cancel, shutdown, slow consumer), if it was.
-    stop_kind: ErrorKind | None = None
-    stop_message: str = ""
-    final: Final | None = None
+def attempt_subject(request_id: str, attempt: int) -> str:
+    """The envelope subject of attempt-level signals: ``<request id>#<attempt>``."""
+    return f"{request_id}#{attempt}"
+
+
+@attrs.frozen
+class RoutingContext:
+    """What the requests of one router use of it, made once per router."""
+
+    #: What the router knows about its agents; requests take their agent from it.
+    state: RouterState
+    #: Where the intake, the attempts and the final result go.
+    bus: SignalBus
+    strategy: RoutingStrategy
+    #: Attempts, backoff and the default request timeout.
+    config: RouterConfig
+    #: Extra time an agent gets past an attempt's deadline before the router answers for it.
+    terminal_grace: float
+    #: Longest wait for room on the bus for a result that must go out (final results, answers on behalf).
+    publish_timeout: float
+    #: Where a signal published now falls in the router's inbox (see :attr:`RouterState.position`).
+    inbox_position: Callable[[], float]
+    #: Crash the router with a bug met in a caller's own task (as if one of its tasks had raised it).
+    crash: Callable[[Exception], None]
+
+
+class RoutedRequest:
+    """One caller's request inside the router, from intake to its final result; see the module docstring.
+
+    The attributes describe where it is (read them, the request and the router's signal loop update
+    them): the latest ``attempt`` (0 before the first), its ``agent``, whether it is ``outstanding``
+    (awaits its terminal) and its ``result``; ``final`` once the request ended.
+    """
+
+    __slots__ = (
+        "_view", "agent", "answered", "attempt", "chunks", "chunks_out", "context", "deadline",
+        "dispatch_mark", "done", "final", "inline", "intake_sent", "needs", "on_behalf_pending",
+        "outstanding", "request", "result", "scope", "stop_kind", "stop_message", "tried",
+    )
+
+    def __init__(
+        self,
+        request: ProviderRequest,
+        needs: Needs,
+        deadline: float,
+        context: RoutingContext,
+        *,
+        chunks_out: ChunkQueue | None = None,
+        inline: bool = False,
+    ) -> None:
+        self.request = request
+        self.needs = needs
+        self.deadline = deadline
+        self.context = context
+        #: Where chunks go for a ``stream()`` caller (bounded); None for complete() and submit().
+        self.chunks_out = chunks_out
+        #: Routed by the caller's own task (``complete()``), not by a task of the router.
+        self.inline = inline
+        #: Cancelled to stop the request. Shielded when a task of the router routes it (the router stops
+        #: requests one by one, in order); not in the caller's task, so cancelling the caller reaches it.
+        self.scope = trio.CancelScope(shield=not inline)
+        #: Set once the request ended (its final result is out, or could not go out).
+        self.done = trio.Event()
+        #: The agents tried, in order.
+        self.tried: list[str] = []
+        self.attempt = 0
+        self.agent: str | None = None
+        self.outstanding = False
+        self.result: Final | None = None
+        #: Set when the outstanding attempt's terminal is recorded.
+        self.answered = trio.Event()
+        #: ``result`` was made up by the router (agent crashed / hung) and must still be published.
+        self.on_behalf_pending = False
+        #: Position in the router's inbox when the attempt went on the bus (see
+        #: :attr:`RouterState.position`): a crash reported at a later position may have hit the attempt.
+        self.dispatch_mark: float = math.inf
+        #: Chunks delivered for this request; > 0 forbids retrying.
+        self.chunks = 0
+        #: The intake is on the bus: from then on a stop cancels :attr:`scope` (before, :meth:`route`
+        #: does it once the intake is out, so a final result never answers a request nobody saw).
+        self.intake_sent = False
+        #: Why the request was stopped from outside (cancel, shutdown, slow consumer), if it was.
+        self.stop_kind: ErrorKind | None = None
+        self.stop_message = ""
+        self.final: Final | None = None
+        self._view: AgentView | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"RoutedRequest({self.request_id!r}, attempt={self.attempt}, agent={self.agent!r}, "
+            f"outstanding={self.outstanding}, done={self.done.is_set()})"
+        )
 
     @property
     def request_id(self) -> str:
@@ -78,38 +151,10 @@ class Run:
             return request
         return attrs.evolve(request, provider=None)
 
-    def attempt_request(self, agent: str, number: int, deadline: float) -> ProviderRequest:
-        """The ``provider_request`` of attempt ``number`` on ``agent``."""
-        r = self.request
-        # Built field by field: this is on every request's path, and attrs.evolve introspects each time.
-        return ProviderRequest(
-            r.request_id, r.messages, r.model, r.options, deadline, agent, number, r.required_features
-        )
-
-    def begin_attempt(self, agent: str, number: int) -> None:
-        """A new attempt goes to ``agent``."""
-        self.attempt = number
-        self.agent = agent
-        self.outstanding = True
-        self.dispatch_mark = math.inf
-        self.result = None
-        self.on_behalf_pending = False
-        if self.attempt_done.is_set():
-            self.attempt_done = trio.Event()
-        self.tried.append(agent)
-
-    def end_attempt(self, result: Final, *, on_behalf: bool) -> bool:
-        """Record the terminal of the outstanding attempt; False if it was already ended."""
-        if not self.outstanding:
-            return False
-        self.outstanding = False
-        self.result = result
-        self.on_behalf_pending = on_behalf
-        self.attempt_done.set()
-        return True
+    # --- from outside: the caller, the router and its signal loop ----------------------------------
 
     def stop(self, kind: ErrorKind, message: str) -> bool:
-        """Stop the run from outside; False if it already ended or was stopped."""
+        """Stop the request from outside; False if it already ended or was stopped."""
         if self.final is not None or self.stop_kind is not None:
             return False
         self.stop_kind = kind
@@ -118,46 +163,256 @@ class Run:
             self.scope.cancel()
         return True
 
-    def may_retry(self, failure: ProviderErrorData, now: float) -> bool:
+    def cancel(self) -> bool:
+        """The caller's cancel: the request ends with a ``cancelled`` final result."""
+        return self.stop(ErrorKind.CANCELLED, "cancelled by the caller")
+
+    def take_chunk(self, chunk: ProviderChunk) -> None:
+        """A chunk for this request: counted, and passed on to a ``stream()`` caller."""
+        # Chunks carry no attempt number; only the outstanding attempt's agent can be sending them.
+        if not self.outstanding or chunk.provider != self.agent:
+            return
+        self.chunks += 1
+        chunks_out = self.chunks_out
+        if chunks_out is None:
+            return
+        try:
+            chunks_out.put(chunk)
+        except trio.WouldBlock:
+            self.stop(ErrorKind.CANCELLED, f"the stream consumer fell {chunks_out.capacity} chunks behind")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.stop(ErrorKind.CANCELLED, "the stream consumer went away")
+
+    def take_terminal(self, payload: Final) -> None:
+        """An agent's terminal for this request: it answers the outstanding attempt if it is that
+        attempt's; anything else is late (its attempt was already answered) and is ignored."""
+        if self.outstanding and payload.attempt == self.attempt and payload.provider == self.agent:
+            self._answer(payload, on_behalf=False)
+
+    def agent_gone(self, gone: AgentGone) -> None:
+        """``gone.agent`` went down: the outstanding attempt ends if it may have been lost with it."""
+        # Only an attempt on the bus before the event can have been lost with the agent. One published
+        # after it (the router had not seen the event yet) went to the next incarnation, or to nobody
+        # while the agent was down; its deadline covers that.
+        if self.outstanding and self.dispatch_mark < gone.position and self.agent == gone.agent:
+            self._answer(self._failure_on_behalf(gone.kind, gone.message), on_behalf=True)
+
+    # --- routing ---------------------------------------------------------------------------------
+
+    async def route(self) -> None:
+        """Route to the final result (see the module docstring). Runs in a task of the router, or in the
+        caller's own task (``complete()``), where cancelling the caller cancels the request."""
+        final: Final | None = None
+        try:
+            with self.scope:
+                # The intake, for observers; unaddressed (``provider`` unset) so no agent executes it.
+                await self._publish(self.intake, SOURCE)
+                self.intake_sent = True
+                if self.stop_kind is not None:
+                    self.scope.cancel()  # stopped while the intake went out
+                final = await self._try_agents()
+        except trio.Cancelled:
+            # Only the caller's task gets here (a router task's scope is shielded): the caller gave up.
+            self.cancel()
+            raise
+        except Exception as exc:
+            if not self.inline:
+                raise  # the router task's crash guard takes it from here
+            # A bug in the caller's task: the router crashes as if it had happened in one of its own
+            # tasks (every request ends, the supervisor restarts it); this caller gets the final result.
+            self.context.crash(exc)
+        finally:
+            # The final result must go out even when the request was cancelled: _finish publishes
+            # shielded and bounded (a stalled subscriber cannot hold the caller or the router's shutdown).
+            await self._finish(final)
+
+    async def _try_agents(self) -> Final:
+        """Attempt after attempt, until one succeeds or no retry is allowed; the last result."""
+        last: ProviderErrorData | None = None
+        context = self.context
+        config = context.config
+        for attempt in range(1, config.max_attempts + 1):
+            if attempt > 1:
+                delay = min(config.backoff_max, config.backoff_initial * 2 ** (attempt - 2))
+                if delay > 0:
+                    await trio.sleep_until(min(self.deadline, trio.current_time() + delay))
+            agent = await self._choose_agent()
+            if isinstance(agent, ProviderErrorData):
+                return last if last is not None else agent
+            result = await self._send(agent, attempt)
+            if isinstance(result, ProviderResponse):
+                return result
+            last = result
+            if context.state.closing or not self._may_retry(result, trio.current_time()):
+                return result
+        assert last is not None
+        return last
+
+    async def _choose_agent(self) -> str | ProviderErrorData:
+        """The agent for the next attempt; waits (within the deadline) while all are temporarily out."""
+        context = self.context
+        state = context.state
+        while True:
+            if state.closing:
+                return self._router_failure(ErrorKind.SHUTDOWN, "the router is shutting down")
+            now = trio.current_time()
+            choice = state.choose(
+                self.needs, pinned=self.request.provider, tried=self.tried, strategy=context.strategy, now=now
+            )
+            if isinstance(choice, str):
+                return choice
+            if isinstance(choice, NoneFits):
+                return self._router_failure(ErrorKind.NO_PROVIDER, self._no_provider(choice.reasons))
+            wake = choice.bound(self.deadline, now)
+            if wake is None:
+                message = "no provider available before the deadline: " + "; ".join(choice.reasons)
+                retry_after = choice.until - now if choice.until != math.inf else None
+                return self._router_failure(choice.kind, message, retry_after=retry_after)
+            changed = state.changed
+            with trio.move_on_at(wake):
+                await changed.wait()
+
+    async def _send(self, agent: str, attempt: int) -> Final:
+        """Send attempt ``attempt`` to ``agent``; its terminal (the agent's, or one made up for it)."""
+        # A request stopped by now must not send an attempt it cannot publish (its terminal would answer
+        # a request nobody saw); from here to the publish's delivery nothing can yield.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        context = self.context
+        view = context.state.views[agent]
+        deadline = min(self.deadline, trio.current_time() + view.config.timeout)
+        r = self.request
+        # Built field by field: this is on every request's path, and attrs.evolve introspects each time.
+        request = ProviderRequest(
+            r.request_id, r.messages, r.model, r.options, deadline, agent, attempt, r.required_features
+        )
+        self._outstanding_on(view, attempt)
+        # Taken right before the publish, which delivers before it can yield: a crash the router handles
+        # later than this position happened after the attempt went out.
+        self.dispatch_mark = context.inbox_position()
+        await self._publish(request, DISPATCH, attempt_subject(r.request_id, attempt))
+        with trio.move_on_at(deadline + context.terminal_grace):
+            await self.answered.wait()
+        if self.outstanding:  # the agent neither answered nor crashed: it hangs
+            message = f"provider agent {agent} gave no answer by the deadline"
+            self._answer(self._failure_on_behalf(ErrorKind.TIMEOUT, message), on_behalf=True)
+        await self._publish_on_behalf()
+        assert self.result is not None
+        return self.result
+
+    def _outstanding_on(self, view: AgentView, attempt: int) -> None:
+        """Attempt ``attempt`` goes to ``view``'s agent: it now awaits its terminal and holds a slot."""
+        self.attempt = attempt
+        self.agent = view.name
+        self.outstanding = True
+        self.dispatch_mark = math.inf
+        self.result = None
+        self.on_behalf_pending = False
+        if self.answered.is_set():
+            self.answered = trio.Event()
+        self.tried.append(view.name)
+        self._view = view
+        view.active += 1
+
+    def _answer(self, result: Final, *, on_behalf: bool) -> None:
+        """Record the terminal of the outstanding attempt (once) and free the agent's slot."""
+        if not self.outstanding:
+            return
+        self.outstanding = False
+        self.result = result
+        self.on_behalf_pending = on_behalf
+        self.answered.set()
+        view = self._view
+        if view is not None:
+            view.active = max(0, view.active - 1)
+
+    async def _finish(self, final: Final | None) -> None:
+        """End the request: answer for an attempt still outstanding, publish the final result (shielded
+        and bounded: no cancel scope at all unless the bus makes it wait), and wake the caller."""
+        try:
+            if final is None:
+                final = self._stopped_final()
+            if self.outstanding:
+                if isinstance(final, ProviderErrorData):
+                    failure = attrs.evolve(final, attempt=self.attempt, provider=self.agent)
+                else:
+                    failure = self._failure_on_behalf(ErrorKind.CANCELLED, "the request ended")
+                self._answer(failure, on_behalf=True)
+            await self._publish_on_behalf(shielded=True)
+            if isinstance(final, ProviderErrorData) and self.chunks > 0 and not final.partial:
+                final = attrs.evolve(final, partial=True)
+            self.final = final
+            await self._publish(final, SOURCE, shielded=True)
+        finally:
+            if self.final is None:
+                self.final = final or self._router_failure(ErrorKind.SHUTDOWN, "the router shut down")
+            if self.chunks_out is not None:
+                self.chunks_out.close()
+            self.done.set()
+
+    # --- publishing --------------------------------------------------------------------------------
+
+    async def _publish(
+        self,
+        payload: Final | ProviderRequest,
+        source: str,
+        subject: str | None = None,
+        *,
+        shielded: bool = False,
+    ) -> None:
+        """Publish a payload as the router (``subject`` overrides the envelope's, which is the request
+        id); a closed bus is ignored. Delivered at once when nobody's buffer is full (no scheduler round
+        trip), so this is a cancellation point only when it has to wait. ``shielded``: no cancellation
+        interrupts it, bounded by ``publish_timeout``, for results that must go out."""
+        signal = Signal(
+            payload.TYPE, source, payload, subject=subject or payload.request_id, provider=payload.provider
+        )
+        context = self.context
+        await context.bus.deliver(signal, shielded_for=context.publish_timeout if shielded else None)
+
+    async def _publish_on_behalf(self, *, shielded: bool = False) -> None:
+        """Publish the outstanding attempt's terminal the router made up, if it has not gone out yet."""
+        if self.on_behalf_pending and self.result is not None:
+            self.on_behalf_pending = False
+            subject = attempt_subject(self.request_id, self.attempt)
+            await self._publish(self.result, DISPATCH, subject, shielded=shielded)
+
+    # --- outcomes ----------------------------------------------------------------------------------
+
+    def _may_retry(self, failure: ProviderErrorData, now: float) -> bool:
         """Is another attempt allowed after ``failure``? Never once chunks were delivered (a stream is
-        not idempotent) or past the deadline. (The router also stops retrying while closing.)"""
+        not idempotent) or past the deadline. (Nor while the router is closing: see the caller.)"""
         if self.chunks > 0 or failure.partial or now >= self.deadline:
             return False
         # An agent stopped while the tree keeps running is like a crash: another agent can serve.
         return failure.retryable or failure.kind is ErrorKind.SHUTDOWN
 
-    def attempt_failure(self, kind: ErrorKind, message: str) -> ProviderErrorData:
-        """The terminal of the current attempt, made up by the router on the agent's behalf."""
-        return ProviderErrorData(
-            request_id=self.request_id,
-            kind=kind,
-            message=message,
-            retryable=kind in (ErrorKind.AGENT_CRASHED, ErrorKind.TIMEOUT),
-            provider=self.agent,
-            model=self.request.model,
-            attempt=self.attempt,
-            partial=self.chunks > 0,
-        )
-
-    def router_failure(self, kind: ErrorKind, message: str) -> ProviderErrorData:
-        """A final failure decided by the router itself (no provider, shutdown, cancelled...)."""
-        return ProviderErrorData(
-            request_id=self.request_id,
-            kind=kind,
-            message=message,
-            retryable=ProviderError(kind, message).retryable,
-            provider=self.agent,
-            model=self.request.model,
-            attempt=self.attempt,
-            partial=self.chunks > 0,
-        )
-
-    def stopped_final(self) -> Final:
-        """The final result of a run stopped from outside (or whose task failed)."""
+    def _stopped_final(self) -> Final:
+        """The final result of a request stopped from outside (or whose routing failed)."""
         if self.result is not None and not self.outstanding and self.stop_kind is not ErrorKind.CANCELLED:
             return self.result  # its attempt had already ended: that is the answer
         kind = self.stop_kind or ErrorKind.AGENT_CRASHED
-        return self.router_failure(kind, self.stop_message or "the router failed while routing the request")
+        return self._router_failure(kind, self.stop_message or "the router failed while routing the request")
+
+    def _failure_on_behalf(self, kind: ErrorKind, message: str) -> ProviderErrorData:
+        """The terminal of the outstanding attempt, made up by the router on the agent's behalf."""
+        return self._failure(ProviderError(kind, message, retryable=kind in _RETRYABLE_ON_BEHALF))
+
+    def _router_failure(
+        self, kind: ErrorKind, message: str, *, retry_after: float | None = None
+    ) -> ProviderErrorData:
+        """A final failure decided by the router itself (no provider, shutdown, cancelled...)."""
+        return self._failure(ProviderError(kind, message, retry_after=retry_after))
+
+    def _failure(self, error: ProviderError) -> ProviderErrorData:
+        return ProviderErrorData.from_error(
+            self.request_id, error,
+            provider=self.agent, model=self.request.model, attempt=self.attempt, partial=self.chunks > 0,
+        )
+
+    def _no_provider(self, reasons: Sequence[str]) -> str:
+        needs = ", ".join(sorted(self.needs.features)) or "nothing special"
+        detail = "; ".join(reasons) or "no provider agents are configured"
+        return f"no provider can serve this request (needs: {needs}): {detail}"
 
 
 def build_request(

@@ -1,14 +1,14 @@
 """The router agent: chooses a provider agent per request, retries and fails over, one final result.
 
 Its picture of the agents comes from signals only (``provider_status``, ``feature_reply``,
-``supervisor_event`` and the terminals of attempts; :mod:`._board`, :mod:`._views`, kept current by the
-signal loop of :mod:`._router_loop`). Each caller request becomes a :class:`~._runs.Run`, driven
-(:mod:`._drive`) by the caller's own task for :meth:`RouterAgent.complete` and by a task of the router
-for :meth:`~RouterAgent.stream` and :meth:`~RouterAgent.submit`; attempts go out as
-``provider_request`` signals addressed to one agent (same ``request_id``, ``attempt`` = 1, 2, ...) and
-each gets exactly one terminal signal: the agent's, or, when the agent crashed, hung past the deadline or
-the request was cancelled, one the router publishes on the agent's behalf. docs/signals.md describes the
-protocol and the sources.
+``supervisor_event`` and the terminals of attempts), read by its signal loop into a
+:class:`~._state.RouterState`. Each caller request becomes a :class:`~._request.RoutedRequest`, which
+routes itself in the caller's own task for :meth:`RouterAgent.complete` and in a task of the router for
+:meth:`~RouterAgent.stream` and :meth:`~RouterAgent.submit`; attempts go out as ``provider_request``
+signals addressed to one agent (same ``request_id``, ``attempt`` = 1, 2, ...) and each gets exactly one
+terminal signal: the agent's, or, when the agent crashed, hung past the deadline or the request was
+cancelled, one the router publishes on the agent's behalf. docs/signals.md describes the protocol and the
+sources.
 
 Two levels of signals, told apart by the envelope ``subject``:
 
@@ -18,39 +18,57 @@ Two levels of signals, told apart by the envelope ``subject``:
 * attempt level, subject = :func:`attempt_subject` (``<request id>#<attempt>``): each attempt's
   ``provider_request`` (source :data:`DISPATCH`) and its one terminal (the agent's, or the router's on
   its behalf, source :data:`DISPATCH`).
+
+The router itself keeps the intake (the table of requests in flight), its signal loop (the only reader
+of its inbox: it hands each signal, in bus order, to the state or to the request it concerns, never
+awaiting anything but the next signal), the feature checks it sends, and the order in which it stops.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import attrs
 import trio
 
 from ..bus import Overflow, SignalBus, SignalFilter, Subscription
 from ..config import ProviderConfig, RouterConfig
-from ..errors import ErrorKind, ProviderError
+from ..errors import BusClosed, ErrorKind, ProviderError
 from ..messages import Message
 from ..signals import (
     FeatureReply,
+    ProviderChunk,
+    ProviderErrorData,
     ProviderRequest,
     ProviderResponse,
     ProviderStatus,
     Signal,
+    SupervisorEvent,
+    make_signal,
 )
 from ..supervision import Actor
-from ._agent_view import AgentView
-from ._drive import attempt_subject, drive, open_run
-from ._feature_checks import ask_features
-from ._request import Final, Run, build_request
-from ._router_loop import INBOX_TYPES, serve_signals, stop_router
-from ._state import AGENT_CHILD_PREFIX, DISPATCH, OWN_SOURCES, SOURCE, RouterBoard
+from ._agent_view import AgentView, needs_of
+from ._chunk_queue import ChunkQueue
+from ._request import DISPATCH, SOURCE, RoutedRequest, RoutingContext, build_request
+from ._state import RouterState
 from ._strategies import RoutingStrategy, make_strategy
-from ._stream import ChunkQueue, ResponseStream
+from ._stream import ResponseStream
 
-__all__ = ["AGENT_CHILD_PREFIX", "DISPATCH", "SOURCE", "RouterAgent", "attempt_subject", "is_final"]
+__all__ = ["DRAIN_BATCH", "INBOX_TYPES", "OWN_SOURCES", "RouterAgent", "is_final"]
+
+#: The router's own sources; its inbox leaves them out.
+OWN_SOURCES = frozenset({SOURCE, DISPATCH})
+# Not provider_request: the router knows its own requests. Where an attempt falls in the order of the
+# inbox (which decides whether an agent's crash can have lost it) is noted when it is published.
+INBOX_TYPES = frozenset(
+    {"provider_chunk", "provider_response", "provider_error", "provider_status", "feature_reply",
+     "supervisor_event"}
+)
+#: Signals the loop handles per scheduler turn at most (so other tasks still get to run).
+DRAIN_BATCH = 512
+
 
 def is_final(signal: Signal) -> bool:
     """True for the one final (caller-level) terminal signal of a routed request."""
@@ -78,37 +96,62 @@ class RouterAgent(Actor):
         ready_timeout: float = 5.0,
         publish_timeout: float = 10.0,
     ) -> None:
+        super().__init__()
         self.bus = bus
-        self.config = config
-        self.strategy = strategy or make_strategy(config.strategy)
-        #: What the router knows (agent views, runs in flight), kept current from signals.
-        self.board = RouterBoard(providers, stream_buffer)
-        self.board.on_agent_seen = functools.partial(ask_features, self)
-        #: Extra time an agent gets past an attempt's deadline before the router answers for it.
-        self.terminal_grace = terminal_grace
+        #: What the router knows about its agents, kept current from signals.
+        self.state = RouterState(providers, on_agent_seen=self._ask_features)
         #: Chunks a ``stream()`` caller may fall behind by before its request is cancelled.
         self.stream_buffer = stream_buffer
         self.inbox_buffer = inbox_buffer
         self.max_in_flight = max_in_flight
         self.ready_timeout = ready_timeout
-        self.publish_timeout = publish_timeout
-        super().__init__()
         self._inbox: Subscription | None = None
+        self._requests: dict[str, RoutedRequest] = {}
+        self._context = RoutingContext(
+            state=self.state,
+            bus=bus,
+            strategy=strategy or make_strategy(config.strategy),
+            config=config,
+            terminal_grace=terminal_grace,
+            publish_timeout=publish_timeout,
+            inbox_position=self._inbox_position,
+            crash=self._crash,
+        )
+
+    @property
+    def config(self) -> RouterConfig:
+        """How the router chooses agents and retries."""
+        return self._context.config
+
+    @property
+    def strategy(self) -> RoutingStrategy:
+        """How the router ranks the eligible agents."""
+        return self._context.strategy
+
+    @property
+    def terminal_grace(self) -> float:
+        """Extra time an agent gets past an attempt's deadline before the router answers for it."""
+        return self._context.terminal_grace
+
+    @property
+    def publish_timeout(self) -> float:
+        """Longest wait for room on the bus for a result that must go out."""
+        return self._context.publish_timeout
 
     @property
     def views(self) -> dict[str, AgentView]:
         """The router's view of each agent, by name."""
-        return self.board.views
+        return self.state.views
 
     @property
-    def runs(self) -> dict[str, Run]:
+    def requests(self) -> dict[str, RoutedRequest]:
         """Requests between intake and final result, by request id."""
-        return self.board.runs
+        return self._requests
 
     @property
     def in_flight(self) -> int:
         """Requests between intake and final result."""
-        return len(self.runs)
+        return len(self._requests)
 
     @property
     def pending_signals(self) -> int:
@@ -116,7 +159,7 @@ class RouterAgent(Actor):
         return self._inbox.pending if self._inbox is not None else 0
 
     def __repr__(self) -> str:
-        return f"RouterAgent(agents={list(self.views)}, in_flight={len(self.runs)})"
+        return f"RouterAgent(agents={list(self.views)}, in_flight={len(self._requests)})"
 
     # --- public API --------------------------------------------------------------------------------
 
@@ -141,17 +184,20 @@ class RouterAgent(Actor):
         await trio.lowlevel.checkpoint_if_cancelled()
         request = build_request(
             prompt, model=model, provider=provider, required_features=required_features, stream=False,
-            options=options, timeout=timeout,
+            options=options, timeout=self.config.request_timeout if timeout is None else timeout,
         )
-        # Driven in this task: no spawn, and the caller wakes straight from the attempt's terminal.
-        run = self._open_run(request, inline=True)
-        await drive(self, run)
+        # Routed in this task: no spawn, and the caller wakes straight from the attempt's terminal.
+        routed = self._accept(request, inline=True)
+        try:
+            await routed.route()
+        finally:
+            self._requests.pop(routed.request_id, None)
         # Two scheduler turns, so tasks woken by the final result (bus subscribers) have seen it before
         # the caller goes on, as when another task published it: the final went out without one (see
         # publish_nowait), and the tasks of one turn run in an order Trio chooses at random.
         await trio.lowlevel.cancel_shielded_checkpoint()
         await trio.lowlevel.cancel_shielded_checkpoint()
-        final = run.final
+        final = routed.final
         if isinstance(final, ProviderResponse):
             return final
         assert final is not None
@@ -173,19 +219,21 @@ class RouterAgent(Actor):
             prompt, model=model, provider=provider, required_features=required_features, stream=True,
             options=options, timeout=timeout,
         )
-        return ResponseStream(self, request)
+        return ResponseStream(
+            request, self._open_stream, buffer=self.stream_buffer, close_timeout=self.publish_timeout
+        )
 
     async def submit(self, request: ProviderRequest) -> None:
         """Route ``request`` in the background; its chunks and one final terminal (source ``/router``,
         see :func:`is_final`) go to the bus. ``request.provider`` pins it; ``request.deadline`` (absolute,
         Trio clock) defaults to now + ``request_timeout``. Raises ``ProviderError`` if not accepted."""
         await trio.lowlevel.checkpoint()
-        self._open_run(request)
+        self._accept(request)
 
     def cancel(self, request_id: str) -> bool:
         """Cancel a request: it ends with a ``cancelled`` final result. False if unknown or ended."""
-        run = self.runs.get(request_id)
-        return run is not None and run.stop(ErrorKind.CANCELLED, "cancelled by the caller")
+        routed = self._requests.get(request_id)
+        return routed is not None and routed.cancel()
 
     async def status(self) -> list[ProviderStatus]:
         """The latest status of every agent (waiting up to ``ready_timeout`` for a first report)."""
@@ -206,17 +254,22 @@ class RouterAgent(Actor):
 
     def close_intake(self) -> None:
         """Refuse new requests and stop retrying: what is in flight ends with what it gets."""
-        self.board.closing = True
-        self.board.notify()
+        self.state.closing = True
+        self.state.notify()
+
+    async def _wait_for(self, condition: Callable[[], bool], within: float | None = None) -> bool:
+        with trio.move_on_after(self.ready_timeout if within is None else within):
+            while not condition():
+                await self.state.changed.wait()
+        return condition()
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled; then stop in order: intake, signal loop, drain, runs (each run
-        publishes its final result)."""
+        """Serve until cancelled; then stop in order (see :meth:`_stop`)."""
         if self.running:
             raise RuntimeError("the router is already running")
-        self.board.closing = False
+        self.state.closing = False
         loop_scope = trio.CancelScope(shield=True)
         loop_done = trio.Event()
         # The router's own signals (final results, terminals on an agent's behalf) tell it nothing new:
@@ -226,22 +279,42 @@ class RouterAgent(Actor):
             self._inbox = inbox
             try:
                 async with self._serving() as nursery:
-                    nursery.start_soon(serve_signals, self, inbox, loop_scope, loop_done)
+                    nursery.start_soon(self._serve_signals, inbox, loop_scope, loop_done)
                     for view in self.views.values():
-                        ask_features(self, view)
+                        self._ask_features(view)
                     task_status.started()
                     try:
                         await trio.sleep_forever()
                     finally:
                         with trio.CancelScope(shield=True):
-                            await stop_router(self, inbox, loop_scope, loop_done)
+                            await self._stop(inbox, loop_scope, loop_done)
             finally:
                 self._inbox = None
 
+    async def _stop(self, inbox: Subscription, loop_scope: trio.CancelScope, loop_done: trio.Event) -> None:
+        """Stop in order: intake, signal loop, what is still buffered, then every request (each publishes
+        its final result; those routed by their callers' tasks are waited for, bounded)."""
+        self.close_intake()
+        loop_scope.cancel()
+        with trio.move_on_after(self.publish_timeout):
+            await loop_done.wait()
+        self._drain(inbox)  # every terminal already published is taken into account
+        inbox.close()  # from here on nobody waits for us on the bus
+        crashed = self.crashed
+        kind = ErrorKind.AGENT_CRASHED if crashed else ErrorKind.SHUTDOWN
+        requests = list(self._requests.values())
+        for routed in requests:
+            routed.stop(kind, "the router crashed" if crashed else "the router shut down")
+        # The router's nursery waits for the requests it routes; these are for the ones routed by
+        # callers, so that no final result comes after the router stopped.
+        with trio.move_on_after(self.publish_timeout):
+            for routed in requests:
+                await routed.done.wait()
+
     def _on_crash(self) -> None:
-        """A bug stops every run (each publishes its final result)."""
-        for run in list(self.runs.values()):
-            run.stop(ErrorKind.AGENT_CRASHED, "the router crashed")
+        """A bug stops every request (each publishes its final result)."""
+        for routed in list(self._requests.values()):
+            routed.stop(ErrorKind.AGENT_CRASHED, "the router crashed")
 
     def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``fn(*args)`` in the router's nursery, under the crash guard."""
@@ -249,46 +322,134 @@ class RouterAgent(Actor):
             raise ProviderError(ErrorKind.SHUTDOWN, "the router is not running")
         super()._spawn(fn, *args)
 
-    # --- the view ----------------------------------------------------------------------------------
+    # --- intake ------------------------------------------------------------------------------------
 
-    async def _wait_for(self, condition: Callable[[], bool], within: float | None = None) -> bool:
-        with trio.move_on_after(self.ready_timeout if within is None else within):
-            while not condition():
-                await self.board.changed.wait()
-        return condition()
-
-    # --- routing -----------------------------------------------------------------------------------
-
-    def _open_run(
+    def _accept(
         self, request: ProviderRequest, *, chunks_out: ChunkQueue | None = None, inline: bool = False
-    ) -> Run:
-        """Accept ``request`` (see :func:`~._drive.open_run`)."""
-        return open_run(self, request, chunks_out=chunks_out, inline=inline)
+    ) -> RoutedRequest:
+        """Accept ``request``: routed by a new task in the router's nursery, or by the caller (who then
+        awaits :meth:`RoutedRequest.route` itself) when ``inline``. Raises ``ProviderError`` when it is
+        refused."""
+        if not self.running or self.state.closing:
+            raise ProviderError(ErrorKind.SHUTDOWN, "the router is not accepting requests")
+        requests = self._requests
+        if request.request_id in requests:
+            message = f"request id {request.request_id!r} is already in flight"
+            raise ProviderError(ErrorKind.INVALID_REQUEST, message)
+        if len(requests) >= self.max_in_flight:
+            raise ProviderError(ErrorKind.OVERLOADED, f"{len(requests)} requests in flight", retry_after=1.0)
+        views = self.views
+        if request.provider is not None and request.provider not in views:
+            raise ProviderError(
+                ErrorKind.NO_PROVIDER, f"unknown provider {request.provider!r}; known: {', '.join(views)}"
+            )
+        try:
+            needs = needs_of(request.messages, request.options, request.required_features, request.model)
+        except ValueError as exc:
+            raise ProviderError(ErrorKind.INVALID_REQUEST, str(exc)) from None
+        deadline = request.deadline
+        if deadline is None:
+            deadline = trio.current_time() + self.config.request_timeout
+        if request.deadline != deadline or request.attempt != 1:
+            request = attrs.evolve(request, deadline=deadline, attempt=1)
+        routed = RoutedRequest(request, needs, deadline, self._context, chunks_out=chunks_out, inline=inline)
+        requests[routed.request_id] = routed
+        if not inline:
+            self._spawn(self._route, routed)
+        return routed
 
-    def inbox_position(self) -> float:
+    def _open_stream(self, request: ProviderRequest, chunks_out: ChunkQueue) -> RoutedRequest:
+        """Accept a ``stream()`` caller's request, its chunks going to ``chunks_out``."""
+        return self._accept(request, chunks_out=chunks_out)
+
+    async def _route(self, routed: RoutedRequest) -> None:
+        """Route ``routed`` in a task of the router, then forget it."""
+        try:
+            await routed.route()
+        finally:
+            self._requests.pop(routed.request_id, None)
+
+    # --- the signal loop ---------------------------------------------------------------------------
+
+    async def _serve_signals(self, inbox: Subscription, scope: trio.CancelScope, done: trio.Event) -> None:
+        """Run the signal loop (under the crash guard) until ``scope`` is cancelled; then set ``done``."""
+        try:
+            with scope:
+                await self._guard(self._read_inbox, inbox)
+        finally:
+            done.set()
+
+    async def _read_inbox(self, inbox: Subscription) -> None:
+        while True:
+            try:
+                signal = await inbox.receive()
+            except BusClosed:
+                await trio.sleep_forever()  # the bus closed: nothing to do until we are stopped
+            self._handle(signal)
+            self._drain(inbox, DRAIN_BATCH)
+
+    def _drain(self, inbox: Subscription, limit: float = math.inf) -> None:
+        """Handle buffered signals (at most ``limit``) without yielding."""
+        handled = 0
+        while handled < limit:
+            try:
+                signal = inbox.receive_nowait()
+            except (trio.WouldBlock, BusClosed):
+                return
+            self._handle(signal)
+            handled += 1
+
+    def _handle(self, signal: Signal) -> None:
+        """Take one signal into account: what it says about an agent goes to the state, what concerns a
+        request in flight to that request. Synchronous, so the bus never waits on the router."""
+        state = self.state
+        state.position += 1
+        if signal.source in OWN_SOURCES:
+            return  # the router's own (its inbox leaves them out; a router fed otherwise may see them)
+        data = signal.data
+        if isinstance(data, ProviderChunk):
+            routed = self._requests.get(data.request_id)
+            if routed is not None:
+                routed.take_chunk(data)
+        elif isinstance(data, ProviderResponse | ProviderErrorData):
+            state.observe_terminal(data)
+            routed = self._requests.get(data.request_id)
+            if routed is not None:
+                routed.take_terminal(data)
+        elif isinstance(data, ProviderStatus):
+            state.observe_status(data)
+        elif isinstance(data, FeatureReply):
+            state.observe_features(data)
+        elif isinstance(data, SupervisorEvent):
+            gone = state.observe_supervisor_event(data)
+            if gone is not None:
+                for routed in self._requests.values():
+                    routed.agent_gone(gone)
+
+    def _inbox_position(self) -> float:
         """Where a signal published now falls in the router's inbox: signals handled plus buffered."""
         inbox = self._inbox
-        return math.inf if inbox is None else self.board.position + inbox.pending
+        return math.inf if inbox is None else self.state.position + inbox.pending
 
-    async def publish(
-        self, payload: Final | ProviderRequest, source: str, subject: str | None = None
-    ) -> None:
-        """Publish a payload as the router (``subject`` overrides the envelope's, which is the request
-        id); a closed bus is ignored. Delivered at once when nobody's buffer is full (no scheduler round
-        trip), so this is a cancellation point only when it has to wait."""
-        signal = Signal(
-            payload.TYPE, source, payload, subject=subject or payload.request_id, provider=payload.provider
-        )
-        await self.bus.deliver(signal)
+    # --- feature checks ----------------------------------------------------------------------------
 
-    async def publish_shielded(
-        self, payload: Final | ProviderRequest, source: str, subject: str | None = None
-    ) -> None:
-        """:meth:`publish` that no cancellation interrupts, bounded by ``publish_timeout``: for results that
-        must go out. The shielded scope is only entered when the bus makes us wait (rarely)."""
-        signal = Signal(
-            payload.TYPE, source, payload, subject=subject or payload.request_id, provider=payload.provider
-        )
-        await self.bus.deliver(signal, shielded_for=self.publish_timeout)
+    def _ask_features(self, view: AgentView) -> None:
+        """Ask ``view``'s agent what it supports (``feature_check``), unless that is known or being asked.
 
+        Asked when the router starts and whenever an agent with unknown features shows up (a status, or a
+        supervisor's ``started`` / ``restarted``), since a check sent while the agent was down is lost.
+        """
+        if view.features or view.features_asked or not self.running:
+            return
+        view.features_asked = True
+        self._spawn(self._send_feature_checks, view)
 
+    async def _send_feature_checks(self, view: AgentView) -> None:
+        """One check for the default model and one per configured model (the replies reach the state)."""
+        try:
+            for check in self.state.new_feature_checks(view):
+                await self.bus.publish(make_signal(check, DISPATCH))
+        except BusClosed:
+            pass
+        finally:
+            view.features_asked = False

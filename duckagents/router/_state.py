@@ -1,7 +1,10 @@
-"""What the router knows, and how signals update it: agent views, runs in flight, the choice of agent.
+"""What the router knows about its agents, kept current from signals, and how it chooses one.
 
-Everything here is synchronous: the router's signal loop calls :meth:`RouterBoard.handle` for each
-signal, in bus order, and never waits on anything else (so the bus never waits on the router).
+:class:`RouterState` holds the router's view of each agent (:class:`~._agent_view.AgentView`), the
+feature checks awaiting a reply, whether the router is closing, and where it is in its inbox. Everything
+here is synchronous: the router's signal loop hands it each signal about an agent, in bus order, and never
+waits on anything else (so the bus never waits on the router). The requests in flight are not here: each
+is a :class:`~._request.RoutedRequest`, which asks this state for an agent (:meth:`RouterState.choose`).
 """
 
 from __future__ import annotations
@@ -15,28 +18,21 @@ import trio
 from ..config import ProviderConfig
 from ..errors import ErrorKind
 from ..signals import (
+    FeatureCheck,
     FeatureReply,
-    ProviderChunk,
     ProviderErrorData,
     ProviderResponse,
     ProviderStatus,
-    Signal,
     SupervisorEvent,
+    new_id,
 )
-from ._agent_view import AgentView
-from ._request import Final, Run
+from ._agent_view import AgentView, Needs
 from ._strategies import RequestShape, RoutingStrategy
 
-__all__ = ["AGENT_CHILD_PREFIX", "DISPATCH", "OWN_SOURCES", "SOURCE", "NoneFits", "RouterBoard", "Wait"]
+__all__ = ["AGENT_CHILD_PREFIX", "AgentGone", "NoneFits", "RouterState", "Wait"]
 
-#: Source of caller-level signals: the intake request and the final result.
-SOURCE = "/router"
-#: Source of attempt-level signals: attempts, terminals on an agent's behalf, feature checks.
-DISPATCH = "/router/dispatch"
 #: Supervisor child ids of provider agents are ``agent:<name>``.
 AGENT_CHILD_PREFIX = "agent:"
-#: The router's own sources; its inbox leaves them out.
-OWN_SOURCES = frozenset({SOURCE, DISPATCH})
 _GONE_EVENTS = frozenset({"crashed", "exited", "shutdown", "killed", "gave_up"})
 _BACK_EVENTS = frozenset({"started", "restarted"})
 
@@ -49,6 +45,12 @@ class Wait:
     kind: ErrorKind
     reasons: tuple[str, ...]
 
+    def bound(self, deadline: float, now: float) -> float | None:
+        """When to look again, or None if waiting cannot help before ``deadline``."""
+        if now >= deadline or (self.until > deadline and self.until != math.inf):
+            return None
+        return min(self.until, deadline)
+
 
 @attrs.frozen
 class NoneFits:
@@ -57,22 +59,35 @@ class NoneFits:
     reasons: tuple[str, ...]
 
 
-class RouterBoard:
-    """The router's picture of the agents and of its runs, kept current from signals."""
+@attrs.frozen
+class AgentGone:
+    """An agent went down (a supervisor's ``crashed``, ``shutdown``...): what its outstanding attempts
+    published before ``position`` in the router's inbox end with."""
 
-    def __init__(self, providers: Sequence[ProviderConfig], stream_buffer: int) -> None:
+    agent: str
+    kind: ErrorKind
+    message: str
+    position: int
+
+
+class RouterState:
+    """The router's picture of its agents, kept current from signals; see the module docstring."""
+
+    def __init__(
+        self,
+        providers: Sequence[ProviderConfig],
+        *,
+        on_agent_seen: Callable[[AgentView], None] = lambda view: None,
+    ) -> None:
         self.views: dict[str, AgentView] = {p.name: AgentView(p, i) for i, p in enumerate(providers)}
-        #: Runs by request id: every request between intake and its final result.
-        self.runs: dict[str, Run] = {}
         #: Feature checks awaiting a reply: check id -> (agent, asked for its default model).
         self.feature_checks: dict[str, tuple[str, bool]] = {}
         #: Set (and replaced) whenever the view changes; waiters re-check their condition.
         self.changed = trio.Event()
         #: The router takes no requests and retries nothing any more.
         self.closing = False
-        self.stream_buffer = stream_buffer
         #: Called when an agent shows up (status, restart) so the router can ask for its features.
-        self.on_agent_seen: Callable[[AgentView], None] = lambda view: None
+        self.on_agent_seen = on_agent_seen
         #: Signals handled so far: the position in the router's inbox of the one being handled.
         self.position = 0
 
@@ -81,76 +96,41 @@ class RouterBoard:
         self.changed.set()
         self.changed = trio.Event()
 
-    def end_attempt(self, run: Run, result: Final, *, on_behalf: bool) -> None:
-        """Record the terminal of ``run``'s outstanding attempt (once) and free the agent's slot."""
-        if run.end_attempt(result, on_behalf=on_behalf) and run.agent in self.views:
-            view = self.views[run.agent]
-            view.active = max(0, view.active - 1)
-
     # --- signals ---------------------------------------------------------------------------------
 
-    def handle(self, signal: Signal) -> None:
-        """Take one signal into account."""
-        self.position += 1
-        if signal.source in OWN_SOURCES:
-            return  # the router's own (its inbox leaves them out; a board fed otherwise may see them)
-        data = signal.data
-        if isinstance(data, ProviderChunk):
-            self._on_chunk(data)
-        elif isinstance(data, ProviderResponse | ProviderErrorData):
-            self._on_terminal(data)
-        elif isinstance(data, ProviderStatus):
-            view = self.views.get(data.provider)
-            if view is not None:
-                view.observe_status(data)
-                self.on_agent_seen(view)
-                self.notify()
-        elif isinstance(data, FeatureReply):
-            asked = self.feature_checks.pop(data.request_id, None)
-            view = self.views.get(data.provider)
-            if view is not None and asked is not None:
-                view.observe_features(data, asked[1])
-                self.notify()
-        elif isinstance(data, SupervisorEvent):
-            self._on_supervisor_event(data)
+    def observe_status(self, status: ProviderStatus) -> None:
+        """A ``provider_status``: the agent is up, with this breaker state and limiter headroom."""
+        view = self.views.get(status.provider)
+        if view is not None:
+            view.observe_status(status)
+            self.on_agent_seen(view)
+            self.notify()
 
-    def _on_chunk(self, chunk: ProviderChunk) -> None:
-        run = self.runs.get(chunk.request_id)
-        # Chunks carry no attempt number; only the outstanding attempt's agent can be sending them.
-        if run is None or not run.outstanding or chunk.provider != run.agent:
-            return
-        run.chunks += 1
-        if run.chunks_out is None:
-            return
-        try:
-            run.chunks_out.put(chunk)
-        except trio.WouldBlock:
-            run.stop(ErrorKind.CANCELLED, f"the stream consumer fell {self.stream_buffer} chunks behind")
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            run.stop(ErrorKind.CANCELLED, "the stream consumer went away")
+    def observe_features(self, reply: FeatureReply) -> None:
+        """A ``feature_reply``: taken only when it answers one of our pending checks."""
+        asked = self.feature_checks.pop(reply.request_id, None)
+        view = self.views.get(reply.provider)
+        if view is not None and asked is not None:
+            view.observe_features(reply, asked[1])
+            self.notify()
 
-    def _on_terminal(self, payload: ProviderResponse | ProviderErrorData) -> None:
+    def observe_terminal(self, payload: ProviderResponse | ProviderErrorData) -> None:
+        """An agent's terminal: what it says about the agent (latency, breaker, retry-after)."""
         view = self.views.get(payload.provider) if payload.provider is not None else None
         if view is not None:
             view.observe_terminal(payload, trio.current_time())
             if isinstance(payload, ProviderErrorData) and payload.retry_after is not None:
                 self.notify()
-        run = self.runs.get(payload.request_id)
-        if (
-            run is not None
-            and run.outstanding
-            and payload.attempt == run.attempt
-            and payload.provider == run.agent
-        ):
-            self.end_attempt(run, payload, on_behalf=False)
-        # Anything else is late (its attempt was already answered) and is ignored.
 
-    def _on_supervisor_event(self, event: SupervisorEvent) -> None:
+    def observe_supervisor_event(self, event: SupervisorEvent) -> AgentGone | None:
+        """A ``supervisor_event`` about a provider agent; returns the loss when the agent went down (the
+        caller then ends the attempts that may have been lost with it)."""
         if not event.child.startswith(AGENT_CHILD_PREFIX):
-            return
+            return None
         view = self.views.get(event.child[len(AGENT_CHILD_PREFIX) :])
         if view is None:
-            return
+            return None
+        gone = None
         if event.event in _BACK_EVENTS:
             view.up = True
             self.on_agent_seen(view)
@@ -160,27 +140,43 @@ class RouterBoard:
             kind = ErrorKind.SHUTDOWN if stopped else ErrorKind.AGENT_CRASHED
             reason = f": {event.reason}" if event.reason else ""
             message = f"provider agent {view.name} {event.event}{reason}"
-            position = self.position
-            for run in self.runs.values():
-                # Only attempts on the bus before the event can have been lost with the agent. One
-                # published after it (the router had not seen the event yet) went to the next
-                # incarnation, or to nobody while the agent was down; its deadline covers that.
-                if run.outstanding and run.dispatch_mark < position and run.agent == view.name:
-                    self.end_attempt(run, run.attempt_failure(kind, message), on_behalf=True)
+            gone = AgentGone(view.name, kind, message, self.position)
         self.notify()
+        return gone
+
+    def new_feature_checks(self, view: AgentView) -> list[FeatureCheck]:
+        """Feature checks to send ``view``'s agent (its default model, then each configured model),
+        registered to await their replies. The unanswered checks of an earlier ask are forgotten, so the
+        table stays bounded."""
+        checks = self.feature_checks
+        for check_id in [c for c, (name, _) in checks.items() if name == view.name]:
+            del checks[check_id]
+        new = []
+        for model in dict.fromkeys([None, *view.config.models]):
+            check = FeatureCheck(new_id(), provider=view.name, model=model)
+            checks[check.request_id] = (view.name, model is None)
+            new.append(check)
+        return new
 
     # --- choosing --------------------------------------------------------------------------------
 
-    def pick(self, run: Run, strategy: RoutingStrategy, now: float) -> str | Wait | NoneFits:
-        """The agent for ``run``'s next attempt: the strategy's best among the eligible ones, untried
-        ones first; else how long to wait; else why nobody fits."""
-        pinned = run.request.provider
+    def choose(
+        self,
+        needs: Needs,
+        *,
+        pinned: str | None,
+        tried: Sequence[str],
+        strategy: RoutingStrategy,
+        now: float,
+    ) -> str | Wait | NoneFits:
+        """The agent for a request's next attempt: ``strategy``'s best among the eligible ones (only
+        ``pinned`` if set), those not ``tried`` yet first; else how long to wait; else why nobody fits."""
         views = [self.views[pinned]] if pinned is not None else list(self.views.values())
         eligible: list[AgentView] = []
         waits: list[tuple[float, ErrorKind]] = []
         reasons: list[str] = []
         for view in views:
-            verdict = view.eligibility(run.needs, now)
+            verdict = view.eligibility(needs, now)
             if verdict.ok:
                 eligible.append(view)
             else:
@@ -188,17 +184,11 @@ class RouterBoard:
                 if verdict.retry_at is not None:
                     waits.append((verdict.retry_at, verdict.kind))
         if eligible:
-            shape = RequestShape(run.needs.input_tokens, run.needs.max_tokens)
+            shape = RequestShape(needs.input_tokens, needs.max_tokens)
             ranked = strategy.rank([v.candidate() for v in eligible], shape)
-            fresh = [c for c in ranked if c.name not in run.tried]
+            fresh = [c for c in ranked if c.name not in tried]
             return (fresh or ranked)[0].name
         if not waits:
             return NoneFits(tuple(reasons))
         until, kind = min(waits, key=lambda w: w[0])
         return Wait(until, kind, tuple(reasons))
-
-    def wait_bound(self, wait: Wait, deadline: float, now: float) -> float | None:
-        """When to look again for a waiting run, or None if waiting cannot help before ``deadline``."""
-        if now >= deadline or (wait.until > deadline and wait.until != math.inf):
-            return None
-        return min(wait.until, deadline)

@@ -1,83 +1,23 @@
-"""The caller's side of a streamed request: :class:`ResponseStream`, fed by a :class:`ChunkQueue`.
+"""The caller's side of a streamed request: :class:`ResponseStream`.
 
-The router's signal loop puts each chunk of the request straight into the queue (it never waits: a caller
-that falls too far behind gets its request cancelled), and the caller takes them from there. Unlike a
-memory channel, taking a chunk that is already buffered costs no scheduler round trip, so a caller that
-keeps up pays one wake-up per burst of chunks rather than one per chunk.
+The router opens the request when the caller starts (``async with`` or the first ``__anext__``); its
+chunks come through the request's :class:`~._chunk_queue.ChunkQueue`, then its final result.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import Self
 
 import trio
 
 from ..errors import ProviderError
 from ..signals import ProviderChunk, ProviderErrorData, ProviderRequest, ProviderResponse
-from ._request import Run
+from ._chunk_queue import ChunkQueue
+from ._request import RoutedRequest
 
-if TYPE_CHECKING:
-    from ._router import RouterAgent
-
-__all__ = ["ChunkQueue", "ResponseStream"]
-
-
-class ChunkQueue:
-    """A bounded queue of chunks from the router's signal loop (one producer) to one caller.
-
-    :meth:`put` never waits and fails like a memory channel's ``send_nowait``: ``trio.WouldBlock`` when
-    ``capacity`` chunks are waiting, ``trio.BrokenResourceError`` once the caller :meth:`abandon`\\ed it,
-    ``trio.ClosedResourceError`` once :meth:`close`\\d.
-    """
-
-    __slots__ = ("_items", "_lot", "abandoned", "capacity", "closed")
-
-    def __init__(self, capacity: int) -> None:
-        self._items: deque[ProviderChunk] = deque()
-        self._lot = trio.lowlevel.ParkingLot()
-        self.capacity = max(1, capacity)
-        #: No more chunks will come (the run ended).
-        self.closed = False
-        #: The caller stopped reading.
-        self.abandoned = False
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put(self, chunk: ProviderChunk) -> None:
-        """Queue ``chunk`` for the caller and wake it if it waits."""
-        if self.abandoned:
-            raise trio.BrokenResourceError("the stream consumer went away")
-        if self.closed:
-            raise trio.ClosedResourceError("the stream ended")
-        if len(self._items) >= self.capacity:
-            raise trio.WouldBlock
-        self._items.append(chunk)
-        if self._lot:
-            self._lot.unpark_all()
-
-    def close(self) -> None:
-        """No more chunks: the caller gets what is queued, then ``trio.EndOfChannel``."""
-        self.closed = True
-        self._lot.unpark_all()
-
-    def abandon(self) -> None:
-        """The caller is done reading: queued chunks are dropped and later puts fail."""
-        self.abandoned = True
-        self._items.clear()
-        self._lot.unpark_all()
-
-    async def get(self) -> ProviderChunk:
-        """The next chunk; waits only when none is queued. Raises ``trio.EndOfChannel`` once the queue is
-        closed and drained, or abandoned."""
-        items = self._items
-        while not items:
-            if self.closed or self.abandoned:
-                raise trio.EndOfChannel
-            await self._lot.park()
-        return items.popleft()
+__all__ = ["ResponseStream"]
 
 
 class ResponseStream:
@@ -97,14 +37,25 @@ class ResponseStream:
     ``__anext__``), but then an early ``break`` leaves the request running until it ends.
     """
 
-    def __init__(self, router: RouterAgent, request: ProviderRequest) -> None:
+    def __init__(
+        self,
+        request: ProviderRequest,
+        opener: Callable[[ProviderRequest, ChunkQueue], RoutedRequest],
+        *,
+        buffer: int,
+        close_timeout: float,
+    ) -> None:
+        """Made by ``router.stream()``: ``opener`` accepts the request with its chunk queue (``buffer``
+        chunks); :meth:`aclose` waits at most ``close_timeout`` seconds for the final result."""
         self.request = request
         #: The final response, once iteration ended without error.
         self.response: ProviderResponse | None = None
         #: The error iteration raised, if it did.
         self.error: ProviderError | None = None
-        self._router = router
-        self._run: Run | None = None
+        self._opener = opener
+        self._buffer = buffer
+        self._close_timeout = close_timeout
+        self._routed: RoutedRequest | None = None
         self._chunks: ChunkQueue | None = None
 
     @property
@@ -112,12 +63,12 @@ class ResponseStream:
         """The request's id (to cancel it, or to match its signals on the bus)."""
         return self.request.request_id
 
-    def _start(self) -> tuple[Run, ChunkQueue]:
-        if self._run is None or self._chunks is None:
-            queue = ChunkQueue(self._router.stream_buffer)
-            self._run = self._router._open_run(self.request, chunks_out=queue)
+    def _start(self) -> tuple[RoutedRequest, ChunkQueue]:
+        if self._routed is None or self._chunks is None:
+            queue = ChunkQueue(self._buffer)
+            self._routed = self._opener(self.request, queue)
             self._chunks = queue
-        return self._run, self._chunks
+        return self._routed, self._chunks
 
     async def __aenter__(self) -> Self:
         self._start()
@@ -132,13 +83,13 @@ class ResponseStream:
         return self
 
     async def __anext__(self) -> ProviderChunk:
-        run, chunks = self._start()
+        routed, chunks = self._start()
         try:
             return await chunks.get()
         except trio.EndOfChannel:
             pass
-        await run.done.wait()
-        final = run.final
+        await routed.done.wait()
+        final = routed.final
         if isinstance(final, ProviderErrorData):
             self.error = final.to_error()
             raise self.error
@@ -147,14 +98,14 @@ class ResponseStream:
 
     async def aclose(self) -> None:
         """Cancel the request if it is still running and wait (briefly) for its final result."""
-        run = self._run
-        if run is None:
+        routed = self._routed
+        if routed is None:
             return
-        if not run.done.is_set():
-            self._router.cancel(run.request_id)
-            with trio.CancelScope(shield=True), trio.move_on_after(self._router.publish_timeout):
-                await run.done.wait()
+        if not routed.done.is_set():
+            routed.cancel()
+            with trio.CancelScope(shield=True), trio.move_on_after(self._close_timeout):
+                await routed.done.wait()
         if self._chunks is not None:
             self._chunks.abandon()
-        if self.response is None and isinstance(run.final, ProviderResponse):
-            self.response = run.final
+        if self.response is None and isinstance(routed.final, ProviderResponse):
+            self.response = routed.final

@@ -21,9 +21,8 @@ from duckagents.messages import Message, RequestOptions
 from duckagents.providers import MockProvider
 from duckagents.router import SOURCE, RouterAgent, is_final
 from duckagents.router._agent_view import needs_of
-from duckagents.router._request import Run
-from duckagents.router._state import RouterBoard
-from duckagents.router._stream import ChunkQueue
+from duckagents.router._chunk_queue import ChunkQueue
+from duckagents.router._request import RoutedRequest
 from duckagents.signals import (
     ProviderChunk,
     ProviderErrorData,
@@ -96,7 +95,7 @@ async def test_a_caller_cancelled_before_complete_makes_no_request(autojump_cloc
             await tree.router.complete("hi", request_id="never")
         assert scope.cancelled_caught
         await trio.sleep(1)
-        assert not tree.router.runs
+        assert not tree.router.requests
         assert [s for s in rec.signals if s.subject and s.subject.startswith("never")] == []
 
 
@@ -159,15 +158,15 @@ async def test_a_stopping_router_waits_for_its_callers_final_results(autojump_cl
 async def test_a_bug_met_in_a_callers_task_crashes_the_router_like_before(
     autojump_clock: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = RouterBoard.pick
+    original = RoutedRequest._choose_agent
 
-    def pick(self: RouterBoard, run: Run, strategy: object, now: float) -> object:
-        if run.request_id == "boom":
+    async def choose_agent(self: RoutedRequest) -> object:
+        if self.request_id == "boom":
             raise RuntimeError("injected routing bug")
-        return original(self, run, strategy, now)  # type: ignore[arg-type]
+        return await original(self)
 
     async with running_tree(mock_config("a")) as (tree, rec):
-        monkeypatch.setattr(RouterBoard, "pick", pick)
+        monkeypatch.setattr(RoutedRequest, "_choose_agent", choose_agent)
         with pytest.raises(ProviderError) as info:
             await tree.router.complete("hi", request_id="boom")
         assert info.value.kind is ErrorKind.AGENT_CRASHED
@@ -198,15 +197,15 @@ class Reschedules(trio.abc.Instrument):
 
 async def test_the_router_is_not_woken_by_its_own_signals(autojump_clock: object) -> None:
     async with running_tree(mock_config("a")) as (tree, rec):
-        board = tree.router.board
+        router = tree.router
         seen: list[tuple[str, str]] = []
-        handle = board.handle
+        handle = router._handle
 
         def recording_handle(signal: Signal) -> None:
             seen.append((signal.source, signal.type))
             handle(signal)
 
-        board.handle = recording_handle  # type: ignore[method-assign]
+        router._handle = recording_handle  # type: ignore[method-assign]
         for i in range(5):
             await tree.router.complete(f"question {i}", request_id=f"q{i}")
         async with tree.router.stream("streamed", request_id="s") as stream:
@@ -225,23 +224,26 @@ async def test_the_router_is_not_woken_by_its_own_signals(autojump_clock: object
 
 
 async def test_a_crash_ends_only_the_attempts_published_before_it() -> None:
-    board = RouterBoard([mock_config("a")], stream_buffer=8)
+    router = RouterAgent(SignalBus(), [mock_config("a")])
     messages = (Message.user("hi"),)
     needs = needs_of(messages, RequestOptions(), (), None)
-    runs = {}
+    view = router.views["a"]
+    requests = {}
     for name, mark in (("before", 4), ("after", 5)):
-        run = Run(ProviderRequest(name, messages), needs, deadline=100.0)
-        run.begin_attempt("a", 1)
-        run.dispatch_mark = mark  # the inbox position when its attempt went on the bus
-        board.runs[name] = runs[name] = run
-    board.position = 4  # signals handled so far; the crash is the 5th
+        routed = RoutedRequest(ProviderRequest(name, messages), needs, 100.0, router._context)
+        routed._outstanding_on(view, 1)
+        routed.dispatch_mark = mark  # the inbox position when its attempt went on the bus
+        router.requests[name] = requests[name] = routed
+    assert view.active == 2
+    router.state.position = 4  # signals handled so far; the crash is the 5th
     crash = SupervisorEvent("duckagents", "agent:a", "crashed", "boom")
-    board.handle(make_signal(crash, "/supervisor/duckagents"))
-    lost = runs["before"]
+    router._handle(make_signal(crash, "/supervisor/duckagents"))
+    lost = requests["before"]
     assert not lost.outstanding and lost.on_behalf_pending
     assert isinstance(lost.result, ProviderErrorData) and lost.result.kind is ErrorKind.AGENT_CRASHED
-    assert runs["after"].outstanding  # sent after the crash: its deadline covers it
-    assert board.views["a"].up is False
+    assert lost.result.attempt == 1 and lost.result.provider == "a" and lost.result.retryable
+    assert requests["after"].outstanding  # sent after the crash: its deadline covers it
+    assert view.up is False and view.active == 1  # the lost attempt freed its slot
 
 
 # --- streams ---------------------------------------------------------------------------------------

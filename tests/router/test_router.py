@@ -383,7 +383,7 @@ async def test_cancel_ends_the_request_and_stops_the_attempt(autojump_clock: obj
         assert isinstance(final.data, ProviderErrorData) and final.data.kind is ErrorKind.CANCELLED
         assert not router.cancel("c1")  # already ended
         await trio.sleep(1)
-        assert not tree.agents["a"].active_requests and not router.runs
+        assert not tree.agents["a"].active_requests and not router.requests
         # A cancelled caller cancels its request too.
         with trio.move_on_after(1):
             await router.complete("hi", request_id="c2")
@@ -406,7 +406,7 @@ async def test_shutdown_gives_every_request_in_flight_its_final_result(autojump_
     assert sorted(s.subject for s in finals) == [f"s{i}" for i in range(6)]  # type: ignore[type-var]
     assert {s.data.kind for s in finals} == {ErrorKind.SHUTDOWN}  # type: ignore[union-attr]
     assert_one_terminal_per_request(rec)
-    assert not tree.router.runs
+    assert not tree.router.requests
 
 
 async def test_submit_final_is_what_bus_expect_sees(autojump_clock: object) -> None:
