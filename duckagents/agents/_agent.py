@@ -39,7 +39,7 @@ from ..config import ProviderConfig
 from ..errors import BusClosed, ErrorKind, ProviderError, StreamProtocolError, redact
 from ..messages import FEATURE_NAMES, Features, implied_features
 from ..providers import Completion, HealthProbe, Provider, StreamEnd, heuristic_token_count
-from ..resilience import BreakerConfig, BreakerState, CircuitBreaker, RateLimiter, RateLimits
+from ..resilience import BreakerState, CircuitBreaker, RateLimiter, RateLimits
 from ..signals import (
     FeatureCheck,
     FeatureReply,
@@ -139,10 +139,7 @@ class ProviderAgent(Actor):
         self.max_pending = max_pending or max(256, 16 * config.max_concurrency)
         self.publish_timeout = publish_timeout
         self.probe_timeout = probe_timeout
-        settings = config.breaker
-        self.breaker = CircuitBreaker(
-            BreakerConfig(settings.failure_threshold, settings.open_timeout, settings.half_open_trials)
-        )
+        self.breaker = CircuitBreaker(config.breaker)
         self.limits = self._limits(self.model)
         self.limiter = RateLimiter(self.limits)
         self.metrics = ProviderMetrics()
@@ -625,20 +622,18 @@ class ProviderAgent(Actor):
     # --- limits ------------------------------------------------------------------------------------
 
     def _limits(self, model: str) -> RateLimits:
-        """The config's per-minute limits, falling back to :meth:`default_limits` per dimension."""
+        """The config's limits, falling back to :meth:`default_limits` per dimension the config leaves
+        unset (when both count over the same period)."""
         configured = self.config.limits
         defaults = self.default_limits(model)
-        if configured.requests_per_minute is None and configured.tokens_per_minute is None:
+        if configured.requests is None and configured.tokens is None:
             return defaults
-        per_minute = math.isclose(defaults.period, 60.0)
+        if not math.isclose(defaults.period, configured.period):
+            return configured  # defaults over another period do not mix with the config's
         return RateLimits(
-            requests=configured.requests_per_minute
-            if configured.requests_per_minute is not None
-            else (defaults.requests if per_minute else None),
-            tokens=configured.tokens_per_minute
-            if configured.tokens_per_minute is not None
-            else (defaults.tokens if per_minute else None),
-            period=60.0,
+            requests=configured.requests if configured.requests is not None else defaults.requests,
+            tokens=configured.tokens if configured.tokens is not None else defaults.tokens,
+            period=configured.period,
         )
 
 

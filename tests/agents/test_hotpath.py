@@ -14,8 +14,9 @@ import trio.testing
 from duckagents.agents import _agent
 from duckagents.agents._agent import ActiveRequest
 from duckagents.bus import SignalFilter
-from duckagents.config import LimitsConfig, ProviderConfig
+from duckagents.config import ProviderConfig
 from duckagents.providers import MockProvider
+from duckagents.resilience import RateLimits
 from duckagents.signals import (
     ProviderChunk,
     ProviderResponse,
@@ -69,7 +70,7 @@ async def test_a_burst_runs_concurrently_and_the_inbox_pool_shrinks_back(autojum
 
 async def test_an_attempt_answered_before_it_starts_takes_nothing(autojump_clock: object) -> None:
     provider = MockProvider()
-    config = ProviderConfig(name="m", kind="mock", limits=LimitsConfig(requests_per_minute=10))
+    config = ProviderConfig(name="m", kind="mock", limits=RateLimits(requests=10))
     async with running_agent(config, provider) as (agent, _, rec):
         req = request("early", provider="m", deadline=trio.current_time() + 10)
         active = ActiveRequest(req, trio.current_time(), trio.CancelScope(), "early#1")
