@@ -2,6 +2,10 @@
 
 API keys are never in the file: a provider names the environment variable that holds its key
 (``api_key_env``), and :meth:`ProviderConfig.api_key` reads it as a :class:`~duckagents.errors.Secret`.
+
+A provider's ``limits`` and ``breaker`` tables structure directly into the resilience types they
+configure (:class:`~duckagents.resilience.RateLimits`, :class:`~duckagents.resilience.BreakerConfig`);
+the limits are written per minute in the file (``requests_per_minute``, ``tokens_per_minute``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import cattrs
 
 from .codec import converter, describe_error
 from .errors import ConfigError, Secret
+from .resilience import BreakerConfig, RateLimits
 
 ProviderKind = Literal["openai", "anthropic", "ollama", "tgi", "mock"]
 StrategyName = Literal["priority", "round_robin", "least_busy", "lowest_latency", "cheapest"]
@@ -35,21 +40,33 @@ def _positive(_: Any, attribute: attrs.Attribute[Any], value: float | None) -> N
         raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
 
 
-@attrs.frozen
-class LimitsConfig:
-    """Rate limits of one provider; ``None`` means unlimited (or the agent's per-model default)."""
-
-    requests_per_minute: int | None = attrs.field(default=None, validator=_positive)
-    tokens_per_minute: int | None = attrs.field(default=None, validator=_positive)
+#: The keys of a provider's ``limits`` table and the :class:`RateLimits` field each one sets.
+PER_MINUTE_LIMITS: dict[str, str] = {"requests_per_minute": "requests", "tokens_per_minute": "tokens"}
 
 
-@attrs.frozen
-class BreakerSettings:
-    """Circuit breaker settings (the seed's defaults: 5 consecutive failures, 60 s open)."""
+def _structure_limits(value: Any, _: Any) -> RateLimits:
+    """A ``limits`` table (``requests_per_minute``, ``tokens_per_minute``) as per-minute RateLimits."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected a table, got {type(value).__name__}")
+    unknown = set(value) - set(PER_MINUTE_LIMITS)
+    if unknown:
+        known = " and ".join(PER_MINUTE_LIMITS)
+        raise ValueError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; the keys are {known}")
+    fields: dict[str, int] = {}
+    for key, field in PER_MINUTE_LIMITS.items():
+        number = value.get(key)
+        if number is None:
+            continue
+        if isinstance(number, bool) or not isinstance(number, int):
+            raise TypeError(f"{key} must be an integer, got {type(number).__name__}")
+        if number <= 0:
+            raise ValueError(f"{key} must be > 0, got {number!r}")
+        fields[field] = number
+    return RateLimits(**fields, period=60.0)
 
-    failure_threshold: int = attrs.field(default=5, validator=_positive)
-    open_timeout: float = attrs.field(default=60.0, validator=_positive)
-    half_open_trials: int = attrs.field(default=1, validator=_positive)
+
+# The file spells limits per minute; the agent uses them as the RateLimits they are.
+converter.register_structure_hook(RateLimits, _structure_limits)
 
 
 @attrs.frozen
@@ -66,8 +83,11 @@ class ProviderConfig:
     #: Prices in USD per 1,000 tokens, for the ``cheapest`` strategy.
     cost_per_1k_input: float = 0.0
     cost_per_1k_output: float = 0.0
-    limits: LimitsConfig = LimitsConfig()
-    breaker: BreakerSettings = BreakerSettings()
+    #: Limits the config sets (per minute in the file); a dimension left ``None`` takes the agent's
+    #: per-model default, if it has one, else is unlimited.
+    limits: RateLimits = RateLimits()
+    #: The circuit breaker (the seed's defaults: 5 consecutive failures, 60 s open).
+    breaker: BreakerConfig = BreakerConfig()
     max_concurrency: int = attrs.field(default=64, validator=_positive)
     timeout: float = attrs.field(default=120.0, validator=_positive)
     #: Provider-specific extras (e.g. the mock's scripted behaviour).

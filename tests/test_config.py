@@ -12,7 +12,8 @@ from duckagents.config import (
     load_config,
     parse_config,
 )
-from duckagents.errors import Secret
+from duckagents.errors import ErrorKind, Secret
+from duckagents.resilience import BreakerConfig, RateLimits
 
 EXAMPLE = """
 health_interval = 10
@@ -43,8 +44,10 @@ def test_toml_file_is_structured(tmp_path: Path) -> None:
     assert config.router.strategy == "cheapest"
     assert [p.name for p in config.providers] == ["gpt", "local"]
     gpt, local = config.providers
-    assert gpt.limits.requests_per_minute == 500 and gpt.models == ("gpt-4o-mini",)
-    assert local.breaker.failure_threshold == 3 and local.breaker.half_open_trials == 1
+    assert gpt.limits == RateLimits(requests=500, tokens=200_000, period=60.0)
+    assert gpt.models == ("gpt-4o-mini",)
+    assert local.breaker == BreakerConfig(failure_threshold=3, open_timeout=5.0)
+    assert local.limits == RateLimits()  # none set: the agent's per-model defaults apply
     assert local.url == "http://127.0.0.1:11434"
     assert gpt.url == "https://api.openai.com/v1"
 
@@ -68,12 +71,66 @@ def test_api_key_comes_from_the_named_environment_variable() -> None:
         ({"provider": []}, "unknown top-level key(s): provider"),
         ({"providers": [{"name": "a", "kind": "mock"}, {"name": "a", "kind": "mock"}]}, "duplicate"),
         ({"router": {"strategy": "fastest"}}, "router.strategy"),
+        (
+            {"providers": [{"name": "a", "kind": "mock", "limits": {"requests_per_minute": -1}}]},
+            "requests_per_minute must be > 0, got -1 @ $.providers[0].limits",
+        ),
+        (
+            {"providers": [{"name": "a", "kind": "mock", "limits": {"tokens_per_minute": "many"}}]},
+            "tokens_per_minute must be an integer, got str @ $.providers[0].limits",
+        ),
+        (
+            {"providers": [{"name": "a", "kind": "mock", "limits": {"tokens_per_minute": 1.5}}]},
+            "tokens_per_minute must be an integer, got float",
+        ),
+        (
+            {"providers": [{"name": "a", "kind": "mock", "limits": {"requests": 5}}]},
+            "unknown key(s) requests; the keys are requests_per_minute and tokens_per_minute"
+            " @ $.providers[0].limits",
+        ),
+        (
+            {"providers": [{"name": "a", "kind": "mock", "limits": 5}]},
+            "expected a table, got int @ $.providers[0].limits",
+        ),
+        (
+            {"providers": [{"name": "a", "kind": "mock", "breaker": {"failure_threshold": 0}}]},
+            "failure_threshold must be >= 1, got 0 @ $.providers[0].breaker",
+        ),
+        (
+            {"providers": [{"name": "a", "kind": "mock", "breaker": {"open_timeout": -1}}]},
+            "open_timeout must be >= 0, got -1.0",
+        ),
+        (
+            {"providers": [{"name": "a", "kind": "mock", "breaker": {"tripping_kinds": ["oops"]}}]},
+            "is not one of 'rate_limited'",
+        ),
     ],
 )
 def test_bad_config_names_the_problem(data: dict, fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(data)
     assert fragment in str(info.value)
+
+
+def test_limits_and_breaker_are_the_resilience_types_they_configure() -> None:
+    config = parse_config(
+        {
+            "providers": [
+                {
+                    "name": "a",
+                    "kind": "mock",
+                    "limits": {"tokens_per_minute": 1000},
+                    "breaker": {"half_open_trials": 2, "tripping_kinds": ["timeout", "network"]},
+                }
+            ]
+        }
+    )
+    [provider] = config.providers
+    # Per minute in the file, a RateLimits over 60 s in the code; an unset dimension stays None.
+    assert provider.limits == RateLimits(requests=None, tokens=1000, period=60.0)
+    assert provider.breaker == BreakerConfig(
+        half_open_trials=2, tripping_kinds=frozenset({ErrorKind.TIMEOUT, ErrorKind.NETWORK})
+    )
 
 
 def test_missing_and_malformed_files(tmp_path: Path) -> None:

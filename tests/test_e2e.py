@@ -17,9 +17,10 @@ import trio.testing
 from duckagents.app import Tree, open_router, open_tree
 from duckagents.bus import SignalBus
 from duckagents.codec import dumps_signal
-from duckagents.config import BreakerSettings, Config, ProviderConfig, RouterConfig
+from duckagents.config import Config, ProviderConfig, RouterConfig
 from duckagents.errors import ErrorKind, ProviderError
 from duckagents.providers import MockProvider
+from duckagents.resilience import BreakerConfig
 from duckagents.router import DISPATCH, is_final
 from duckagents.signals import ProviderResponse
 from duckagents.testing import (
@@ -120,7 +121,7 @@ async def test_breaker_opens_on_5xx_fails_over_and_half_open_trial_closes(
         config = Config(
             providers=(
                 http_config("gpt", "openai", server.base_url, "gpt-4o-mini",
-                            breaker=BreakerSettings(failure_threshold=3, open_timeout=30.0)),
+                            breaker=BreakerConfig(failure_threshold=3, open_timeout=30.0)),
                 ProviderConfig(name="backup", kind="mock", priority=1),
             ),
             router=RouterConfig(backoff_initial=0.0),

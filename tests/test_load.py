@@ -19,9 +19,10 @@ import trio.testing
 from duckagents.agents import ProviderMetrics
 from duckagents.app import Tree, open_tree
 from duckagents.bus import SignalBus
-from duckagents.config import BreakerSettings, Config, LimitsConfig, ProviderConfig, RouterConfig
+from duckagents.config import Config, ProviderConfig, RouterConfig
 from duckagents.errors import ErrorKind, ProviderError
 from duckagents.providers import Latency, MockProvider
+from duckagents.resilience import BreakerConfig, RateLimits
 from duckagents.router import is_final
 from duckagents.signals import ProviderResponse
 from duckagents.supervision import Intensity
@@ -58,18 +59,18 @@ def config(http_url: str) -> Config:
         providers=(
             ProviderConfig(name="fast", kind="mock"),
             ProviderConfig(
-                name="flaky", kind="mock", breaker=BreakerSettings(failure_threshold=5, open_timeout=0.05)
+                name="flaky", kind="mock", breaker=BreakerConfig(failure_threshold=5, open_timeout=0.05)
             ),
             ProviderConfig(
                 name="limited", kind="mock",
-                limits=LimitsConfig(requests_per_minute=100_000, tokens_per_minute=10**8),
+                limits=RateLimits(requests=100_000, tokens=10**8),
             ),
             # A short provider timeout: an attempt sent while it restarts is answered for in 2 s.
             ProviderConfig(name="crashy", kind="mock", timeout=2.0),
             ProviderConfig(
                 name="http", kind="openai", base_url=http_url, api_key_env="LOAD_KEY",
                 default_model="gpt-4o-mini", max_concurrency=32,
-                limits=LimitsConfig(requests_per_minute=10**6, tokens_per_minute=10**9),
+                limits=RateLimits(requests=10**6, tokens=10**9),
             ),
         ),
         router=RouterConfig(strategy="least_busy", max_attempts=4, backoff_initial=0.001, backoff_max=0.01),

@@ -1,5 +1,11 @@
 """Provider agents: one supervised actor per provider, with its rate limiter, circuit breaker, metrics and
-health reports (the base :class:`ProviderAgent`), and the provider-specific agents."""
+health reports (the base :class:`ProviderAgent`), and the provider-specific agents.
+
+Private modules: ``_agent`` (the actor: inbox, requests, replies, health reports), ``_admission`` (the
+limiter and breaker in front of the upstream, one verdict per call), ``_health`` (the score formula),
+``_metrics``; ``_openai``, ``_anthropic``, ``_tgi``, ``_local`` (with ``_pulls`` and ``_autopull``) for
+the provider-specific agents; ``_registry`` (kind -> provider and agent class).
+"""
 
 from ._agent import ProviderAgent, missing_features
 from ._anthropic import AnthropicAgent

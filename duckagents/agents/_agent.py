@@ -1,45 +1,94 @@
-"""The provider agent: one supervised Trio task around one provider.
+"""The provider agent: one supervised actor around one provider.
 
 It owns the provider and the resilience state in front of it (rate limiter, circuit breaker, metrics),
 takes ``provider_request`` / ``feature_check`` / ``token_estimate`` signals addressed to it from the bus,
-and answers every ``provider_request`` with chunks and exactly one terminal signal. Helpers: the inbox
-and its tasks in :mod:`._inbox`, one attempt's execution in :mod:`._execution`, health reports in
-:mod:`._status` (score formula in :mod:`._health`), feature and token answers in :mod:`._replies`.
-docs/signals.md has the flows.
+and answers every ``provider_request`` with chunks and exactly one terminal signal. docs/signals.md has
+the flows; the admission of upstream calls and their verdicts are :mod:`._admission`'s, the health score
+formula is :mod:`._health`'s.
+
+**The inbox.** Reading and answering share a small pool of tasks (leader/followers). One task at a time,
+the *reader*, takes signals from the inbox and handles what is buffered in one scheduler turn, in bus
+order. When that batch holds requests, the reader hands reading over to an idle follower (or a new task)
+and answers the first request itself, so a request starts in the scheduler turn that delivered it,
+without a spawn; any further requests of the batch get a task each. A task done with its request waits
+as a follower, up to :data:`IDLE_WORKERS` of them; beyond that it ends. So the inbox always has a reader,
+the bus never waits on the agent for long, and a steady stream of requests costs no task spawns.
+
+**One request** (:meth:`ProviderAgent._perform`): prepare → a concurrency slot → the limiter → the breaker
+→ the provider → classify → a verdict, all within the request's deadline; its terminal goes out through
+``SignalBus.deliver`` (no scheduler turn unless a subscriber is full).
+
+**Health reports.** A task probes the provider every ``health_interval`` seconds (at once on start) and
+publishes a ``provider_status`` after each probe, whenever the agent pokes it (a breaker change, an
+upstream rate-limit block) and when an open breaker's timeout passes (the breaker's open -> half-open
+move is lazy, so nothing else would report it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
+from typing import Any
 
+import attrs
 import trio
 
 from ..bus import Overflow, SignalBus, SignalFilter, Subscription
 from ..config import ProviderConfig
-from ..errors import ErrorKind, ProviderError, redact
+from ..errors import BusClosed, ErrorKind, ProviderError, StreamProtocolError, redact
 from ..messages import FEATURE_NAMES, Features, implied_features
-from ..providers import Completion, HealthProbe, Provider
-from ..resilience import BreakerConfig, BreakerState, CircuitBreaker, RateLimiter, RateLimits
+from ..providers import Completion, HealthProbe, Provider, StreamEnd, heuristic_token_count
+from ..resilience import BreakerState, CircuitBreaker, RateLimiter, RateLimits
 from ..signals import (
+    FeatureCheck,
+    FeatureReply,
     Payload,
+    ProviderChunk,
     ProviderErrorData,
     ProviderRequest,
+    ProviderResponse,
     ProviderStatus,
+    Signal,
+    TokenEstimate,
+    TokenEstimateReply,
+    ToolCallDelta,
     make_signal,
 )
 from ..supervision import Actor
-from ._execution import Attempt
-from ._health import RecentOutcomes
-from ._inbox import serve_broadcasts, serve_inbox
+from ._admission import AdmissionControl
+from ._health import RecentOutcomes, headroom_fraction, health_score
 from ._metrics import ProviderMetrics
-from ._status import build_status, health_loop
 
-__all__ = ["ProviderAgent"]
+__all__ = ["DRAIN_BATCH", "IDLE_WORKERS", "INBOX_TYPES", "ActiveRequest", "ProviderAgent", "missing_features"]
 
 #: Signals an agent takes from its inbox (all addressed to it by the envelope's ``provider``).
 INBOX_TYPES = frozenset({"provider_request", "feature_check", "token_estimate", "provider_error"})
 PROBE_TIMEOUT = 10.0
+#: Inbox signals handled per scheduler turn at most.
+DRAIN_BATCH = 256
+#: Idle inbox tasks kept waiting for their turn to read (more end when their request is done).
+IDLE_WORKERS = 16
+
+
+@attrs.define(eq=False)
+class ActiveRequest:
+    """A request in the agent, from its arrival to its terminal, keyed by ``(request_id, attempt)``
+    (``attempt`` is the router's number for this try of the caller's request, see docs/signals.md)."""
+
+    request: ProviderRequest
+    #: Trio time the agent received it.
+    received: float
+    #: Its scope: the deadline is the request's; cancelled when it was answered elsewhere (the router
+    #: published its terminal).
+    scope: trio.CancelScope
+    #: The envelope subject of the request signal; its terminal carries the same.
+    subject: str | None = None
+    model: str | None = None
+    #: Chunks published so far; > 0 makes a failure ``partial`` (never retried).
+    chunks: int = 0
+    answered: bool = False
+    published: bool = False
 
 
 class ProviderAgent(Actor):
@@ -90,28 +139,33 @@ class ProviderAgent(Actor):
         self.max_pending = max_pending or max(256, 16 * config.max_concurrency)
         self.publish_timeout = publish_timeout
         self.probe_timeout = probe_timeout
-        settings = config.breaker
-        self.breaker = CircuitBreaker(
-            BreakerConfig(settings.failure_threshold, settings.open_timeout, settings.half_open_trials)
-        )
+        self.breaker = CircuitBreaker(config.breaker)
         self.limits = self._limits(self.model)
         self.limiter = RateLimiter(self.limits)
         self.metrics = ProviderMetrics()
         self.recent = RecentOutcomes()
-        #: In-flight attempts by ``(request_id, attempt)``.
-        self.active_requests: dict[tuple[str, int], Attempt] = {}
+        self._admission = AdmissionControl(
+            self.limiter,
+            self.breaker,
+            self.metrics,
+            self.recent,
+            on_breaker_verdict=self.breaker_changed,
+            on_upstream_block=self.poke_status,
+        )
+        #: Requests in the agent by ``(request_id, attempt)``.
+        self.active_requests: dict[tuple[str, int], ActiveRequest] = {}
         #: Runs of :meth:`run` so far (1 for the first); part of :attr:`agent_id`.
         self.incarnation = 0
         self.last_probe = HealthProbe(True, 0.0, {"probe": "not yet run"})
         #: Upstream calls in flight at most (``max_concurrency``); more wait for a slot.
         self.slots = trio.Semaphore(config.max_concurrency)
         self._inbox: Subscription | None = None
-        #: Inbox tasks waiting for their turn to read (see :mod:`._inbox`).
+        #: Inbox tasks waiting for their turn to read (see the module docstring).
         self._followers = trio.lowlevel.ParkingLot()
         self._owns_provider = False
         self._reported_breaker: BreakerState | None = None
         #: Set to make the health task publish a status now (see :meth:`poke_status`).
-        self.status_wakeup = trio.Event()
+        self._status_wakeup = trio.Event()
 
     # --- identity ----------------------------------------------------------------------------------
 
@@ -192,36 +246,260 @@ class ProviderAgent(Actor):
                 # A crash (an unexpected exception in any task) leaves the terminals of the other tasks'
                 # requests, now cancelled, to the router: see ``crashed``.
                 async with self._serving() as nursery:
-                    nursery.start_soon(self._guard, health_loop, self)
+                    nursery.start_soon(self._guard, self._report_health)
                     nursery.start_soon(self._guard, self.background)
-                    nursery.start_soon(self._guard, serve_broadcasts, self, broadcast)
+                    nursery.start_soon(self._guard, self._serve_broadcasts, broadcast)
                     task_status.started()
-                    await self._guard(serve_inbox, self, inbox)
+                    await self._guard(self._serve_inbox, inbox)
         finally:
             self._inbox = None
             if self._owns_provider:
                 with trio.CancelScope(shield=True), trio.move_on_after(self.publish_timeout):
                     await self.provider.aclose()
 
+    # --- the inbox (see the module docstring) ------------------------------------------------------
+
+    async def _serve_inbox(self, inbox: Subscription, permanent: bool = True) -> None:
+        """Be one of the inbox tasks. The agent's own task is the ``permanent`` one; helpers started by
+        a hand-over end when enough others are idle."""
+        while True:
+            active = await self._read(inbox)
+            # Someone else reads while this task answers the request.
+            followers = self._followers
+            if followers:
+                followers.unpark()
+            else:
+                self._spawn(self._serve_inbox, inbox, False)
+            await self._answer(active)
+            if not permanent and len(followers) >= IDLE_WORKERS:
+                return
+            await followers.park()  # woken when it is this task's turn to read
+
+    async def _read(self, inbox: Subscription) -> ActiveRequest:
+        """Handle inbox signals until a batch holds a request; return the first one, spawn the others."""
+        while True:
+            try:
+                signal = await inbox.receive()
+            except BusClosed:
+                await trio.sleep_forever()  # the tree is shutting down; wait to be cancelled
+            first = self._handle(signal)
+            for _ in range(DRAIN_BATCH):
+                try:
+                    signal = inbox.receive_nowait()
+                except (trio.WouldBlock, BusClosed):
+                    break
+                active = self._handle(signal)
+                if active is None:
+                    continue
+                if first is None:
+                    first = active
+                else:
+                    self._spawn(self._answer, active)
+            if first is not None:
+                return first
+
+    def _handle(self, signal: Signal) -> ActiveRequest | None:
+        """Take one inbox signal into account; a request to answer is returned, not started."""
+        data = signal.data
+        if isinstance(data, ProviderRequest):
+            return self._accept(data, signal.subject)
+        if isinstance(data, FeatureCheck):
+            self._spawn(self._reply_features, data)
+        elif isinstance(data, TokenEstimate):
+            self._spawn(self._reply_tokens, data)
+        elif isinstance(data, ProviderErrorData) and signal.source != self.source:
+            self._answered_elsewhere(data)
+        return None
+
+    def _accept(self, request: ProviderRequest, subject: str | None) -> ActiveRequest | None:
+        active = self.active_requests
+        key = (request.request_id, request.attempt)
+        if key in active:
+            return None  # a duplicate delivery of a request already running: it gets one terminal only
+        accepted = ActiveRequest(request, trio.current_time(), trio.CancelScope(), subject)
+        if len(active) >= self.max_pending:
+            error = ProviderError(
+                ErrorKind.OVERLOADED, f"agent has {len(active)} requests pending", retry_after=1.0
+            )
+            self._spawn(self._publish_terminal, self.failure(accepted, error), subject)
+            return None
+        active[key] = accepted
+        return accepted
+
+    def _answered_elsewhere(self, failure: ProviderErrorData) -> None:
+        """Someone (the router) published the terminal of one of our requests: stop it, stay silent."""
+        active = self.active_requests.get((failure.request_id, failure.attempt))
+        if active is not None:
+            active.answered = True
+            active.scope.cancel()
+
+    async def _serve_broadcasts(self, broadcast: Subscription) -> None:
+        """Answer the feature checks and token estimates addressed to every agent."""
+        async for signal in broadcast:
+            data = signal.data
+            if signal.provider is not None:
+                continue  # addressed ones arrive through the inbox
+            if isinstance(data, FeatureCheck):
+                self._spawn(self._reply_features, data)
+            elif isinstance(data, TokenEstimate):
+                self._spawn(self._reply_tokens, data)
+
+    # --- one request -------------------------------------------------------------------------------
+
+    async def _answer(self, active: ActiveRequest) -> None:
+        """Run ``active`` and publish its one terminal (none when it was answered elsewhere)."""
+        request = active.request
+        key = (request.request_id, request.attempt)
+        try:
+            terminal = await self._outcome(active)
+            if terminal is not None and not active.answered:
+                active.published = True
+                await self._publish_terminal(terminal, active.subject)
+        except trio.Cancelled:
+            # Shutdown: answer for the request ourselves. A crash: stay silent, the router answers for
+            # every attempt of a crashed agent (it sees the supervisor's event), so nothing is doubled.
+            if not self.crashed and not active.answered and not active.published:
+                error = ProviderError(ErrorKind.SHUTDOWN, "the provider agent shut down")
+                await self._publish_terminal(self.failure(active, error), active.subject)
+            raise
+        finally:
+            self.active_requests.pop(key, None)
+
+    async def _outcome(self, active: ActiveRequest) -> ProviderResponse | ProviderErrorData | None:
+        """Run ``active`` within its deadline and return its terminal payload, or None when it was
+        answered elsewhere (then nothing must be published for it). Never raises ProviderError."""
+        request = active.request
+        deadline = request.deadline if request.deadline is not None else math.inf
+        scope = active.scope
+        scope.deadline = deadline  # one scope for both ways to end early: a hot-path saving
+        try:
+            with scope:
+                return await self._perform(active, deadline)
+        except ProviderError as error:
+            return self.failure(active, error)
+        # The scope caught its own cancellation: answered elsewhere, or the deadline passed.
+        if active.answered:
+            return None
+        timeout = ProviderError(ErrorKind.TIMEOUT, "no answer before the request's deadline")
+        return self.failure(active, timeout)
+
+    async def _perform(self, active: ActiveRequest, deadline: float) -> ProviderResponse:
+        """prepare → slot → limiter → breaker → provider → classify → verdict; see the module docstring."""
+        request = await self.prepare(active.request)
+        model = request.model or self.model
+        active.model = model
+        # Waiting for a slot holds nothing (no reservation, no breaker trial), and the deadline bounds it. A
+        # free slot is taken without a scheduler round trip (the upstream call checkpoints soon enough), but
+        # a request already cancelled stops here, before it takes anything.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        slots = self.slots
+        try:
+            slots.acquire_nowait()
+        except trio.WouldBlock:
+            await slots.acquire()
+        try:
+            admission = self._admission
+            reservation = await admission.admit(await self._estimate(request, model), deadline, model)
+            sent = trio.current_time()
+            verdict = False  # set once success or failure is recorded; otherwise the call was interrupted
+            try:
+                completion, first_chunk = await self._call_upstream(active, request, model, sent)
+                completion = self.classify(request, completion)
+                admission.succeeded(reservation, sent, completion, first_chunk)
+                verdict = True
+            except ProviderError as error:
+                verdict = True
+                admission.failed(reservation, sent, error)
+                raise
+            finally:
+                if not verdict:  # cancelled (deadline, router, shutdown) or crashed
+                    admission.interrupted(reservation, sent, deadline)
+        finally:
+            slots.release()
+        original = active.request  # prepare() may rewrite the request, never its identity
+        return ProviderResponse(
+            request_id=original.request_id,
+            provider=self.name,
+            model=completion.model,
+            content=completion.content,
+            tool_calls=completion.tool_calls,
+            finish_reason=completion.finish_reason,
+            usage=completion.usage,
+            latency=trio.current_time() - active.received,
+            time_to_first_chunk=first_chunk,
+            attempt=original.attempt,
+        )
+
+    async def _estimate(self, request: ProviderRequest, model: str) -> int:
+        """Tokens to reserve: the input estimate plus the requested output budget (0 when tokens are not
+        limited, so no counting call is made for nothing)."""
+        if self.limits.tokens is None:
+            return 0
+        try:
+            count = (await self.provider.estimate_tokens(request.messages, model)).tokens
+        except ProviderError:  # a counting endpoint failing must not fail the request
+            count = heuristic_token_count(request.messages)
+        return count + (request.options.max_tokens or 0)
+
+    async def _call_upstream(
+        self, active: ActiveRequest, request: ProviderRequest, model: str, sent: float
+    ) -> tuple[Completion, float | None]:
+        """Run the request upstream; streamed deltas become ``provider_chunk`` signals as they arrive."""
+        provider = self.provider
+        if not request.options.stream:
+            return await provider.complete(request), None
+        if not self.features(model).streaming:
+            # The upstream cannot stream: deliver the whole answer as one chunk, so stream consumers see it.
+            completion = await provider.complete(request)
+            first = trio.current_time() - sent
+            await self._publish_chunk(active, completion.content, None)
+            for index, call in enumerate(completion.tool_calls):
+                delta = ToolCallDelta(index, call.id, call.name, call.arguments)
+                await self._publish_chunk(active, "", delta)
+            return completion, first
+        completion_out: Completion | None = None
+        first_chunk: float | None = None
+        events: Any = provider.stream(request)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if isinstance(event, StreamEnd):
+                    completion_out = event.completion
+                    continue
+                if first_chunk is None:
+                    first_chunk = trio.current_time() - sent
+                await self._publish_chunk(active, event.text, event.tool_call)
+        if completion_out is None:
+            raise StreamProtocolError("the provider's stream ended without its final event", model=model)
+        return completion_out, first_chunk
+
+    async def _publish_chunk(self, active: ActiveRequest, text: str, tool_call: ToolCallDelta | None) -> None:
+        index = active.chunks
+        # Counted before publishing: once any subscriber may have it, a failure is partial.
+        active.chunks += 1
+        request_id = active.request.request_id
+        chunk = ProviderChunk(request_id, self.name, index, text, tool_call)
+        signal = Signal(ProviderChunk.TYPE, self.source, chunk, subject=request_id, provider=self.name)
+        # Still a cancellation point per chunk (a request answered elsewhere stops streaming here), but the
+        # chunk goes out without a scheduler turn unless a subscriber is full: the stream's reads yield
+        # anyway.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        await self.bus.deliver(signal)
+
     # --- replies and publishing --------------------------------------------------------------------
 
-    def failure(self, attempt: Attempt, error: ProviderError) -> ProviderErrorData:
+    def failure(self, active: ActiveRequest, error: ProviderError) -> ProviderErrorData:
         """The ``provider_error`` payload for ``error``, enriched with this agent's context."""
-        now = trio.current_time()
-        request = attempt.request
-        return ProviderErrorData(
-            request_id=request.request_id,
-            kind=error.kind,
+        request = active.request
+        return ProviderErrorData.from_error(
+            request.request_id,
+            error,
             message=self.redact(error.message),
-            retryable=error.retryable,
             provider=self.name,
-            model=error.model or attempt.model or request.model or self.model,
-            retry_after=error.retry_after,
-            upstream_status=error.status,
+            model=error.model or active.model or request.model or self.model,
             attempt=request.attempt,
             agent_id=self.agent_id,
-            breaker_state=self.breaker.state(now).value,
-            partial=error.partial or attempt.chunks > 0,
+            breaker_state=self.breaker.state(trio.current_time()).value,
+            partial=error.partial or active.chunks > 0,
         )
 
     def redact(self, text: str) -> str:
@@ -232,6 +510,45 @@ class ProviderAgent(Actor):
         """Publish a payload from this agent (waits while a BLOCK subscriber is full)."""
         await self.bus.publish(make_signal(payload, self.source))
 
+    async def _publish_terminal(self, payload: Payload, subject: str | None) -> None:
+        """Publish the terminal of a request, with the subject of the ``provider_request`` it answers (the
+        router gives each attempt its own).
+
+        Shielded: a decided terminal must go out whole even when the agent is being stopped; bounded, so
+        a stalled subscriber cannot hold a shutdown forever (the router then answers on the agent's
+        behalf). Usually nobody's buffer is full and it goes out at once, with no cancel scope and no
+        scheduler turn.
+        """
+        signal = Signal(
+            payload.TYPE,
+            self.source,
+            payload,
+            subject=subject if subject is not None else getattr(payload, "request_id", None),
+            provider=getattr(payload, "provider", None),
+        )
+        await self.bus.deliver(signal, shielded_for=self.publish_timeout)
+
+    async def _reply_features(self, check: FeatureCheck) -> None:
+        """Publish what ``check.model`` (default: the agent's model) supports; unknown names are False."""
+        model = check.model or self.model
+        features = self.features(model)
+        supported = {name: _supports(features, name) for name in check.features or FEATURE_NAMES}
+        await self._publish_reply(FeatureReply(check.request_id, self.name, model, supported, features))
+
+    async def _reply_tokens(self, query: TokenEstimate) -> None:
+        """Publish the provider's token count of ``query.messages`` (the heuristic if counting fails)."""
+        model = query.model or self.model
+        try:
+            count = await self.provider.estimate_tokens(query.messages, model)
+            tokens, exact = count.tokens, count.exact
+        except ProviderError:  # a counting endpoint failing must not cost the caller its estimate
+            tokens, exact = heuristic_token_count(query.messages), False
+        await self._publish_reply(TokenEstimateReply(query.request_id, self.name, model, tokens, exact))
+
+    async def _publish_reply(self, payload: Payload) -> None:
+        with contextlib.suppress(BusClosed):
+            await self.publish(payload)
+
     # --- health ------------------------------------------------------------------------------------
 
     def breaker_changed(self) -> None:
@@ -241,33 +558,82 @@ class ProviderAgent(Actor):
 
     def poke_status(self) -> None:
         """Ask the health task to publish a status report now."""
-        self.status_wakeup.set()
+        self._status_wakeup.set()
 
     async def status(self) -> ProviderStatus:
-        """A status report now (last probe, breaker, limiter headroom, metrics, health score)."""
-        return await build_status(self)
+        """A status report now (last probe, breaker, limiter headroom, metrics, health score). ``detail``
+        holds the probe's detail, the :meth:`resources` hook's, ``agent_id``, ``active`` and, while the
+        breaker is open, ``breaker_retry_at``."""
+        detail = {k: self.redact(v) for k, v in self.last_probe.detail.items()}
+        try:
+            detail.update(await self.resources())
+        except ProviderError as exc:
+            detail["resources_error"] = self.redact(exc.message)
+        now = trio.current_time()
+        breaker = self.breaker.state(now)
+        headroom = self.limiter.headroom(now)
+        metrics = self.metrics.snapshot()
+        detail["agent_id"] = self.agent_id
+        detail["active"] = str(len(self.active_requests))
+        retry_at = self.breaker.retry_at(now)
+        if retry_at is not None:
+            detail["breaker_retry_at"] = repr(retry_at)
+        score = health_score(
+            breaker,
+            self.last_probe.ok,
+            self.recent.failure_rate,
+            metrics.latency.p50 if metrics.latency.samples else None,
+            headroom_fraction(headroom, self.limits),
+        )
+        return ProviderStatus(self.name, score, breaker.value, headroom, metrics, self.last_probe.ok, detail)
 
-    def _reported(self, status: ProviderStatus) -> None:
-        """The health task published ``status``: later breaker changes are compared with it."""
-        self._reported_breaker = BreakerState(status.breaker_state)
+    async def _report_health(self) -> None:
+        """Probe and report until cancelled (see the module docstring)."""
+        next_probe = trio.current_time()
+        while True:
+            now = trio.current_time()
+            wake = next_probe
+            breaker_retry = self.breaker.retry_at(now)
+            if breaker_retry is not None:
+                wake = min(wake, breaker_retry)
+            with trio.move_on_at(wake):
+                await self._status_wakeup.wait()
+            self._status_wakeup = trio.Event()
+            if trio.current_time() >= next_probe:
+                self.last_probe = await self._probe()
+                next_probe = trio.current_time() + self.health_interval
+            status = await self.status()
+            try:
+                await self.publish(status)
+            except BusClosed:
+                await trio.sleep_forever()  # the tree is shutting down; wait to be cancelled
+            # Later breaker changes are compared with what was reported.
+            self._reported_breaker = BreakerState(status.breaker_state)
+
+    async def _probe(self) -> HealthProbe:
+        """The provider's health probe, bounded by ``probe_timeout``."""
+        result: HealthProbe | None = None
+        with trio.move_on_after(self.probe_timeout):
+            result = await self.provider.health()
+        if result is None:
+            return HealthProbe(False, self.probe_timeout, {"error": "health probe timed out"})
+        return result
 
     # --- limits ------------------------------------------------------------------------------------
 
     def _limits(self, model: str) -> RateLimits:
-        """The config's per-minute limits, falling back to :meth:`default_limits` per dimension."""
+        """The config's limits, falling back to :meth:`default_limits` per dimension the config leaves
+        unset (when both count over the same period)."""
         configured = self.config.limits
         defaults = self.default_limits(model)
-        if configured.requests_per_minute is None and configured.tokens_per_minute is None:
+        if configured.requests is None and configured.tokens is None:
             return defaults
-        per_minute = math.isclose(defaults.period, 60.0)
+        if not math.isclose(defaults.period, configured.period):
+            return configured  # defaults over another period do not mix with the config's
         return RateLimits(
-            requests=configured.requests_per_minute
-            if configured.requests_per_minute is not None
-            else (defaults.requests if per_minute else None),
-            tokens=configured.tokens_per_minute
-            if configured.tokens_per_minute is not None
-            else (defaults.tokens if per_minute else None),
-            period=60.0,
+            requests=configured.requests if configured.requests is not None else defaults.requests,
+            tokens=configured.tokens if configured.tokens is not None else defaults.tokens,
+            period=configured.period,
         )
 
 
@@ -279,3 +645,10 @@ def missing_features(request: ProviderRequest, features: Features) -> list[str]:
     # Streaming is never a hard need: the base agent delivers a non-streaming answer as one chunk.
     needed.discard("streaming")
     return sorted(name for name in needed if not features.supports(name))
+
+
+def _supports(features: Features, name: str) -> bool:
+    try:
+        return features.supports(name)
+    except ValueError:
+        return False

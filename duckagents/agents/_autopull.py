@@ -2,39 +2,41 @@
 
 A request failing with ``not_found`` for its model waits for that model's pull (shared with every other
 request that needs it, see :mod:`._pulls`) and is sent once more; a stream is retried only when nothing
-had streamed yet. Everything else is the wrapped provider's.
+had streamed yet. Everything else is the wrapped provider's. What "waits for the pull" means is the
+agent's: it hands in that step as a function (:data:`Recovery`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from ..errors import ProviderError
 from ..messages import Features, Message
 from ..providers import Completion, HealthProbe, ModelInfo, Provider, StreamEvent, TokenCount
 from ..signals import ProviderRequest
 
-if TYPE_CHECKING:
-    from ._local import LocalAgent
+__all__ = ["AutoPulling", "Recovery", "auto_pulling_factory"]
 
-__all__ = ["AutoPulling", "auto_pulling_factory"]
+#: ``recover(request, error, model)``: after ``error`` failed ``request`` for ``model``, return when a
+#: retry is worth it (the missing model was pulled), else raise (``error`` itself when no pull applies).
+Recovery = Callable[[ProviderRequest, ProviderError, str], Awaitable[None]]
 
 
-def auto_pulling_factory(make: Callable[[], Provider], agent: LocalAgent) -> Callable[[], Provider]:
+def auto_pulling_factory(make: Callable[[], Provider], recover: Recovery) -> Callable[[], Provider]:
     """``make`` with each provider it builds wrapped (it runs again after every restart)."""
-    return lambda: AutoPulling(make(), agent)
+    return lambda: AutoPulling(make(), recover)
 
 
 class AutoPulling:
     """The agent's provider with automatic pulls: a request failing with ``not_found`` for its model
-    waits for the model's pull (see :meth:`LocalAgent.pull_for`) and is sent once more. Everything else
-    is the wrapped provider's."""
+    waits for the model's pull (``recover``, the local agent's ``pull_for``) and is sent once more.
+    Everything else is the wrapped provider's."""
 
-    def __init__(self, inner: Provider, agent: LocalAgent) -> None:
+    def __init__(self, inner: Provider, recover: Recovery) -> None:
         self.inner = inner
-        self.agent = agent
+        self._recover = recover
         self.name = inner.name
         self.default_model = inner.default_model
 
@@ -48,7 +50,7 @@ class AutoPulling:
         try:
             return await self.inner.complete(request)
         except ProviderError as exc:
-            await self.agent.pull_for(request, exc, request.model or self.default_model)
+            await self._recover(request, exc, request.model or self.default_model)
         return await self.inner.complete(request)
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamEvent, None]:
@@ -63,7 +65,7 @@ class AutoPulling:
         except ProviderError as exc:
             if started:
                 raise
-            await self.agent.pull_for(request, exc, request.model or self.default_model)
+            await self._recover(request, exc, request.model or self.default_model)
         async with aclosing(self._events(request)) as events:
             async for event in events:
                 yield event

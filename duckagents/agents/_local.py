@@ -6,11 +6,11 @@
 * :meth:`LocalAgent.load` / :meth:`LocalAgent.unload` load a model into memory or evict it (Ollama's
   ``keep_alive``).
 * :meth:`LocalAgent.pull` downloads a model, publishing Ollama's progress as ``progress`` signals
-  (:class:`~duckagents.signals.ProgressEvent`) on the bus (:mod:`._pulls`). With ``auto_pull`` on, a
-  request that fails with ``not_found`` for its model starts that pull and is retried once when it
-  completes (:mod:`._autopull`; pulls run in the agent's nursery, shared by every request that needs the
-  model); a request whose deadline comes first fails with a retryable ``not_found`` while the pull goes
-  on.
+  (:class:`~duckagents.signals.ProgressEvent`) on the bus (:class:`._pulls.ModelPulls`). With
+  ``auto_pull`` on, a request that fails with ``not_found`` for its model starts that pull and is retried
+  once when it completes (the provider is wrapped in :class:`._autopull.AutoPulling`; pulls run in the
+  agent's nursery, shared by every request that needs the model); a request whose deadline comes first
+  fails with a retryable ``not_found`` while the pull goes on.
 * One local GPU serves few generations at once: ``max_concurrency`` defaults to
   :data:`LOCAL_MAX_CONCURRENCY` when the config leaves it at the general default.
 
@@ -107,13 +107,19 @@ class LocalAgent(ProviderAgent):
         self.loaded_at: float | None = None
         self._ps_error: str | None = None
         #: Model pulls in progress (see :mod:`._pulls`).
-        self.pulls = ModelPulls(self)
+        self.pulls = ModelPulls(
+            config.name,
+            download=self._download,
+            publish=self.publish,
+            redact=self.redact,
+            busy_retry_after=self.ps_interval,
+        )
         if auto_pull:
             # Wrapped at construction and at every re-creation after a restart (the factory runs again).
             if provider is not None:
-                provider = AutoPulling(provider, self)
+                provider = AutoPulling(provider, self.pull_for)
             if provider_factory is not None:
-                provider_factory = auto_pulling_factory(provider_factory, self)
+                provider_factory = auto_pulling_factory(provider_factory, self.pull_for)
         super().__init__(config, bus, provider, provider_factory=provider_factory, **agent_options)
 
     @property
@@ -214,4 +220,9 @@ class LocalAgent(ProviderAgent):
     async def pull_for(self, request: ProviderRequest, error: ProviderError, model: str) -> None:
         """After ``error`` failed ``request``: return when it is worth retrying because its missing
         model was pulled; otherwise raise (``error`` itself when no pull applies)."""
+        if not self.auto_pull:
+            raise error
         await self.pulls.after_failure(request, error, model)
+
+    def _download(self, model: str) -> AsyncIterator[dict[str, Any]]:
+        return self.local.pull(model)

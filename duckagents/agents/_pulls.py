@@ -4,14 +4,17 @@ One pull per model at a time (by canonical name, so ``mistral`` and ``mistral:la
 shared by everyone who needs that model, at most :data:`MAX_CONCURRENT_PULLS` models at once. Ollama's
 progress becomes ``progress`` signals (:class:`~duckagents.signals.ProgressEvent`) on the bus. While the
 agent runs, pulls run in its nursery, so cancelling a caller does not stop a pull others may wait for.
+
+The pulls know the agent only through what they use: its name, a function that downloads a model
+(yielding Ollama's progress objects), one that publishes an event, one that redacts a message.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import attrs
 import trio
@@ -19,9 +22,6 @@ import trio
 from ..errors import BusClosed, ErrorKind, ProviderError
 from ..providers import canonical_model_name
 from ..signals import ProgressEvent, ProviderRequest
-
-if TYPE_CHECKING:
-    from ._local import LocalAgent
 
 __all__ = ["MAX_CONCURRENT_PULLS", "PULL_WAIT_MARGIN", "ModelPulls", "PullState", "model_missing"]
 
@@ -65,10 +65,28 @@ def _opt_int(value: Any) -> int | None:
 
 
 class ModelPulls:
-    """The pulls of one local agent (see the module docstring)."""
+    """The pulls of one local agent (see the module docstring).
 
-    def __init__(self, agent: LocalAgent) -> None:
-        self.agent = agent
+    ``download(model)`` yields Ollama's progress objects up to ``{"status": "success"}``; ``publish``
+    puts a ``progress`` event on the bus; ``redact`` cleans an upstream message of secrets.
+    ``busy_retry_after`` is the ``retry_after`` of a pull refused because too many are under way.
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        *,
+        download: Callable[[str], AsyncIterator[dict[str, Any]]],
+        publish: Callable[[ProgressEvent], Awaitable[None]],
+        redact: Callable[[str], str],
+        busy_retry_after: float,
+    ) -> None:
+        #: The agent's name, for progress events and errors.
+        self.provider = provider
+        self._download = download
+        self._publish = publish
+        self._redact = redact
+        self.busy_retry_after = busy_retry_after
         #: Pulls in progress by canonical model name.
         self.in_progress: dict[str, PullState] = {}
         #: Where pulls run: the agent's background nursery while the agent runs, else None.
@@ -94,7 +112,7 @@ class ModelPulls:
         if len(self.in_progress) >= MAX_CONCURRENT_PULLS:
             raise ProviderError(
                 ErrorKind.OVERLOADED, f"{len(self.in_progress)} model pulls are already in progress",
-                provider=self.agent.name, model=model, retry_after=self.agent.ps_interval,
+                provider=self.provider, model=model, retry_after=self.busy_retry_after,
             )
         state = PullState(model)
         self.in_progress[key] = state
@@ -107,15 +125,14 @@ class ModelPulls:
     async def after_failure(self, request: ProviderRequest, error: ProviderError, model: str) -> None:
         """After ``error`` failed ``request``: return when it is worth retrying because its missing
         model was pulled; otherwise raise (``error`` itself when no pull applies)."""
-        agent = self.agent
-        if not (agent.auto_pull and model_missing(error)):
+        if not model_missing(error):
             raise error
         try:
             state = self.start(model)
         except ProviderError as busy:  # too many pulls: still a missing model, not an overloaded upstream
             raise ProviderError(
                 ErrorKind.NOT_FOUND, f"model {model} is not available: {busy.message}",
-                provider=agent.name, model=model, retryable=True, retry_after=busy.retry_after,
+                provider=self.provider, model=model, retryable=True, retry_after=busy.retry_after,
             ) from None
         deadline = math.inf if request.deadline is None else request.deadline - PULL_WAIT_MARGIN
         await self._wait(state, deadline)
@@ -123,13 +140,13 @@ class ModelPulls:
             raise ProviderError(
                 ErrorKind.NOT_FOUND,
                 f"model {model} is not available yet: pulling it ({state.describe()})",
-                provider=agent.name, model=model, retryable=True,
+                provider=self.provider, model=model, retryable=True,
             )
         if state.error is not None:
             raise ProviderError(
                 ErrorKind.NOT_FOUND,
                 f"model {model} was not found and pulling it failed: {state.error.message}",
-                provider=agent.name, model=model,
+                provider=self.provider, model=model,
             )
 
     async def _wait(self, state: PullState, deadline: float = math.inf) -> None:
@@ -141,11 +158,11 @@ class ModelPulls:
             await state.done.wait()
 
     async def _run(self, key: str, state: PullState) -> None:
-        agent = self.agent
+        provider = self.provider
         task = f"pull {key}"  # the canonical name: callers may spell the model either way
         succeeded = False
         try:
-            progress = cast(AsyncGenerator[dict[str, Any], None], agent.local.pull(state.model))
+            progress = cast(AsyncGenerator[dict[str, Any], None], self._download(state.model))
             async with aclosing(progress) as items:
                 async for item in items:
                     status = item.get("status")
@@ -153,16 +170,16 @@ class ModelPulls:
                     state.completed = _opt_int(item.get("completed"))
                     state.total = _opt_int(item.get("total"))
                     await self._progress(
-                        ProgressEvent(agent.name, task, state.status, state.completed, state.total)
+                        ProgressEvent(provider, task, state.status, state.completed, state.total)
                     )
             succeeded = True
         except ProviderError as exc:
             state.error = exc
-            await self._progress(ProgressEvent(agent.name, task, f"error: {agent.redact(exc.message)}"))
+            await self._progress(ProgressEvent(provider, task, f"error: {self._redact(exc.message)}"))
         finally:
             if not succeeded and state.error is None:  # cancelled: the agent is stopping
                 state.error = ProviderError(
-                    ErrorKind.SHUTDOWN, f"the pull of {state.model} was interrupted", provider=agent.name,
+                    ErrorKind.SHUTDOWN, f"the pull of {state.model} was interrupted", provider=provider,
                     model=state.model,
                 )
             self.in_progress.pop(key, None)
@@ -170,6 +187,6 @@ class ModelPulls:
 
     async def _progress(self, event: ProgressEvent) -> None:
         try:
-            await self.agent.publish(event)
+            await self._publish(event)
         except BusClosed:
             pass  # nobody can listen any more; the pull itself goes on

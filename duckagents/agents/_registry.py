@@ -1,8 +1,8 @@
 """Which provider class and which agent class serve each ``ProviderConfig.kind``.
 
-Provider-specific agent subclasses live in ``duckagents.agents.<module>`` (``openai``, ``anthropic``,
-``local`` for Ollama, ``tgi``) and are named ``<X>Agent`` (or exported as ``AGENT``); while a module does
-not exist yet its kind is served by the base :class:`~.provider_agent.ProviderAgent`. :func:`register`
+Provider-specific agent subclasses live in ``duckagents.agents._<module>`` (``_openai``, ``_anthropic``,
+``_local`` for Ollama, ``_tgi``) and are named ``<X>Agent`` (or exported as ``AGENT``); while a module
+does not exist yet its kind is served by the base :class:`~duckagents.agents.ProviderAgent`. :func:`register`
 adds or overrides a kind (tests, plugins).
 """
 

@@ -15,7 +15,8 @@ was admitted.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 
@@ -55,16 +56,25 @@ def _kinds(value: Iterable[ErrorKind | str]) -> frozenset[ErrorKind]:
     return frozenset(ErrorKind(k) for k in value)
 
 
+def _at_least(minimum: float) -> Callable[[object, attrs.Attribute[Any], float], None]:
+    # attrs' own ge() says "'x' must be >= 1: 0"; a config file's reader gets "x must be >= 1, got 0".
+    def check(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+        if value < minimum:
+            raise ValueError(f"{attribute.name} must be >= {minimum:g}, got {value!r}")
+
+    return check
+
+
 @attrs.frozen
 class BreakerConfig:
     """Tuning of a :class:`CircuitBreaker`. Defaults are the seed design's: 5 failures, 60 s open."""
 
     #: Consecutive counted failures that open a closed breaker.
-    failure_threshold: int = attrs.field(default=5, validator=attrs.validators.ge(1))
+    failure_threshold: int = attrs.field(default=5, validator=_at_least(1))
     #: Seconds an opened breaker refuses everything before admitting trials.
-    open_timeout: float = attrs.field(default=60.0, validator=attrs.validators.ge(0.0))
+    open_timeout: float = attrs.field(default=60.0, validator=_at_least(0.0))
     #: Trial calls admitted concurrently while half-open.
-    half_open_trials: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    half_open_trials: int = attrs.field(default=1, validator=_at_least(1))
     #: Error kinds that count as failures; other kinds are ignored by the breaker.
     tripping_kinds: frozenset[ErrorKind] = attrs.field(default=DEFAULT_TRIPPING_KINDS, converter=_kinds)
 

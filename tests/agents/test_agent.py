@@ -10,11 +10,11 @@ import trio.testing
 from duckagents.agents import ProviderAgent
 from duckagents.agents._health import RecentOutcomes, headroom_fraction, health_score
 from duckagents.bus import SignalBus
-from duckagents.config import BreakerSettings, LimitsConfig, ProviderConfig
+from duckagents.config import ProviderConfig
 from duckagents.errors import ErrorKind, ProviderError, Secret
 from duckagents.messages import FinishReason, Message
 from duckagents.providers import Completion, HealthProbe, MockProvider
-from duckagents.resilience import BreakerState, RateLimits
+from duckagents.resilience import BreakerConfig, BreakerState, RateLimits
 from duckagents.signals import (
     FeatureCheck,
     Headroom,
@@ -101,7 +101,7 @@ async def test_breaker_opens_reports_at_once_rejects_then_half_open_trial_closes
 ) -> None:
     provider = MockProvider()
     provider.fail_next(ErrorKind.UPSTREAM_5XX, count=3)
-    cfg = config(breaker=BreakerSettings(failure_threshold=3, open_timeout=30.0))
+    cfg = config(breaker=BreakerConfig(failure_threshold=3, open_timeout=30.0))
     async with running_agent(cfg, provider, health_interval=1000.0) as (agent, bus, rec):
         for i in range(3):
             await send(bus, request(f"f{i}", provider="m"))
@@ -132,7 +132,7 @@ async def test_breaker_opens_reports_at_once_rejects_then_half_open_trial_closes
 
 async def test_limiter_waits_when_the_deadline_allows_else_refuses(autojump_clock: object) -> None:
     provider = MockProvider()
-    cfg = config(limits=LimitsConfig(requests_per_minute=2))
+    cfg = config(limits=RateLimits(requests=2))
     async with running_agent(cfg, provider) as (_, bus, rec):
         now = trio.current_time()
         for rid in ("a", "b"):
@@ -346,7 +346,7 @@ async def test_config_limits_override_default_limits() -> None:
         def default_limits(self, model: str) -> RateLimits:
             return RateLimits(requests=10, tokens=1000)
 
-    agent = Defaults(config(limits=LimitsConfig(tokens_per_minute=50)), SignalBus(), MockProvider())
+    agent = Defaults(config(limits=RateLimits(tokens=50)), SignalBus(), MockProvider())
     assert agent.limits == RateLimits(requests=10, tokens=50, period=60.0)
 
 

@@ -1,8 +1,8 @@
-"""The provider agent's hot path: attempts run in the inbox tasks, and what that must never cost.
+"""The provider agent's hot path: requests run in the inbox tasks, and what that must never cost.
 
-An agent runs attempts in its inbox tasks (leader/followers) and publishes terminals without a scheduler
+An agent runs requests in its inbox tasks (leader/followers) and publishes terminals without a scheduler
 turn. These tests pin down what those shortcuts must keep: a bounded pool of inbox tasks, nothing taken by
-an attempt answered before it starts, and terminals that go out at once or wait for room.
+a request answered before it starts, and terminals that go out at once or wait for room.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import pytest
 import trio
 import trio.testing
 
-from duckagents.agents import _inbox
-from duckagents.agents._execution import Attempt
+from duckagents.agents import _agent
+from duckagents.agents._agent import ActiveRequest
 from duckagents.bus import SignalFilter
-from duckagents.config import LimitsConfig, ProviderConfig
+from duckagents.config import ProviderConfig
 from duckagents.providers import MockProvider
+from duckagents.resilience import RateLimits
 from duckagents.signals import (
     ProviderChunk,
     ProviderResponse,
@@ -55,7 +56,7 @@ async def test_a_burst_runs_concurrently_and_the_inbox_pool_shrinks_back(autojum
         await trio.sleep(1)
         # Idle inbox tasks are kept up to IDLE_WORKERS (plus the one reading); the rest ended.
         helpers = len(agent._nursery.child_tasks) - base
-        assert 1 <= helpers <= _inbox.IDLE_WORKERS + 1
+        assert 1 <= helpers <= _agent.IDLE_WORKERS + 1
         spawns = Spawns()
         trio.lowlevel.add_instrument(spawns)
         try:
@@ -69,15 +70,15 @@ async def test_a_burst_runs_concurrently_and_the_inbox_pool_shrinks_back(autojum
 
 async def test_an_attempt_answered_before_it_starts_takes_nothing(autojump_clock: object) -> None:
     provider = MockProvider()
-    config = ProviderConfig(name="m", kind="mock", limits=LimitsConfig(requests_per_minute=10))
+    config = ProviderConfig(name="m", kind="mock", limits=RateLimits(requests=10))
     async with running_agent(config, provider) as (agent, _, rec):
         req = request("early", provider="m", deadline=trio.current_time() + 10)
-        attempt = Attempt(req, trio.current_time(), trio.CancelScope(), "early#1")
-        agent.active_requests[("early", 1)] = attempt
+        active = ActiveRequest(req, trio.current_time(), trio.CancelScope(), "early#1")
+        agent.active_requests[("early", 1)] = active
         # What the inbox does when the router's answer for it came in the same batch as the request.
-        attempt.answered = True
-        attempt.scope.cancel()
-        await _inbox._execute(agent, attempt)
+        active.answered = True
+        active.scope.cancel()
+        await agent._answer(active)
         await trio.sleep(1)
         assert provider.calls == 0 and not agent.active_requests
         assert agent.metrics.snapshot().total_requests == 0
@@ -107,7 +108,7 @@ async def test_an_agent_publishes_its_terminal_without_a_scheduler_turn(autojump
             trio.lowlevel.add_instrument(instrument)
             try:
                 payload = ProviderResponse("t", agent.name, "m", "done")
-                await _inbox.publish_terminal(agent, payload, "t")
+                await agent._publish_terminal(payload, "t")
             finally:
                 trio.lowlevel.remove_instrument(instrument)
             assert instrument.count == 0
@@ -121,7 +122,7 @@ async def test_a_terminal_waits_for_a_full_subscriber_then_goes_out(autojump_clo
             await bus.publish(make_signal(ProviderChunk("t", agent.name, 0, "x"), "/test"))  # now full
             payload = ProviderResponse("t", agent.name, "m", "done")
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_inbox.publish_terminal, agent, payload, "t")
+                nursery.start_soon(agent._publish_terminal, payload, "t")
                 await trio.sleep(1)
                 assert tight.pending == 1  # the terminal waits for room (shielded, bounded)
                 assert isinstance((await tight.receive()).data, ProviderChunk)

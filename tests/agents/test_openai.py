@@ -14,7 +14,7 @@ import trio
 from duckagents.agents import agent_class
 from duckagents.agents._openai import OpenAIAgent, default_limits_for
 from duckagents.bus import SignalBus
-from duckagents.config import LimitsConfig, ProviderConfig
+from duckagents.config import ProviderConfig
 from duckagents.errors import ErrorKind
 from duckagents.messages import FinishReason, ImagePart, Message, ToolCall, ToolSpec
 from duckagents.providers import OpenAIProvider
@@ -74,7 +74,7 @@ async def test_default_limits_per_family_overridden_by_config() -> None:
         bus = SignalBus()
         assert OpenAIAgent(config(), bus, provider).limits == RateLimits(500, 200_000, 60.0)
         # A config limit replaces its dimension only; the other keeps the family default.
-        limited = OpenAIAgent(config(limits=LimitsConfig(requests_per_minute=7)), bus, provider)
+        limited = OpenAIAgent(config(limits=RateLimits(requests=7)), bus, provider)
         assert limited.limits == RateLimits(7, 200_000, 60.0)
 
 

@@ -8,10 +8,10 @@ import itertools
 import pytest
 import trio
 
-from duckagents.config import BreakerSettings
 from duckagents.errors import ErrorKind, ProviderError
 from duckagents.messages import Features, FinishReason, ImagePart, Message, ToolSpec
 from duckagents.providers import Completion, MockProvider, MockReply
+from duckagents.resilience import BreakerConfig
 from duckagents.router import (
     DISPATCH,
     SOURCE,
@@ -273,7 +273,7 @@ async def test_retries_use_backoff_and_stop_after_max_attempts(autojump_clock: o
 async def test_open_breaker_is_skipped_until_half_open_then_trial_closes_it(autojump_clock: object) -> None:
     mocks = {"a": MockProvider(), "b": MockProvider()}
     mocks["a"].fail_next(ErrorKind.UPSTREAM_5XX, count=2)
-    breaker = BreakerSettings(failure_threshold=2, open_timeout=30.0)
+    breaker = BreakerConfig(failure_threshold=2, open_timeout=30.0)
     async with running_tree(
         mock_config("a", breaker=breaker), mock_config("b", priority=1), mocks=mocks
     ) as (tree, rec):

@@ -1,0 +1,137 @@
+"""Admission control in front of one agent's upstream: :class:`AdmissionControl`.
+
+A call to the upstream is admitted by the rate limiter (waiting for it, within the request's deadline),
+then by the circuit breaker, and ends with exactly one verdict: :meth:`~AdmissionControl.succeeded`,
+:meth:`~AdmissionControl.failed` or :meth:`~AdmissionControl.interrupted`. Every path settles what it
+took: a limiter reservation is settled or cancelled, a breaker admission gets one verdict (success,
+failure or release), and the metrics' ``request_started`` is matched by a recorded success or failure.
+
+It works on the state machines it is given (they belong to the agent and survive its restarts) and tells
+the agent, through two callbacks, when the breaker may have changed state and when the upstream blocked
+the limiter: both are news for the router.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+from ..errors import ErrorKind, ProviderError
+from ..providers import Completion, RateLimitInfo
+from ..resilience import CircuitBreaker, RateLimiter, Reservation
+from ._health import RecentOutcomes
+from ._metrics import ProviderMetrics
+
+__all__ = ["AdmissionControl"]
+
+
+class AdmissionControl:
+    """The rate limiter and circuit breaker in front of one upstream, and the accounting of each call
+    they admit (limiter, breaker, metrics, recent outcomes); see the module docstring.
+
+    ``on_breaker_verdict`` is called after every breaker decision or verdict (the state may have moved);
+    ``on_upstream_block`` when an upstream ``429`` with a ``retry_after`` blocked the limiter.
+    """
+
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        breaker: CircuitBreaker,
+        metrics: ProviderMetrics,
+        recent: RecentOutcomes,
+        *,
+        on_breaker_verdict: Callable[[], None],
+        on_upstream_block: Callable[[], None],
+    ) -> None:
+        self.limiter = limiter
+        self.breaker = breaker
+        self.metrics = metrics
+        self.recent = recent
+        self._on_breaker_verdict = on_breaker_verdict
+        self._on_upstream_block = on_upstream_block
+
+    async def admit(self, tokens: int, deadline: float, model: str) -> Reservation:
+        """Admit one call needing ``tokens`` before ``deadline``: wait for the limiter, then ask the
+        breaker. Raises ``rate_limited`` or ``circuit_open``; otherwise the call counts as in flight and
+        must end with one verdict."""
+        limiter = self.limiter
+        while True:  # wait until the limiter admits the call, if that happens before the deadline
+            now = trio.current_time()
+            admission = limiter.admit(now, tokens)
+            if admission.reservation is not None:
+                break
+            if admission.retry_at is None:
+                # Never admissible here, but another provider with larger limits may take it: retryable.
+                limits = limiter.limits
+                raise ProviderError(
+                    ErrorKind.RATE_LIMITED,
+                    f"the request needs {tokens} tokens, more than the limit of {limits.tokens} "
+                    f"tokens per {limits.period:g} s",
+                    model=model,
+                    retryable=True,
+                )
+            if admission.retry_at > deadline:
+                wait = admission.retry_at - now
+                raise ProviderError(
+                    ErrorKind.RATE_LIMITED,
+                    f"rate limited: next admission in {wait:.3g} s, after the request's deadline",
+                    model=model,
+                    retry_after=wait,
+                )
+            await trio.sleep_until(admission.retry_at)
+        reservation = admission.reservation
+        breaker = self.breaker
+        if not breaker.allow(now):
+            limiter.cancel(reservation, now)
+            self._on_breaker_verdict()
+            retry_at = breaker.retry_at(now)
+            raise ProviderError(
+                ErrorKind.CIRCUIT_OPEN,
+                "circuit breaker is open: the upstream failed repeatedly",
+                model=model,
+                retry_after=None if retry_at is None else retry_at - now,
+            )
+        self._on_breaker_verdict()  # allow() may have moved an open breaker to half-open
+        self.metrics.request_started()
+        return reservation
+
+    def succeeded(
+        self, reservation: Reservation, sent: float, completion: Completion, first_chunk: float | None
+    ) -> None:
+        """The call sent at ``sent`` answered with ``completion``."""
+        now = trio.current_time()
+        tokens = completion.usage.total_tokens
+        self.limiter.settle(reservation, tokens, now)
+        if completion.rate_limit is not None:
+            self.limiter.observe(now, completion.rate_limit)  # after settling: see docs/resilience.md
+        self.metrics.record_success(now - sent, tokens, first_chunk)
+        self.recent.success()
+        self.breaker.record_success(now)
+        self._on_breaker_verdict()
+
+    def failed(self, reservation: Reservation, sent: float, error: ProviderError) -> None:
+        """The call sent at ``sent`` failed with ``error``."""
+        now = trio.current_time()
+        # It reached the upstream: the request counts, its tokens are refunded (none were generated).
+        self.limiter.settle(reservation, 0, now)
+        if error.retry_after is not None and error.kind is ErrorKind.RATE_LIMITED:
+            self.limiter.observe(now, RateLimitInfo(retry_after=error.retry_after))
+            self._on_upstream_block()  # the router should learn of the block before it sends more
+        self.metrics.record_failure(now - sent)
+        self.recent.failure(error.kind)
+        self.breaker.record_failure(now, error.kind)
+        self._on_breaker_verdict()
+
+    def interrupted(self, reservation: Reservation, sent: float, deadline: float) -> None:
+        """The call sent at ``sent`` was cancelled before it answered (its deadline, the router, a
+        shutdown) or crashed."""
+        now = trio.current_time()
+        self.limiter.settle(reservation, 0, now)
+        self.metrics.record_failure(now - sent)
+        if now >= deadline:  # the upstream was too slow: that says something about its health
+            self.recent.failure(ErrorKind.TIMEOUT)
+            self.breaker.record_failure(now, ErrorKind.TIMEOUT)
+        else:  # cancelled by the caller or a shutdown: no verdict on the upstream
+            self.breaker.release(now)
+        self._on_breaker_verdict()
