@@ -57,7 +57,9 @@ def package(frame: Any) -> str:
 
 def _is_provider_call(key: str) -> bool:
     """The provider's HTTP call (what the direct client does too): everything under it is the floor."""
-    return key.startswith("duckagents/providers/") and key.rsplit(".", 1)[-1] in ("complete", "stream")
+    # ``stream`` hands back HTTPProvider._stream, the generator that runs the call.
+    name = key.rsplit(".", 1)[-1]
+    return key.startswith("duckagents/providers/") and name in ("complete", "stream", "_stream")
 
 
 def summarise(root: Any) -> dict[str, Any]:

@@ -27,7 +27,8 @@ from ..bus import SignalBus
 from ..config import ProviderConfig
 from ..errors import ConfigError, ErrorKind, ProviderError
 from ..messages import Features, FinishReason, ImagePart, Message, ToolSpec
-from ..providers import Completion, Provider, heuristic_token_count, image_problem
+from ..providers import Completion, Provider, heuristic_token_count
+from ..providers import anthropic_image_problem as image_problem
 from ..resilience import RateLimits
 from ..signals import ProviderRequest
 from ._agent import ProviderAgent

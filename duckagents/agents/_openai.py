@@ -18,7 +18,9 @@ from typing import Any
 
 import attrs
 
-from ..providers import UNKNOWN_MODEL_FEATURES, is_reasoning_model, model_family
+from ..providers import OPENAI_UNKNOWN_MODEL_FEATURES as UNKNOWN_MODEL_FEATURES
+from ..providers import is_openai_reasoning_model as is_reasoning_model
+from ..providers import openai_model_family as model_family
 from ..resilience import RateLimits
 from ..signals import ProviderRequest
 from ._agent import ProviderAgent, missing_features

@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from ..errors import BusClosed, ErrorKind, ProviderError
-from ..providers import canonical_model_name
+from ..providers import ollama_canonical_model_name as canonical_model_name
 from ..signals import ProgressEvent, ProviderRequest
 
 __all__ = ["MAX_CONCURRENT_PULLS", "PULL_WAIT_MARGIN", "ModelPulls", "PullState", "model_missing"]

@@ -1,13 +1,25 @@
 """Providers: each speaks one LLM API over httpx (wire formats, streams, errors), with no agent logic.
 
 Every provider implements :class:`Provider`; the neutral results (:class:`Completion`, stream events,
-:class:`HealthProbe`...) are defined in :mod:`._base`.
+:class:`HealthProbe`...) are defined in :mod:`._base`. The HTTP providers share one shape (see
+:mod:`._client`): ``_<p>.py`` (the provider), ``_<p>_models.py`` (what each model supports),
+``_<p>_wire.py`` (pure encoding and decoding) and ``_<p>_errors.py`` (error replies, rate-limit headers).
+
+What a provider's model table says is public under a name that says whose it is
+(``openai_model_family``, ``anthropic_image_problem``, ``ollama_canonical_model_name``...), so the
+tables of different APIs never clash. The older unprefixed names (``model_family``,
+``is_reasoning_model``, ``UNKNOWN_MODEL_FEATURES``, ``image_problem``, ``canonical_model_name``) and
+``StreamFormatError`` (now :class:`WireFormatError`) stay as aliases.
 """
 
-from ._anthropic import AnthropicProvider, image_problem
+from ._anthropic import AnthropicProvider
+from ._anthropic_models import AnthropicModelFamily
+from ._anthropic_models import model_family as anthropic_model_family
+from ._anthropic_wire import image_problem as anthropic_image_problem
 from ._base import (
     Completion,
     HealthProbe,
+    InBandError,
     ModelInfo,
     Provider,
     RateLimitInfo,
@@ -15,6 +27,7 @@ from ._base import (
     StreamEnd,
     StreamEvent,
     TokenCount,
+    WireFormatError,
     heuristic_token_count,
 )
 from ._client import HTTPProvider
@@ -22,24 +35,44 @@ from ._http import kind_for_status, parse_duration, parse_rate_limit, parse_retr
 from ._mock import MockProvider
 from ._mock_options import Latency
 from ._mock_script import MockFailure, MockReply, mock_answer
-from ._ollama import OllamaProvider, canonical_model_name
-from ._openai import UNKNOWN_MODEL_FEATURES, OpenAIProvider, is_reasoning_model, model_family
-from ._streams import NDJSONParser, SSEEvent, SSEParser, StreamFormatError, iter_ndjson, iter_sse
-from ._tgi import TGIInfo, TGIProvider
+from ._ollama import OllamaProvider
+from ._ollama_models import OllamaModelDetails
+from ._ollama_models import canonical_model_name as ollama_canonical_model_name
+from ._openai import OpenAIProvider
+from ._openai_models import UNKNOWN_MODEL_FEATURES as OPENAI_UNKNOWN_MODEL_FEATURES
+from ._openai_models import OpenAIModelFamily
+from ._openai_models import is_reasoning_model as is_openai_reasoning_model
+from ._openai_models import model_family as openai_model_family
+from ._streams import NDJSONParser, SSEEvent, SSEParser, iter_ndjson, iter_sse
+from ._tgi import TGIProvider
+from ._tgi_models import TGIInfo
+
+# The older names, from before each provider's table was named after its API.
+UNKNOWN_MODEL_FEATURES = OPENAI_UNKNOWN_MODEL_FEATURES
+StreamFormatError = WireFormatError
+canonical_model_name = ollama_canonical_model_name
+image_problem = anthropic_image_problem
+is_reasoning_model = is_openai_reasoning_model
+model_family = openai_model_family
 
 __all__ = [
+    "OPENAI_UNKNOWN_MODEL_FEATURES",
     "UNKNOWN_MODEL_FEATURES",
+    "AnthropicModelFamily",
     "AnthropicProvider",
     "Completion",
     "HTTPProvider",
     "HealthProbe",
+    "InBandError",
     "Latency",
     "MockFailure",
     "MockProvider",
     "MockReply",
     "ModelInfo",
     "NDJSONParser",
+    "OllamaModelDetails",
     "OllamaProvider",
+    "OpenAIModelFamily",
     "OpenAIProvider",
     "Provider",
     "RateLimitInfo",
@@ -52,15 +85,21 @@ __all__ = [
     "TGIInfo",
     "TGIProvider",
     "TokenCount",
+    "WireFormatError",
+    "anthropic_image_problem",
+    "anthropic_model_family",
     "canonical_model_name",
     "heuristic_token_count",
     "image_problem",
+    "is_openai_reasoning_model",
     "is_reasoning_model",
     "iter_ndjson",
     "iter_sse",
     "kind_for_status",
     "mock_answer",
     "model_family",
+    "ollama_canonical_model_name",
+    "openai_model_family",
     "parse_duration",
     "parse_rate_limit",
     "parse_retry_after",

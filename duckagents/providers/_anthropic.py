@@ -1,45 +1,38 @@
 """The Anthropic provider: the Messages API (``POST /v1/messages``) over httpx.
 
-The wire format lives in :mod:`._anthropic_request` (encoding), :mod:`._anthropic_wire` (decoding, the
-stream state machine) and :mod:`._anthropic_errors` (errors, rate-limit headers); this module does the
-HTTP (on :class:`~._client.HTTPProvider`) and holds the model table.
+HTTP only, on :class:`~._client.HTTPProvider`: the model table is :mod:`._anthropic_models`, the wire
+format (request encoding, reply and stream decoding) :mod:`._anthropic_wire`, error replies and rate-limit
+headers :mod:`._anthropic_errors`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
-import attrs
 import httpx
 
-from ..errors import ProviderError, Secret, redact
+from ..errors import ProviderError, Secret
 from ..messages import Features, Message
 from ..signals import ProviderRequest
-from ._anthropic_errors import PROVIDER, decode_rate_limits, provider_error
-from ._anthropic_request import (
-    MAX_IMAGE_BYTES,
-    MEDIA_TYPES,
-    RequestEncodingError,
-    encode_messages,
-    encode_request,
-    image_problem,
-)
-from ._anthropic_wire import StreamAssembler, StreamErrorEvent, WireFormatError, decode_message
+from . import _anthropic_wire as wire
+from ._anthropic_errors import PROVIDER, make_error, rate_limit
+from ._anthropic_models import features_for, model_family
+from ._anthropic_wire import MAX_IMAGE_BYTES, MEDIA_TYPES, image_problem
 from ._base import (
     Completion,
     HealthProbe,
     ModelInfo,
-    StreamEnd,
+    RateLimitInfo,
     StreamEvent,
     TokenCount,
+    WireFormatError,
     heuristic_token_count,
 )
 from ._client import HTTPProvider
-from ._http import decode_error_body
-from ._streams import StreamFormatError, iter_sse
+from ._streams import SSEParser
 
 __all__ = [
     "API_VERSION",
@@ -62,41 +55,14 @@ _STREAM_HEADERS = {"accept": "text/event-stream"}
 # Pagination of GET /v1/models is bounded: a misbehaving upstream must not loop us forever.
 MAX_MODEL_PAGES = 50
 
-# Every Claude model takes images and tools; none has a JSON mode. Unknown models get this profile.
-_CLAUDE = Features(tools=True, vision=True, context_window=200_000, max_output_tokens=8192)
-# (prefix, context window, max output) from Anthropic's model overview pages; first match wins, so
-# more specific prefixes come first.
-_MODELS: tuple[tuple[str, int, int], ...] = (
-    ("claude-fable-5", 1_000_000, 128_000),
-    ("claude-opus-5", 1_000_000, 128_000),
-    ("claude-sonnet-5", 1_000_000, 128_000),
-    ("claude-opus-4-8", 1_000_000, 128_000),
-    ("claude-opus-4-7", 1_000_000, 128_000),
-    ("claude-opus-4-6", 1_000_000, 128_000),
-    ("claude-sonnet-4-6", 1_000_000, 128_000),
-    ("claude-opus-4-5", 200_000, 64_000),
-    ("claude-opus-4", 200_000, 32_000),
-    ("claude-sonnet-4", 200_000, 64_000),
-    ("claude-haiku-4", 200_000, 64_000),
-    ("claude-3-7-sonnet", 200_000, 64_000),
-    ("claude-3-5-", 200_000, 8_192),
-    ("claude-3-", 200_000, 4_096),
-)
-
-
-def features_for(model: str) -> Features:
-    """What an Anthropic model supports; unknown models get the common Claude profile."""
-    for prefix, window, max_output in _MODELS:
-        if model.startswith(prefix):
-            return attrs.evolve(_CLAUDE, context_window=window, max_output_tokens=max_output)
-    return _CLAUDE
-
 
 class AnthropicProvider(HTTPProvider):
     """Anthropic's Messages API as a :class:`~duckagents.providers._base.Provider`.
 
     Use as ``async with AnthropicProvider(api_key=...) as provider:``. ``media_types`` and
-    ``max_image_bytes`` let callers validate images before sending (see :func:`image_problem`).
+    ``max_image_bytes`` let callers validate images before sending (see :func:`image_problem`). A request
+    setting both ``temperature`` and ``top_p`` for a model that refuses both sends ``temperature`` only
+    (:class:`~._anthropic_models.AnthropicModelFamily`).
     """
 
     name = PROVIDER
@@ -135,112 +101,38 @@ class AnthropicProvider(HTTPProvider):
 
     # --- completions -----------------------------------------------------------------------------
 
-    def _body(self, request: ProviderRequest, model: str, *, stream: bool) -> dict[str, Any]:
-        try:
-            return encode_request(
-                request.messages,
-                request.options,
-                model=model,
-                max_tokens=self.max_tokens_for(model),
-                stream=stream,
-            )
-        except RequestEncodingError as exc:
-            raise ProviderError(
-                exc.kind,
-                redact(str(exc), self.secrets),
-                provider=PROVIDER,
-                model=model,
-                request_id=request.request_id,
-            ) from None
-
-    def _protocol_error(
-        self, exc: Exception, model: str | None, request_id: str | None, **extra: Any
-    ) -> ProviderError:
-        message = f"malformed response from Anthropic: {exc}"
-        return self._protocol(message, model, request_id=request_id, **extra)
-
-    def _http_error(
-        self, response: httpx.Response, model: str | None, request_id: str | None = None
-    ) -> ProviderError:
-        return provider_error(
-            status=response.status_code,
-            body=decode_error_body(response.content),
-            headers=response.headers,
-            model=model,
-            secrets=self.secrets,
-            request_id=request_id,
-            now=time.time(),
+    def _build(
+        self, request: ProviderRequest, model: str, *, stream: bool
+    ) -> functools.partial[dict[str, Any]]:
+        return functools.partial(
+            wire.build_body,
+            request,
+            model,
+            stream=stream,
+            max_tokens=self.max_tokens_for(model),
+            exclusive_sampling=model_family(model).exclusive_sampling,
         )
-
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        model: str | None,
-        *,
-        body: dict[str, Any] | None = None,
-        params: dict[str, Any] | None = None,
-        request_id: str | None = None,
-    ) -> tuple[httpx.Response, Any]:
-        """One non-streaming request: the response and its parsed JSON; raises ProviderError."""
-        response = await self._send(method, path, model, body=body, params=params, request_id=request_id)
-        try:
-            return response, response.json()
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
-            raise self._protocol_error(exc, model, request_id, status=response.status_code) from None
 
     async def complete(self, request: ProviderRequest) -> Completion:
         """Run one non-streaming completion; raises :class:`~duckagents.errors.ProviderError`."""
         model = request.model or self.default_model
-        body = self._body(request, model, stream=False)
-        response, data = await self._call(
-            "POST", "/v1/messages", model, body=body, request_id=request.request_id
+        return await self._complete(
+            "/v1/messages", model, request.request_id, self._build(request, model, stream=False),
+            wire.parse_completion,
         )
-        try:
-            return decode_message(
-                data, model=model, rate_limit=decode_rate_limits(response.headers, time.time())
-            )
-        except WireFormatError as exc:
-            raise self._protocol_error(exc, model, request.request_id, status=response.status_code) from None
 
-    async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamEvent, None]:
         """Stream a completion: text / tool-call deltas, then exactly one :class:`StreamEnd`."""
         model = request.model or self.default_model
-        body = self._body(request, model, stream=True)
-        assembler = StreamAssembler(model)
-        delivered = False
-        try:
-            async with self._post_stream(
-                "/v1/messages", model, body, headers=_STREAM_HEADERS, request_id=request.request_id
-            ) as response:
-                rate_limit = decode_rate_limits(response.headers, time.time())
-                try:
-                    async with contextlib.aclosing(iter_sse(response.aiter_bytes())) as events:
-                        async for event in events:
-                            for delta in assembler.feed(event.event, event.json()):
-                                delivered = True
-                                yield delta
-                    completion = assembler.completion(rate_limit)
-                except (StreamFormatError, WireFormatError) as exc:
-                    raise self._protocol_error(
-                        exc, model, request.request_id, partial=delivered
-                    ) from None
-                except StreamErrorEvent as exc:
-                    raise provider_error(
-                        status=None,
-                        body=exc.body,
-                        headers=response.headers,  # for its request-id
-                        model=model,
-                        secrets=self.secrets,
-                        request_id=request.request_id,
-                        now=time.time(),
-                        partial=delivered,
-                    ) from None
-        except ProviderError as exc:
-            # A failure after text reached the caller cannot be retried transparently.
-            exc.partial = exc.partial or delivered
-            raise
-        yield StreamEnd(completion)
+        return self._stream(
+            "/v1/messages",
+            model,
+            self._build(request, model, stream=True),
+            wire.StreamAssembler(model),
+            SSEParser(),
+            headers=_STREAM_HEADERS,
+            request_id=request.request_id,
+        )
 
     # --- tokens, models, health ------------------------------------------------------------------
 
@@ -248,15 +140,15 @@ class AnthropicProvider(HTTPProvider):
         """Count input tokens with ``POST /v1/messages/count_tokens`` (exact), else estimate locally."""
         model = model or self.default_model
         try:
-            system, turns = encode_messages(messages)
+            system, turns = wire.encode_messages(messages)
             body: dict[str, Any] = {"model": model, "messages": turns}
             if system:
                 body["system"] = system
-            _, data = await self._call("POST", "/v1/messages/count_tokens", model, body=body)
+            data, _ = await self._json("POST", "/v1/messages/count_tokens", model, body)
             count = data.get("input_tokens") if isinstance(data, dict) else None
             if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
                 return TokenCount(count, exact=True)
-        except (ProviderError, RequestEncodingError):
+        except (ProviderError, WireFormatError):
             pass  # the endpoint is a refinement; an estimate is still a useful answer
         return TokenCount(heuristic_token_count(messages), exact=False)
 
@@ -265,14 +157,9 @@ class AnthropicProvider(HTTPProvider):
         models: list[ModelInfo] = []
         params: dict[str, Any] = {"limit": 1000}
         for _ in range(MAX_MODEL_PAGES):
-            _, page = await self._call("GET", "/v1/models", None, params=params)
-            data = page.get("data") if isinstance(page, dict) else None
-            if not isinstance(data, list) or not all(
-                isinstance(m, dict) and isinstance(m.get("id"), str) for m in data
-            ):
-                raise self._protocol_error(
-                    WireFormatError("model list without a data array of models"), None, None
-                )
+            page, data = await self._decode(
+                "GET", "/v1/models", None, lambda page, _: (page, wire.parse_model_page(page)), params=params
+            )
             for item in data:
                 window = item.get("max_input_tokens")
                 if not isinstance(window, int):
@@ -287,7 +174,27 @@ class AnthropicProvider(HTTPProvider):
         """Probe ``GET /v1/models?limit=1``; never raises for an unreachable or refusing upstream."""
 
         async def check() -> dict[str, str]:
-            response, _ = await self._call("GET", "/v1/models", None, params={"limit": 1})
+            _, response = await self._json("GET", "/v1/models", None, params={"limit": 1})
             return {"status": str(response.status_code)}
 
         return await self._probe(check, report_status=True)
+
+    # --- errors ----------------------------------------------------------------------------------
+
+    def _error(
+        self,
+        status: int | None,
+        headers: Mapping[str, str],
+        body: Any,
+        model: str | None,
+        *,
+        request_id: str | None = None,
+        partial: bool = False,
+    ) -> ProviderError:
+        return make_error(
+            status, headers, body, provider=self.name, model=model, secrets=self.secrets,
+            now=time.time(), request_id=request_id, partial=partial,
+        )
+
+    def _rate_limit(self, headers: Mapping[str, str]) -> RateLimitInfo | None:
+        return rate_limit(headers, time.time())

@@ -1,13 +1,17 @@
-"""Anthropic's rate-limit headers and error replies (``{"type": "error", "error": {"type", "message"}}``).
+"""Anthropic's error replies (``{"type": "error", "error": {"type", "message"}}``) and rate-limit headers.
 
 Pure functions: ``now`` (wall-clock seconds) is passed in, since the API's reset times are timestamps.
+
+``request_too_large`` (HTTP 413: the request is over the API's size limit in bytes, usually because of
+its images) is ``invalid_request``, not ``context_length``: dropping turns to fit the context window
+would not cure it, and retrying it anywhere fails the same way; the message keeps the API's reason.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..errors import ErrorKind, ProviderError, Secret, redact
@@ -22,7 +26,7 @@ ERROR_KINDS: dict[str, ErrorKind] = {
     "authentication_error": ErrorKind.AUTH,
     "permission_error": ErrorKind.AUTH,
     "not_found_error": ErrorKind.NOT_FOUND,
-    "request_too_large": ErrorKind.CONTEXT_LENGTH,
+    "request_too_large": ErrorKind.INVALID_REQUEST,
     "rate_limit_error": ErrorKind.RATE_LIMITED,
     "billing_error": ErrorKind.QUOTA_EXCEEDED,
     "timeout_error": ErrorKind.TIMEOUT,
@@ -59,7 +63,7 @@ def _family(headers: Mapping[str, str], name: str, now: float) -> tuple[int | No
     )
 
 
-def decode_rate_limits(headers: Mapping[str, str], now: float) -> RateLimitInfo | None:
+def rate_limit(headers: Mapping[str, str], now: float) -> RateLimitInfo | None:
     """``anthropic-ratelimit-*`` and ``retry-after`` headers as :class:`RateLimitInfo` (None if none).
 
     ``tokens`` is the API's most restrictive token limit; when absent the input-token limit stands in,
@@ -99,18 +103,20 @@ def error_kind(status: int | None, error_type: str | None, message: str) -> Erro
     return kind
 
 
-def provider_error(
-    *,
+def make_error(
     status: int | None,
-    body: Any,
     headers: Mapping[str, str],
+    body: Any,
+    *,
+    provider: str,
     model: str | None,
-    secrets: Sequence[Secret],
-    request_id: str | None = None,
+    secrets: Iterable[Secret | str | None],
     now: float,
+    request_id: str | None = None,
     partial: bool = False,
 ) -> ProviderError:
-    """A redacted :class:`ProviderError` for an error response (or an in-stream ``error`` event)."""
+    """A redacted :class:`ProviderError` for an error response (or an in-stream ``error`` event,
+    ``status`` None); ``body`` is parsed JSON or text, ``request_id`` ours."""
     error = body.get("error") if isinstance(body, dict) else None
     error_type = error.get("type") if isinstance(error, dict) and isinstance(error.get("type"), str) else None
     message = error_message_from_body(body) if body not in ("", None) else f"HTTP {status} with empty body"
@@ -123,7 +129,7 @@ def provider_error(
         text = f"error event in stream: {text}"
     if upstream_id:
         text += f" (request-id {upstream_id})"
-    info = decode_rate_limits(headers, now)
+    info = rate_limit(headers, now)
     retry_after = info.retry_after if info is not None else None
     if retry_after is None and kind is ErrorKind.RATE_LIMITED:
         retry_after = _exhausted_reset(info)
@@ -131,7 +137,7 @@ def provider_error(
     return ProviderError(
         kind,
         redact(text, secrets),
-        provider=PROVIDER,
+        provider=provider,
         model=model,
         retryable={"true": True, "false": False}.get((should_retry or "").strip().lower()),
         retry_after=retry_after,

@@ -8,13 +8,36 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-from ..errors import Secret
+from ..errors import ErrorKind, Secret
 from ..messages import Features, FinishReason, ImagePart, Message, ToolCall, Usage
 from ..signals import ProviderRequest, ToolCallDelta
+
+
+class WireFormatError(ValueError):
+    """A value does not fit a provider's wire format. The one format-error type of every provider.
+
+    Raised by the pure encoders and decoders (``_<provider>_wire``) and the stream parsers: for bytes or
+    JSON the upstream sent that break its format (``kind`` PROTOCOL, the default), and for a request of
+    ours the format cannot express, before anything is sent (``kind`` INVALID_REQUEST or UNSUPPORTED).
+    The provider turns it into a :class:`~duckagents.errors.ProviderError` of that kind.
+    """
+
+    def __init__(self, message: str, kind: ErrorKind = ErrorKind.PROTOCOL) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class InBandError(Exception):
+    """The upstream reported an error inside a successful reply (a stream event, an NDJSON line, a 200
+    body): ``body`` is the error object, for the provider's error mapping (``_<provider>_errors``)."""
+
+    def __init__(self, body: Any) -> None:
+        super().__init__("error reported in band")
+        self.body = body
 
 
 @attrs.frozen

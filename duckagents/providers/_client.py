@@ -1,28 +1,44 @@
-"""What every HTTP provider shares: its key and client, the context manager, the request and probe plumbing.
+"""What every HTTP provider shares: its key and client, the request plumbing, error translation and the one
+streaming loop.
 
-:class:`HTTPProvider` is the base of the OpenAI, Anthropic, Ollama and TGI providers; each adds its wire
-format and says how an HTTP error reply becomes a :class:`ProviderError` (:meth:`HTTPProvider._http_error`).
-:class:`ReplyStream` iterates the parsed items of a streamed reply with the same error translation.
+:class:`HTTPProvider` is the base of the OpenAI, Anthropic, Ollama and TGI providers. Each of them is four
+modules of one shape:
+
+* ``_<p>.py``: the provider class, on this base (HTTP only);
+* ``_<p>_models.py``: what each model supports (the model-family table and its request rules);
+* ``_<p>_wire.py``: pure request encoding (``build_body``) and reply decoding (``parse_completion``,
+  ``StreamAssembler``), no I/O; what does not fit the format raises :class:`~._base.WireFormatError`;
+* ``_<p>_errors.py``: error replies (``error_kind``, ``make_error``) and rate-limit headers (``rate_limit``).
+
+A provider implements :meth:`HTTPProvider._error` and :meth:`HTTPProvider._rate_limit` with its
+``_<p>_errors`` functions; every stream it has goes through :meth:`HTTPProvider._stream`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 import httpx
 import trio
 
-from ..errors import ProviderError, Secret, StreamProtocolError, redact
-from ._base import HealthProbe
-from ._http import make_client, translate_transport_errors
-from ._streams import StreamFormatError
+from ..errors import ErrorKind, ProviderError, Secret, StreamProtocolError, redact
+from ._base import Completion, HealthProbe, InBandError, RateLimitInfo, WireFormatError
+from ._http import (
+    decode_error_body,
+    make_client,
+    parse_rate_limit,
+    request_id_note,
+    translate_transport_errors,
+    with_notes,
+)
 
 #: Seconds to wait for the end of a streamed body after its terminal event.
 DRAIN_TIMEOUT = 1.0
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 
 def as_secret(api_key: Secret | str | None) -> Secret | None:
@@ -30,11 +46,39 @@ def as_secret(api_key: Secret | str | None) -> Secret | None:
     return Secret(api_key) if isinstance(api_key, str) else api_key
 
 
+class StreamParser(Protocol):
+    """Splits a streamed body into items (:class:`~._streams.SSEParser`, :class:`~._streams.NDJSONParser`)."""
+
+    def feed(self, data: bytes) -> list[Any]: ...
+
+    def close(self) -> list[Any]: ...
+
+
+class StreamDecoder(Protocol[T_co]):
+    """Turns the parsed items of one streamed reply into what the stream yields (a ``StreamAssembler``).
+
+    :meth:`feed` raises :class:`~._base.WireFormatError` for an item that breaks the format and
+    :class:`~._base.InBandError` for an error the upstream reports in the stream.
+    """
+
+    #: The terminal item was seen: the rest of the body is drained unread.
+    done: bool
+
+    def feed(self, item: Any) -> Sequence[T_co]:
+        """What one parsed item yields (often nothing, or one delta)."""
+        ...
+
+    def finish(self, rate_limit: RateLimitInfo | None) -> T_co | None:
+        """The last thing to yield once the body was read (a ``StreamEnd``), if any; raises
+        :class:`~._base.WireFormatError` when the stream ended before its terminal item."""
+        ...
+
+
 class HTTPProvider:
     """Base of the providers that speak HTTP through one :class:`httpx.AsyncClient`.
 
     Holds the API key (sent as :meth:`_auth_headers`, never shown: see :attr:`secrets`), the client and
-    the async context manager. Subclasses set ``name`` and implement :meth:`_http_error`.
+    the async context manager. Subclasses set ``name`` and implement :meth:`_error`.
     """
 
     name: str
@@ -81,11 +125,30 @@ class HTTPProvider:
 
     # --- errors ----------------------------------------------------------------------------------
 
+    def _error(
+        self,
+        status: int | None,
+        headers: Mapping[str, str],
+        body: Any,
+        model: str | None,
+        *,
+        request_id: str | None = None,
+        partial: bool = False,
+    ) -> ProviderError:
+        """The error of an error reply (``status``) or of an error reported in band (``status`` None);
+        ``body`` is parsed JSON or text, ``request_id`` ours. Implemented with ``_<p>_errors.make_error``."""
+        raise NotImplementedError
+
+    def _rate_limit(self, headers: Mapping[str, str]) -> RateLimitInfo | None:
+        """What a reply's headers say about the limits; the ``x-ratelimit-*`` family unless overridden."""
+        return parse_rate_limit(headers)
+
     def _http_error(
         self, response: httpx.Response, model: str | None, request_id: str | None = None
     ) -> ProviderError:
-        """The error for an HTTP error reply whose body has been read; ``request_id`` is ours."""
-        raise NotImplementedError
+        """The error for an HTTP error reply whose body has been read."""
+        body = decode_error_body(response.content)
+        return self._error(response.status_code, response.headers, body, model, request_id=request_id)
 
     def _protocol(
         self, message: str, model: str | None, status: int | None = None, **context: Any
@@ -95,7 +158,39 @@ class HTTPProvider:
             redact(message, self.secrets), provider=self.name, model=model, status=status, **context
         )
 
+    def _wire_error(
+        self,
+        exc: WireFormatError,
+        model: str | None,
+        *,
+        response: httpx.Response | None = None,
+        request_id: str | None = None,
+        partial: bool = False,
+    ) -> ProviderError:
+        """The :class:`ProviderError` of a :class:`WireFormatError`: PROTOCOL for a reply that broke the
+        format (with the reply's status and request id), else the kind of the request it refused."""
+        if exc.kind is not ErrorKind.PROTOCOL:
+            message = redact(str(exc), self.secrets)
+            return ProviderError(exc.kind, message, provider=self.name, model=model, request_id=request_id)
+        notes = [request_id_note(response.headers)] if response is not None else []
+        return self._protocol(
+            with_notes(f"malformed response: {exc}", notes),
+            model,
+            response.status_code if response is not None else None,
+            request_id=request_id,
+            partial=partial,
+        )
+
     # --- requests --------------------------------------------------------------------------------
+
+    def _encode(
+        self, build: Callable[[], dict[str, Any]], model: str, request_id: str | None
+    ) -> dict[str, Any]:
+        """``build()``, a request body; what the wire format cannot express fails with its kind."""
+        try:
+            return build()
+        except WireFormatError as exc:
+            raise self._wire_error(exc, model, request_id=request_id) from None
 
     async def _send(
         self,
@@ -113,6 +208,64 @@ class HTTPProvider:
         if response.status_code >= 400:
             raise self._http_error(response, model, request_id)
         return response
+
+    async def _json(
+        self,
+        method: str,
+        path: str,
+        model: str | None,
+        body: Any = None,
+        *,
+        params: dict[str, Any] | None = None,
+        request_id: str | None = None,
+    ) -> tuple[Any, httpx.Response]:
+        """:meth:`_send`, then the reply's JSON (not JSON: a PROTOCOL error)."""
+        response = await self._send(method, path, model, body=body, params=params, request_id=request_id)
+        try:
+            return response.json(), response
+        except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            failure = WireFormatError(f"{path} reply is not JSON")
+            raise self._wire_error(failure, model, response=response, request_id=request_id) from None
+
+    async def _decode(
+        self,
+        method: str,
+        path: str,
+        model: str | None,
+        decode: Callable[[Any, httpx.Response], T],
+        body: Any = None,
+        *,
+        params: dict[str, Any] | None = None,
+        request_id: str | None = None,
+    ) -> T:
+        """:meth:`_json`, then ``decode(reply, response)`` (a wire parser): a reply that does not fit the
+        format is a PROTOCOL error, an error the upstream reported in a 200 one of its kind."""
+        reply, response = await self._json(method, path, model, body, params=params, request_id=request_id)
+        try:
+            return decode(reply, response)
+        except WireFormatError as exc:
+            raise self._wire_error(exc, model, response=response, request_id=request_id) from None
+        except InBandError as exc:
+            raise self._error(None, response.headers, exc.body, model, request_id=request_id) from None
+
+    async def _complete(
+        self,
+        path: str,
+        model: str,
+        request_id: str | None,
+        build: Callable[[], dict[str, Any]],
+        parse: Callable[[Any, str, RateLimitInfo | None], Completion],
+    ) -> Completion:
+        """POST the body ``build()`` makes and ``parse(reply, model, rate_limit)`` the JSON reply."""
+        body = self._encode(build, model, request_id)
+        return await self._decode(
+            "POST",
+            path,
+            model,
+            lambda reply, response: parse(reply, model, self._rate_limit(response.headers)),
+            body,
+            request_id=request_id,
+        )
 
     @asynccontextmanager
     async def _post_stream(
@@ -133,15 +286,66 @@ class HTTPProvider:
                     raise self._http_error(response, model, request_id)
                 yield response
 
-    async def _json(
-        self, method: str, path: str, model: str | None, body: Any = None
-    ) -> tuple[Any, httpx.Response]:
-        """:meth:`_send`, then the reply's JSON (not JSON: a PROTOCOL error)."""
-        response = await self._send(method, path, model, body=body)
+    async def _stream(
+        self,
+        path: str,
+        model: str,
+        build: Callable[[], dict[str, Any]],
+        decoder: StreamDecoder[T],
+        parser: StreamParser,
+        *,
+        headers: dict[str, str] | None = None,
+        request_id: str | None = None,
+    ) -> AsyncGenerator[T, None]:
+        """The one streaming path: POST the body ``build()`` makes and yield what ``decoder`` makes of the
+        items ``parser`` reads from the reply, then ``decoder.finish()``.
+
+        One loop reads the network chunks, the end of the body (the parser's final flush) included, and
+        hands each parsed item to the decoder, so nothing sits between the socket and the caller but this
+        generator. After the terminal item the rest of the body is drained (bounded) so the connection
+        goes back to the pool. Every failure is a :class:`ProviderError`, ``partial`` once something was
+        yielded.
+        """
+        body = self._encode(build, model, request_id)
+        delivered = False
+        last: T | None = None
         try:
-            return response.json(), response
-        except ValueError:
-            raise self._protocol(f"{path} reply is not JSON", model, response.status_code) from None
+            post = self._post_stream(path, model, body, headers=headers, request_id=request_id)
+            async with post as response:
+                try:
+                    async with aclosing(body_chunks(response)) as chunks:
+                        next_chunk = chunks.__anext__
+                        ended = False
+                        while not ended:
+                            try:
+                                items = parser.feed(await next_chunk())
+                            except StopAsyncIteration:
+                                items, ended = parser.close(), True
+                            for item in items:
+                                for out in decoder.feed(item):
+                                    delivered = True
+                                    yield out
+                                if decoder.done:
+                                    break
+                            if decoder.done:
+                                if not ended:
+                                    await drain(chunks)
+                                break
+                    last = decoder.finish(self._rate_limit(response.headers))
+                except WireFormatError as exc:
+                    raise self._wire_error(
+                        exc, model, response=response, request_id=request_id, partial=delivered
+                    ) from None
+                except InBandError as exc:
+                    raise self._error(
+                        None, response.headers, exc.body, model, request_id=request_id, partial=delivered
+                    ) from None
+        except ProviderError as exc:
+            # A failure after output reached the caller cannot be retried transparently.
+            exc.partial = exc.partial or delivered
+            raise
+        if last is not None:
+            yield last
 
     async def _probe(
         self, check: Callable[[], Awaitable[dict[str, str]]], *, report_status: bool = False
@@ -171,54 +375,13 @@ def body_chunks(response: httpx.Response) -> AsyncGenerator[bytes, None]:
     return response.aiter_raw()  # type: ignore[return-value]
 
 
-#: Turns a streamed reply into its items; raises for in-band errors, ``StreamFormatError`` for bad bytes.
-Decoder = Callable[[httpx.Response, str], AsyncGenerator[T, None]]
-
-
-class ReplyStream(Generic[T]):
-    """POST ``body`` to ``path`` and iterate the items ``decode`` reads from the streamed reply.
-
-    Every failure (HTTP, transport, format, in-band error) is a :class:`ProviderError`. Use it with
-    ``aclosing``; :attr:`headers` are the reply's once it started.
-    """
-
-    def __init__(
-        self, provider: HTTPProvider, path: str, body: dict[str, Any], model: str, decode: Decoder[T]
-    ) -> None:
-        self.headers = httpx.Headers()
-        self._gen = self._items(provider, path, body, model, decode)
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> T:
-        return await self._gen.__anext__()
-
-    async def drain(self) -> None:
-        """Read what follows the terminal item (normally just the end of the body), so the connection
-        goes back to the pool and no generator of the chain is abandoned half-way. Bounded in time; a
-        failure here is ignored since the answer is already complete."""
-        with trio.move_on_after(DRAIN_TIMEOUT):
-            try:
-                async for _ in self:
-                    pass
-            except ProviderError:
+async def drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read what follows a stream's terminal item, normally just the end of the body, so the connection
+    goes back to the pool (abandoning it costs a new connection per stream). Bounded in time; a failure
+    here is ignored, since the answer is already complete."""
+    with trio.move_on_after(DRAIN_TIMEOUT):
+        try:
+            async for _ in chunks:
                 pass
-
-    async def aclose(self) -> None:
-        """Close the reply (and its connection) if still open."""
-        await self._gen.aclose()
-
-    async def _items(
-        self, provider: HTTPProvider, path: str, body: dict[str, Any], model: str, decode: Decoder[T]
-    ) -> AsyncGenerator[T, None]:
-        async with provider._post_stream(path, model, body) as response:
-            self.headers = response.headers
-            # Closed explicitly: callers stop at the terminal item and Trio warns about async generators
-            # left to the garbage collector.
-            try:
-                async with aclosing(decode(response, model)) as items:
-                    async for item in items:
-                        yield item
-            except StreamFormatError as exc:
-                raise provider._protocol(f"malformed stream: {exc}", model) from None
+        except (httpx.TransportError, httpx.StreamError):
+            pass

@@ -99,21 +99,22 @@ def parse_int(value: str | None) -> int | None:
         return None
 
 
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """``retry-after-ms`` (OpenAI's precise form) or ``retry-after``, in seconds."""
+def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """``retry-after-ms`` (OpenAI's precise form) or ``retry-after``, in seconds (``now``: wall clock,
+    for an HTTP-date)."""
     millis = headers.get("retry-after-ms")
     if millis:
         try:
             return max(0.0, float(millis) / 1000.0)
         except ValueError:
             pass
-    return parse_retry_after(headers.get("retry-after"))
+    return parse_retry_after(headers.get("retry-after"), now)
 
 
 _RATE_LIMIT_PREFIXES = ("x-ratelimit-", "retry-after")
 
 
-def parse_rate_limit(headers: Mapping[str, str]) -> RateLimitInfo | None:
+def parse_rate_limit(headers: Mapping[str, str], now: float | None = None) -> RateLimitInfo | None:
     """The ``x-ratelimit-*`` and retry headers (a case-insensitive mapping), or None when absent.
 
     OpenAI's header family; Ollama proxies and TGI deployments behind gateways send the same one.
@@ -129,7 +130,7 @@ def parse_rate_limit(headers: Mapping[str, str]) -> RateLimitInfo | None:
         limit_tokens=parse_int(headers.get("x-ratelimit-limit-tokens")),
         remaining_tokens=parse_int(headers.get("x-ratelimit-remaining-tokens")),
         reset_tokens=parse_duration(headers.get("x-ratelimit-reset-tokens")),
-        retry_after=retry_after(headers),
+        retry_after=retry_after(headers, now),
     )
     return None if info == RateLimitInfo() else info
 
@@ -143,7 +144,9 @@ def kind_for_status(status: int) -> ErrorKind:
     if status == 408:
         return ErrorKind.TIMEOUT
     if status == 413:
-        return ErrorKind.CONTEXT_LENGTH
+        # Payload Too Large: the request's size in bytes (images, usually), which dropping turns to fit
+        # the context window would not cure; the caller has to send less.
+        return ErrorKind.INVALID_REQUEST
     if status == 429:
         return ErrorKind.RATE_LIMITED
     if status in (503, 529):
@@ -153,18 +156,93 @@ def kind_for_status(status: int) -> ErrorKind:
     return ErrorKind.UPSTREAM_5XX
 
 
+#: The longest error text kept from an upstream body: a provider's own message, or an excerpt of a body
+#: in a shape we do not know (a gateway's HTML page, a proxy's JSON), so an error message stays bounded.
+MAX_ERROR_TEXT = 500
+#: How much of an unknown body is kept.
+MAX_EXCERPT = 200
+
+_HIDDEN_HTML = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_HTML_TAG = re.compile(r"<[^>]*>")
+_SPACES = re.compile(r"\s+")
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def excerpt(text: str, limit: int = MAX_EXCERPT) -> str:
+    """``text`` on one line (an HTML page reduced to its text), cut to ``limit`` characters with ``…``."""
+    if "<" in text and ">" in text:
+        text = _HTML_TAG.sub(" ", _HIDDEN_HTML.sub(" ", text))
+    return _cut(_SPACES.sub(" ", text).strip(), limit)
+
+
+def _text(value: Any) -> str | None:
+    return value.strip() or None if isinstance(value, str) else None
+
+
+def _problem_detail(detail: Any) -> str | None:
+    """RFC 9457 ``detail``; FastAPI-style servers put a list of ``{"loc", "msg"}`` there instead."""
+    if isinstance(detail, list):
+        texts = [_text(item.get("msg")) for item in detail if isinstance(item, dict)]
+        return "; ".join(t for t in texts if t) or None
+    return _text(detail)
+
+
+def _known_message(body: dict[str, Any], depth: int = 0) -> str | None:
+    """The message of the error shapes providers and the proxies in front of them use, or None."""
+    if depth > 3:
+        return None
+    err = body.get("error")
+    if isinstance(err, dict):  # OpenAI, Anthropic, Azure, Google: {"error": {"message", ...}}
+        nested = _text(err.get("message")) or _known_message(err, depth + 1)
+        if nested:
+            return nested
+    if text := _text(err):  # TGI, Ollama: {"error": "..."}; OAuth adds error_description
+        description = _text(body.get("error_description"))
+        return f"{text}: {description}" if description else text
+    # application/problem+json (RFC 9457): title and detail (type is a URI, status repeats the HTTP one)
+    title, detail = _text(body.get("title")), _problem_detail(body.get("detail"))
+    if title or detail:
+        return f"{title}: {detail}" if title and detail and detail != title else (title or detail)
+    for key in ("message", "Message", "msg", "error_message", "errorMessage"):
+        if text := _text(body.get(key)):
+            return text
+    errors = body.get("errors")  # JSON:API and GraphQL gateways: {"errors": [{"message" | "detail"}]}
+    if isinstance(errors, list):
+        texts = [
+            t for item in errors[:3]
+            if (t := _text(item) or (_known_message(item, depth + 1) if isinstance(item, dict) else None))
+        ]
+        if texts:
+            return "; ".join(texts)
+    fault = body.get("fault")  # API gateways (Apigee): {"fault": {"faultstring"}}
+    if isinstance(fault, dict) and (text := _text(fault.get("faultstring"))):
+        return text
+    return None
+
+
 def error_message_from_body(body: Any) -> str:
-    """Pull a human message out of the usual JSON error shapes (``{"error": {"message"}}`` etc.)."""
+    """A human message from an error reply's body (parsed JSON, or text), bounded in length.
+
+    The usual shapes are read (``{"error": {"message"}}``, ``{"error": "..."}``, RFC 9457
+    ``application/problem+json`` ``title``/``detail``, ``{"message"}``, ``{"errors": [...]}``...); any other
+    body, JSON or text (an HTML gateway page), is kept as an excerpt of :data:`MAX_EXCERPT` characters.
+    """
     if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return str(err["message"])
-        if isinstance(err, str):
-            return err
-        if isinstance(body.get("message"), str):
-            return str(body["message"])
-    if isinstance(body, str):
-        return body[:500]
+        known = _known_message(body)
+        if known:
+            return _cut(known, MAX_ERROR_TEXT)
+    if isinstance(body, list) and body and isinstance(body[0], dict):  # some servers wrap it in a list
+        known = _known_message(body[0])
+        if known:
+            return _cut(known, MAX_ERROR_TEXT)
+    if isinstance(body, dict | list) and body:
+        raw = json.dumps(body, ensure_ascii=False, separators=(",", ":"), default=str)
+        return f"unrecognised error body: {excerpt(raw)}"
+    if isinstance(body, str) and body.strip():
+        return excerpt(body)
     return "upstream error"
 
 

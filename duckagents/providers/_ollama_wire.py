@@ -1,107 +1,29 @@
-"""The Ollama wire format: chat request bodies, replies, model details and the per-model feature table.
+"""The Ollama wire format: chat request bodies, replies and streams, pull progress, model details.
 
-Pure functions over JSON values, no I/O; :mod:`duckagents.providers._ollama` does the HTTP. Parsers
-raise :class:`~duckagents.providers._streams.StreamFormatError` on malformed values (never a raw
-``KeyError``); the provider turns that into a ``PROTOCOL`` error with its context.
+Pure functions over JSON values, no I/O; :mod:`duckagents.providers._ollama` does the HTTP, the model
+table is :mod:`._ollama_models`, error replies :mod:`._ollama_errors`. Parsers raise
+:class:`~duckagents.providers._base.WireFormatError` on malformed values (never a raw ``KeyError``) and
+:class:`~duckagents.providers._base.InBandError` for the ``{"error": ...}`` objects Ollama reports late
+failures with; a request Ollama cannot take (an image URL, tool arguments that are not an object) raises
+``WireFormatError`` with its kind before anything is sent.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
-import attrs
-
-from ..errors import ErrorKind, ProviderError
-from ..messages import Features, FinishReason, ImagePart, Message, ToolCall, Usage
-from ..signals import ProviderRequest
-from ._base import Completion, RateLimitInfo
-from ._streams import StreamFormatError
-
-PROVIDER = "ollama"
-#: Used when neither /api/show nor the family table knows the model (Ollama's own default num_ctx).
-DEFAULT_CONTEXT_WINDOW = 4096
-
-# (name prefix, context window, tools, vision). The longest matching prefix wins, so specific variants
-# ("llama3.2-vision") beat their family ("llama3.2"). /api/show capabilities override this table.
-FAMILIES: tuple[tuple[str, int, bool, bool], ...] = (
-    ("llama3.3", 131072, True, False),
-    ("llama3.2-vision", 131072, False, True),
-    ("llama3.2", 131072, True, False),
-    ("llama3.1", 131072, True, False),
-    ("llama3", 8192, False, False),
-    ("llava", 4096, False, True),
-    ("bakllava", 4096, False, True),
-    ("moondream", 2048, False, True),
-    ("minicpm-v", 32768, False, True),
-    ("gemma3", 131072, False, True),
-    ("gemma2", 8192, False, False),
-    ("mistral-nemo", 131072, True, False),
-    ("mistral", 32768, True, False),
-    ("mixtral", 32768, True, False),
-    ("qwen2.5vl", 128000, False, True),
-    ("qwen2.5", 32768, True, False),
-    ("qwen3", 40960, True, False),
-    ("phi3", 4096, False, False),
-    ("phi4", 16384, False, False),
-    ("command-r", 131072, True, False),
-)
-
-_CONTEXT_LENGTH_RE = re.compile(r"context (length|window)|exceeds (the )?maximum|too long", re.IGNORECASE)
-
-
-@attrs.frozen
-class OllamaModelDetails:
-    """What ``POST /api/show`` says about a local model."""
-
-    name: str
-    context_window: int | None = None
-    capabilities: tuple[str, ...] = ()
-    family: str | None = None
-    parameter_size: str | None = None
-    quantization_level: str | None = None
-
-
-def canonical_model_name(name: str) -> str:
-    """Ollama's canonical name: ``llama3.2`` and ``llama3.2:latest`` are the same model."""
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
-
-
-def family(model: str) -> tuple[str, int, bool, bool] | None:
-    """The :data:`FAMILIES` entry of ``model`` (namespace and tag ignored), or None."""
-    base = model.rsplit("/", 1)[-1].split(":", 1)[0].lower()
-    matches = [entry for entry in FAMILIES if base.startswith(entry[0])]
-    return max(matches, key=lambda entry: len(entry[0])) if matches else None
-
-
-def features_for(model: str, shown: OllamaModelDetails | None, num_ctx: int | None) -> Features:
-    """Features of ``model``: /api/show data when known, else the family table, capped by ``num_ctx``."""
-    fam = family(model)
-    ctx = (shown.context_window if shown else None) or (fam[1] if fam else DEFAULT_CONTEXT_WINDOW)
-    if num_ctx:
-        ctx = min(ctx, num_ctx)  # Ollama truncates input to num_ctx, whatever the model could take
-    if shown and shown.capabilities:
-        tools, vision = "tools" in shown.capabilities, "vision" in shown.capabilities
-    else:
-        tools, vision = (fam[2], fam[3]) if fam else (False, False)
-    # Ollama generates until the context is full unless num_predict says otherwise.
-    return Features(
-        streaming=True,
-        tools=tools,
-        vision=vision,
-        system_prompt=True,
-        json_mode=True,
-        context_window=ctx,
-        max_output_tokens=ctx,
-    )
-
+from ..errors import ErrorKind
+from ..messages import FinishReason, ImagePart, Message, ToolCall, Usage
+from ..signals import ProviderRequest, ToolCallDelta
+from ._base import Completion, InBandError, RateLimitInfo, StreamDelta, StreamEnd, WireFormatError
+from ._ollama_models import OllamaModelDetails
 
 # --- requests ------------------------------------------------------------------------------------
 
 
-def build_chat_body(
+def build_body(
     request: ProviderRequest,
     model: str,
     *,
@@ -113,7 +35,7 @@ def build_chat_body(
     opts = request.options
     body: dict[str, Any] = {
         "model": model,
-        "messages": encode_messages(request.messages, model),
+        "messages": encode_messages(request.messages),
         "stream": stream,
     }
     if opts.tools and opts.tool_choice != "none":  # Ollama has no tool_choice: "none" drops the tools
@@ -144,19 +66,19 @@ def build_chat_body(
     return body
 
 
-def encode_messages(messages: Sequence[Message], model: str) -> list[dict[str, Any]]:
+def encode_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
     """Neutral messages as Ollama chat messages (images as base64, tool-call arguments as objects)."""
     names: dict[str, str] = {}  # tool_call_id -> tool name, for Ollama's tool_name on results
     out: list[dict[str, Any]] = []
     for message in messages:
         role = "system" if message.role == "developer" else message.role
         item: dict[str, Any] = {"role": role, "content": message.text}
-        images = [encode_image(part, model) for part in message.images]
+        images = [encode_image(part) for part in message.images]
         if images:
             item["images"] = images
         if message.tool_calls:
             item["tool_calls"] = [
-                {"function": {"name": c.name, "arguments": _arguments(c, model)}} for c in message.tool_calls
+                {"function": {"name": c.name, "arguments": _arguments(c)}} for c in message.tool_calls
             ]
             names.update((c.id, c.name) for c in message.tool_calls)
         if message.role == "tool" and message.tool_call_id in names:
@@ -165,32 +87,24 @@ def encode_messages(messages: Sequence[Message], model: str) -> list[dict[str, A
     return out
 
 
-def encode_image(part: ImagePart, model: str) -> str:
+def encode_image(part: ImagePart) -> str:
     """An image as Ollama wants it: bare base64 (a ``data:`` URL is unwrapped; remote URLs unsupported)."""
     if part.data is not None:
         return part.data
     url = part.url or ""
     if url.startswith("data:") and ";base64," in url:
         return url.split(",", 1)[1]
-    raise ProviderError(
-        ErrorKind.UNSUPPORTED,
-        "Ollama accepts inline base64 images only, not URLs",
-        provider=PROVIDER,
-        model=model,
-    )
+    raise WireFormatError("Ollama accepts inline base64 images only, not URLs", ErrorKind.UNSUPPORTED)
 
 
-def _arguments(call: ToolCall, model: str) -> dict[str, Any]:
+def _arguments(call: ToolCall) -> dict[str, Any]:
     try:
         args = json.loads(call.arguments or "{}")
     except json.JSONDecodeError:
         args = None
     if not isinstance(args, dict):
-        raise ProviderError(
-            ErrorKind.INVALID_REQUEST,
-            f"tool call {call.id!r} arguments are not a JSON object",
-            provider=PROVIDER,
-            model=model,
+        raise WireFormatError(
+            f"tool call {call.id!r} arguments are not a JSON object", ErrorKind.INVALID_REQUEST
         )
     return args
 
@@ -202,11 +116,11 @@ def parse_message(value: Any) -> tuple[str, list[Any]]:
     """The content and raw tool calls of a reply's (or stream line's) ``message``."""
     message = value if value is not None else {}
     if not isinstance(message, dict):
-        raise StreamFormatError("message is not an object")
+        raise WireFormatError("message is not an object")
     content = message.get("content") or ""
     calls = message.get("tool_calls") or []
     if not isinstance(content, str) or not isinstance(calls, list):
-        raise StreamFormatError("message content is not a string or tool_calls not a list")
+        raise WireFormatError("message content is not a string or tool_calls not a list")
     return content, calls
 
 
@@ -214,7 +128,7 @@ def parse_tool_call(raw: Any, index: int) -> ToolCall:
     """A whole Ollama tool call; it has no id, so ``call_<index>`` is synthesised (stable per reply)."""
     function = raw.get("function") if isinstance(raw, dict) else None
     if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise StreamFormatError(f"tool call {index} has no function name")
+        raise WireFormatError(f"tool call {index} has no function name")
     args = function.get("arguments", {})
     arguments = args if isinstance(args, str) else json.dumps(args)
     call_id = raw.get("id")  # newer servers may send one; keep it when they do
@@ -225,7 +139,7 @@ def parse_tool_call(raw: Any, index: int) -> ToolCall:
     )
 
 
-def parse_completion(
+def _completion(
     final: dict[str, Any],
     model: str,
     content: str,
@@ -253,10 +167,85 @@ def parse_completion(
     )
 
 
+def parse_completion(body: Any, model: str, rate_limit: RateLimitInfo | None = None) -> Completion:
+    """A non-streaming ``/api/chat`` reply as a :class:`Completion`."""
+    if not isinstance(body, dict) or body.get("done") is not True or "message" not in body:
+        raise WireFormatError("chat reply has no message or is not done")
+    content, raw_calls = parse_message(body["message"])
+    calls = tuple(parse_tool_call(raw, i) for i, raw in enumerate(raw_calls))
+    return _completion(body, model, content, calls, rate_limit)
+
+
+class StreamAssembler:
+    """Turns the NDJSON lines of a streamed ``/api/chat`` into deltas and, after the ``done`` line, one
+    :class:`~._base.StreamEnd`: the decoder of the provider's stream (``HTTPProvider._stream``).
+
+    Ollama sends each tool call whole, so each becomes one :class:`ToolCallDelta` with id and name.
+    """
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.done = False
+        self._text: list[str] = []
+        self._calls: list[ToolCall] = []
+        self._final: dict[str, Any] = {}
+
+    def feed(self, line: Any) -> list[StreamDelta]:
+        """Consume one line; an ``{"error": ...}`` line (a late failure) raises
+        :class:`~._base.InBandError`."""
+        if not isinstance(line, dict):
+            raise WireFormatError("stream line is not a JSON object")
+        if isinstance(line.get("error"), str):
+            raise InBandError(line)
+        content, raw_calls = parse_message(line.get("message"))
+        first = len(self._calls)
+        calls = [parse_tool_call(raw, first + i) for i, raw in enumerate(raw_calls)]
+        deltas = [StreamDelta(text=content)] if content else []
+        if content:
+            self._text.append(content)
+        for index, call in enumerate(calls, first):
+            deltas.append(StreamDelta(tool_call=ToolCallDelta(index, call.id, call.name, call.arguments)))
+        self._calls += calls
+        if line.get("done") is True:
+            self.done = True
+            self._final = line
+        return deltas
+
+    def finish(self, rate_limit: RateLimitInfo | None = None) -> StreamEnd:
+        """The stream's last event; raises :class:`~._base.WireFormatError` before the ``done`` line."""
+        if not self.done:
+            raise WireFormatError("stream ended without its done line")
+        content = "".join(self._text)
+        return StreamEnd(_completion(self._final, self.model, content, tuple(self._calls), rate_limit))
+
+
+class PullProgress:
+    """The stream decoder of ``/api/pull``: yields each progress object (``status``, ``digest``,
+    ``total``, ``completed``) up to ``{"status": "success"}``; an ``{"error": ...}`` line (the model
+    does not exist, the download failed) raises :class:`~._base.InBandError`."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def feed(self, line: Any) -> list[dict[str, Any]]:
+        """Consume one progress line."""
+        if not isinstance(line, dict):
+            raise WireFormatError("pull progress line is not a JSON object")
+        if isinstance(line.get("error"), str):
+            raise InBandError(line)
+        self.done = line.get("status") == "success"
+        return [line]
+
+    def finish(self, rate_limit: RateLimitInfo | None = None) -> None:
+        """Nothing follows the success line; raises :class:`~._base.WireFormatError` without it."""
+        if not self.done:
+            raise WireFormatError("pull stream ended without success")
+
+
 def parse_show(body: Any, model: str) -> OllamaModelDetails:
     """``POST /api/show``: context length from ``model_info["<arch>.context_length"]``, capabilities."""
     if not isinstance(body, dict):
-        raise StreamFormatError("show reply is not an object")
+        raise WireFormatError("show reply is not an object")
     info: dict[str, Any] = body["model_info"] if isinstance(body.get("model_info"), dict) else {}
     details: dict[str, Any] = body["details"] if isinstance(body.get("details"), dict) else {}
     arch = info.get("general.architecture")
@@ -274,13 +263,23 @@ def parse_show(body: Any, model: str) -> OllamaModelDetails:
     )
 
 
-def error_kind(default: ErrorKind, message: str) -> ErrorKind:
-    """Refine the status-derived kind from Ollama's message (it has no error codes)."""
-    return ErrorKind.CONTEXT_LENGTH if _CONTEXT_LENGTH_RE.search(message) else default
-
-
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and value >= 0 else 0
+
+
+def parse_version(body: Any) -> str:
+    """The server version of a ``GET /api/version`` reply."""
+    if not isinstance(body, dict) or not isinstance(body.get("version"), str):
+        raise WireFormatError("version reply has no version")
+    return str(body["version"])
+
+
+def parse_model_list(body: Any, path: str) -> list[dict[str, Any]]:
+    """The ``models`` of a ``GET /api/tags`` or ``GET /api/ps`` reply."""
+    models = body.get("models") if isinstance(body, dict) else None
+    if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
+        raise WireFormatError(f"{path} reply has no models list")
+    return models
 
 
 def opt_int(value: Any) -> int | None:

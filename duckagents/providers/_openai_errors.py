@@ -1,6 +1,9 @@
-"""OpenAI error replies (``{"error": {"message", "type", "param", "code"}}``) as :class:`ProviderError`.
+"""OpenAI error replies (``{"error": {"message", "type", "param", "code"}}``) as :class:`ProviderError`,
+and the ``x-ratelimit-*`` headers.
 
-Pure functions, no I/O; used by the OpenAI provider and by TGI for OpenAI-shaped proxy errors.
+Pure functions, no I/O; used by the OpenAI provider and by TGI for OpenAI-shaped proxy errors. A body of
+another shape (a gateway's HTML page, RFC 9457 problem+json...) is read by
+:func:`~duckagents.providers._http.error_message_from_body`.
 """
 
 from __future__ import annotations
@@ -10,10 +13,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..errors import ErrorKind, ProviderError, Secret, redact
+from ._base import RateLimitInfo
 from ._http import (
     error_message_from_body,
     kind_for_status,
     parse_duration,
+    parse_rate_limit,
     request_id_note,
     retry_after,
     with_notes,
@@ -22,7 +27,7 @@ from ._http import (
 _TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?(?:ms|s|m|h)(?:\d+(?:\.\d+)?(?:ms|s))*)")
 
 
-def classify(status: int | None, code: str | None, err_type: str | None, message: str) -> ErrorKind:
+def error_kind(status: int | None, code: str | None, err_type: str | None, message: str) -> ErrorKind:
     """The error kind of an OpenAI error: the ``code``/``type`` refine what the status says."""
     if code == "insufficient_quota" or err_type == "insufficient_quota":
         return ErrorKind.QUOTA_EXCEEDED
@@ -57,12 +62,16 @@ def make_error(
     provider: str,
     model: str | None,
     secrets: Iterable[Secret | str | None],
+    now: float | None = None,
+    request_id: str | None = None,
+    partial: bool = False,
 ) -> ProviderError:
-    """The :class:`ProviderError` for an OpenAI error reply (``body`` parsed JSON, or text)."""
+    """The :class:`ProviderError` for an OpenAI error reply, or an error object in a 200 reply or in a
+    stream (``status`` None); ``body`` is parsed JSON or text, ``now`` the wall clock, ``request_id`` ours."""
     code, err_type, param = _error_fields(body)
     message = error_message_from_body(body).strip() or "upstream error"
-    kind = classify(status, code, err_type, message)
-    wait = retry_after(headers)
+    kind = error_kind(status, code, err_type, message)
+    wait = retry_after(headers, now)
     if wait is None and kind is ErrorKind.RATE_LIMITED:
         match = _TRY_AGAIN.search(message)
         wait = parse_duration(match.group(1)) if match else None
@@ -77,11 +86,11 @@ def make_error(
         retryable=False if kind is ErrorKind.QUOTA_EXCEEDED else None,
         retry_after=wait,
         status=status,
+        request_id=request_id,
+        partial=partial,
     )
 
 
-def stream_error(chunk: Any) -> Any | None:
-    """The ``error`` object of a mid-stream error event (``data: {"error": {...}}``), else None."""
-    if isinstance(chunk, dict) and isinstance(chunk.get("error"), dict):
-        return chunk
-    return None
+def rate_limit(headers: Mapping[str, str], now: float | None = None) -> RateLimitInfo | None:
+    """The ``x-ratelimit-*`` and ``retry-after`` headers of a reply, or None when it has none."""
+    return parse_rate_limit(headers, now)

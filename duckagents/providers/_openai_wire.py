@@ -1,10 +1,19 @@
 """The OpenAI Chat Completions wire format: request bodies, replies and stream chunks.
 
 Pure functions over JSON values, no I/O; :mod:`duckagents.providers._openai` does the HTTP and
-:mod:`duckagents.providers._openai_errors` maps error replies. The ``x-ratelimit-*`` headers are parsed by
-:func:`duckagents.providers._http.parse_rate_limit`.
-Parsers raise :class:`~duckagents.providers._streams.StreamFormatError` on a malformed value (never a raw
-``KeyError``/``TypeError``); the provider turns that into a ``PROTOCOL`` error with its context.
+:mod:`duckagents.providers._openai_errors` maps error replies and rate-limit headers. TGI's Messages API
+reuses these pieces (:mod:`duckagents.providers._tgi_wire`).
+Parsers raise :class:`~duckagents.providers._base.WireFormatError` on a malformed value (never a raw
+``KeyError``/``TypeError``) and :class:`~duckagents.providers._base.InBandError` for an error object in
+a 200 reply or in the stream; the provider turns those into ProviderErrors with their context.
+
+Tool calls in replies, in neutral form (:class:`~duckagents.messages.ToolCall`):
+
+* a ``function`` call is its name and its ``arguments`` JSON text;
+* a ``custom`` (free-form) call is its name and its raw ``input`` text as ``arguments``, unchanged: it is
+  not JSON (sent back in a later turn, it goes out as a function call with that text);
+* the deprecated ``message.function_call`` (and ``delta.function_call`` in streams) is one more tool call,
+  with the id ``call_<index>`` since it has none; ``finish_reason: "function_call"`` is ``tool_calls``.
 """
 
 from __future__ import annotations
@@ -13,8 +22,8 @@ from typing import Any
 
 from ..messages import FinishReason, ImagePart, Message, TextPart, ToolCall, ToolSpec, Usage
 from ..signals import ProviderRequest, ToolCallDelta
-from ._base import Completion, RateLimitInfo, StreamDelta
-from ._streams import StreamFormatError
+from ._base import Completion, InBandError, RateLimitInfo, StreamDelta, StreamEnd, WireFormatError
+from ._streams import sse_json
 
 FINISH_REASONS: dict[str, FinishReason] = {
     "stop": FinishReason.STOP,
@@ -111,8 +120,8 @@ def build_body(
 # --- replies -------------------------------------------------------------------------------------
 
 
-def _fail(what: str) -> StreamFormatError:
-    return StreamFormatError(f"malformed OpenAI reply: {what}")
+def _fail(what: str) -> WireFormatError:
+    return WireFormatError(f"malformed OpenAI reply: {what}")
 
 
 def _obj(value: Any, what: str) -> dict[str, Any]:
@@ -151,21 +160,44 @@ def finish_reason(raw: str | None, refused: bool = False) -> FinishReason:
     return FINISH_REASONS.get(raw or "", FinishReason.OTHER)
 
 
+def is_error(obj: Any) -> bool:
+    """Is ``obj`` (a reply body or a stream chunk) an error object (``{"error": ...}`` without choices)?"""
+    return type(obj) is dict and bool(obj.get("error")) and "choices" not in obj
+
+
 def _tool_call(value: Any, index: int) -> ToolCall:
     call = _obj(value, f"tool_calls[{index}]")
-    function = _obj(call.get("function"), f"tool_calls[{index}].function")
-    name = _opt_str(function.get("name"), "function.name")
+    kind = call.get("type") or "function"
+    if not isinstance(kind, str):
+        raise _fail(f"tool_calls[{index}].type is not a string")
+    # The payload sits under the call's type: {"function": {"name", "arguments"}} or
+    # {"custom": {"name", "input"}}; a later type of the same shape is read the same way.
+    payload = _obj(call.get(kind), f"tool_calls[{index}].{kind}")
+    name = _opt_str(payload.get("name"), f"{kind}.name")
     if not name:
-        raise _fail(f"tool_calls[{index}] has no function name")
-    return ToolCall(
-        id=_opt_str(call.get("id"), "tool call id") or f"call_{index}",
-        name=name,
-        arguments=_opt_str(function.get("arguments"), "function.arguments") or "{}",
-    )
+        raise _fail(f"tool_calls[{index}] has no {kind} name")
+    if kind == "function" or "input" not in payload:
+        arguments = _opt_str(payload.get("arguments"), f"{kind}.arguments") or "{}"
+    else:
+        arguments = _opt_str(payload.get("input"), f"{kind}.input") or ""
+    call_id = _opt_str(call.get("id"), "tool call id") or f"call_{index}"
+    return ToolCall(id=call_id, name=name, arguments=arguments)
+
+
+def _function_call(value: Any, index: int) -> ToolCall:
+    """The deprecated ``function_call`` of a message as the tool call at ``index``."""
+    function = _obj(value, "message.function_call")
+    name = _opt_str(function.get("name"), "function_call.name")
+    if not name:
+        raise _fail("function_call has no name")
+    arguments = _opt_str(function.get("arguments"), "function_call.arguments") or "{}"
+    return ToolCall(id=f"call_{index}", name=name, arguments=arguments)
 
 
 def parse_completion(body: Any, model: str, rate_limit: RateLimitInfo | None = None) -> Completion:
     """A ``chat.completion`` object as a :class:`Completion` (the first choice)."""
+    if is_error(body):
+        raise InBandError(body)
     reply = _obj(body, "body")
     choices = reply.get("choices")
     if not isinstance(choices, list) or not choices:
@@ -177,11 +209,14 @@ def parse_completion(body: Any, model: str, rate_limit: RateLimitInfo | None = N
     raw_calls = message.get("tool_calls") or []
     if not isinstance(raw_calls, list):
         raise _fail("message.tool_calls is not a list")
+    calls = [_tool_call(c, i) for i, c in enumerate(raw_calls)]
+    if message.get("function_call") is not None:
+        calls.append(_function_call(message["function_call"], len(calls)))
     raw_reason = _opt_str(choice.get("finish_reason"), "finish_reason")
     return Completion(
         model=_opt_str(reply.get("model"), "model") or model,
         content=content or refusal or "",
-        tool_calls=tuple(_tool_call(c, i) for i, c in enumerate(raw_calls)),
+        tool_calls=tuple(calls),
         finish_reason=finish_reason(raw_reason, refused=bool(refusal) and not content),
         usage=parse_usage(reply.get("usage")),
         rate_limit=rate_limit,
@@ -189,23 +224,48 @@ def parse_completion(body: Any, model: str, rate_limit: RateLimitInfo | None = N
     )
 
 
-class ChunkAssembler:
-    """Turns ``chat.completion.chunk`` objects into stream deltas and, at the end, one Completion.
+def parse_model_ids(body: Any) -> list[str]:
+    """The model ids of a ``GET /models`` reply."""
+    entries = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(entries, list) or not all(
+        isinstance(entry, dict) and isinstance(entry.get("id"), str) for entry in entries
+    ):
+        raise WireFormatError("invalid model list: no data array of models with string ids")
+    return [entry["id"] for entry in entries]
+
+
+class StreamAssembler:
+    """Turns the SSE data of a ``chat.completion.chunk`` stream into deltas and, after ``[DONE]``, one
+    :class:`~._base.StreamEnd`: the decoder of the provider's stream (``HTTPProvider._stream``).
 
     Tool-call fragments are keyed by their ``index``: OpenAI sends ``id`` and ``name`` whole in the
     first fragment of a call and only ``arguments`` pieces after it, so the first id/name seen wins
-    (some compatible servers repeat them in every fragment).
+    (some compatible servers repeat them in every fragment). A ``custom`` call's ``input`` pieces are its
+    arguments; a legacy ``function_call`` delta is the call at index 0 (the API never mixes the two).
     """
 
     def __init__(self, model: str) -> None:
         self.model = model
+        self.done = False
         self._text: list[str] = []
         self._refusal: list[str] = []
         self._calls: dict[int, list[Any]] = {}  # index -> [id, name, argument pieces]
         self._raw_reason: str | None = None
         self._usage = Usage()
 
-    def feed(self, chunk: Any) -> list[StreamDelta]:
+    def feed(self, data: str) -> list[StreamDelta]:
+        """Consume one SSE event's data: ``[DONE]`` ends the stream, an error object raises
+        :class:`~._base.InBandError`, a chunk gives its deltas."""
+        # A chunk object starts with "{" and cannot be [DONE]: no strip() per event.
+        if data[:1] != "{" and data.strip() == "[DONE]":
+            self.done = True
+            return []
+        chunk = sse_json(data)
+        if is_error(chunk):
+            raise InBandError(chunk)
+        return self.feed_chunk(chunk)
+
+    def feed_chunk(self, chunk: Any) -> list[StreamDelta]:
         """Consume one parsed chunk; return the deltas it carries (only choice 0 is followed)."""
         deltas: list[StreamDelta] = []
         data = _obj(chunk, "chunk")
@@ -240,17 +300,27 @@ class ChunkAssembler:
                 if not isinstance(raw_calls, list):
                     raise _fail("delta.tool_calls is not a list")
                 deltas.extend(StreamDelta(tool_call=self._tool_fragment(c)) for c in raw_calls)
+            if delta.get("function_call") is not None:
+                deltas.append(StreamDelta(tool_call=self._function_fragment(delta["function_call"])))
         return deltas
 
     def _tool_fragment(self, value: Any) -> ToolCallDelta:
         frag = _obj(value, "tool call fragment")
         index = _int(frag.get("index"), "tool call index")
-        function = _obj(frag.get("function") or {}, "tool call function")
+        payload = _obj(frag.get("function") or frag.get("custom") or {}, "tool call function")
+        piece = payload.get("arguments") if "input" not in payload else payload.get("input")
+        return self._fragment(index, _opt_str(frag.get("id"), "tool call id"), payload.get("name"), piece)
+
+    def _function_fragment(self, value: Any) -> ToolCallDelta:
+        function = _obj(value, "delta.function_call")
+        return self._fragment(0, None, function.get("name"), function.get("arguments"))
+
+    def _fragment(self, index: int, call_id: str | None, name: Any, arguments: Any) -> ToolCallDelta:
         fragment = ToolCallDelta(
             index=index,
-            id=_opt_str(frag.get("id"), "tool call id"),
-            name=_opt_str(function.get("name"), "function.name"),
-            arguments=_opt_str(function.get("arguments"), "function.arguments") or "",
+            id=call_id,
+            name=_opt_str(name, "function.name"),
+            arguments=_opt_str(arguments, "function.arguments") or "",
         )
         slot = self._calls.setdefault(index, [None, None, []])
         slot[0] = slot[0] or fragment.id
@@ -258,8 +328,14 @@ class ChunkAssembler:
         slot[2].append(fragment.arguments)
         return fragment
 
-    def finish(self, rate_limit: RateLimitInfo | None = None) -> Completion:
-        """The assembled completion; call after ``[DONE]``."""
+    def finish(self, rate_limit: RateLimitInfo | None = None) -> StreamEnd:
+        """The stream's last event; raises :class:`~._base.WireFormatError` before ``[DONE]``."""
+        if not self.done:
+            raise WireFormatError("stream ended without data: [DONE]")
+        return StreamEnd(self.completion(rate_limit))
+
+    def completion(self, rate_limit: RateLimitInfo | None = None) -> Completion:
+        """The completion assembled from the chunks so far."""
         calls = []
         for index in sorted(self._calls):
             call_id, name, pieces = self._calls[index]

@@ -2,6 +2,7 @@
 
 Both are fed byte chunks however the network split them and yield complete items; the result is the
 same for every split. Bounded: a line longer than ``max_line`` raises instead of growing without limit.
+Malformed input raises :class:`~._base.WireFormatError` (``StreamFormatError`` is its older name).
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from typing import Any, Protocol, TypeVar
 
 import attrs
 
+from ._base import WireFormatError
+
 MAX_LINE = 4 * 1024 * 1024
 
 T = TypeVar("T")
 
 
-class StreamFormatError(ValueError):
-    """The bytes are not a valid stream of the expected format."""
+#: The older name of :class:`~._base.WireFormatError`, kept for callers of the public API.
+StreamFormatError = WireFormatError
 
 
 @attrs.frozen
@@ -30,18 +33,18 @@ class SSEEvent:
     id: str | None = None
 
     def json(self) -> Any:
-        """The data parsed as JSON; raises :class:`StreamFormatError` when it is not JSON."""
+        """The data parsed as JSON; raises :class:`~._base.WireFormatError` when it is not JSON."""
         return sse_json(self.data)
 
 
 def sse_json(data: str) -> Any:
-    """SSE ``data`` parsed as JSON; raises :class:`StreamFormatError` when it is not JSON."""
+    """SSE ``data`` parsed as JSON; raises :class:`~._base.WireFormatError` when it is not JSON."""
     try:
         return json.loads(data)
     except RecursionError:
-        raise StreamFormatError("SSE data is JSON nested too deeply") from None
+        raise WireFormatError("SSE data is JSON nested too deeply") from None
     except json.JSONDecodeError as exc:
-        raise StreamFormatError(f"SSE data is not JSON: {exc.msg}: {data[:80]!r}") from None
+        raise WireFormatError(f"SSE data is not JSON: {exc.msg}: {data[:80]!r}") from None
 
 
 class _LineSplitter:
@@ -61,7 +64,7 @@ class _LineSplitter:
                 if end + 1 < len(data):
                     self._buffer += data[end + 1 :]
                     if len(self._buffer) > self._max_line:
-                        raise StreamFormatError(f"stream line longer than {self._max_line} bytes")
+                        raise WireFormatError(f"stream line longer than {self._max_line} bytes")
                 return _decode(data[:end]).split("\n")
         if self._pending_cr and data[:1] == b"\n":
             data = data[1:]  # the \n of a \r\n that was split across chunks
@@ -78,7 +81,7 @@ class _LineSplitter:
             if idx < 0:
                 break
             if idx - start > self._max_line:  # also when the whole line came in one chunk
-                raise StreamFormatError(f"stream line longer than {self._max_line} bytes")
+                raise WireFormatError(f"stream line longer than {self._max_line} bytes")
             lines.append(_decode(bytes(buf[start:idx])))
             if idx == idx_r and idx + 1 < size and buf[idx + 1] == 0x0A:
                 start = idx + 2
@@ -87,7 +90,7 @@ class _LineSplitter:
                 self._pending_cr = idx == idx_r and idx + 1 == size
         del buf[:start]
         if len(buf) > self._max_line:
-            raise StreamFormatError(f"stream line longer than {self._max_line} bytes")
+            raise WireFormatError(f"stream line longer than {self._max_line} bytes")
         return lines
 
     def rest(self) -> str:
@@ -100,29 +103,31 @@ def _decode(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise StreamFormatError(f"stream is not valid UTF-8: {exc.reason}") from None
+        raise WireFormatError(f"stream is not valid UTF-8: {exc.reason}") from None
 
 
 class SSEParser:
     """Feed bytes, get :class:`SSEEvent` objects (per the WHATWG event-stream rules we need).
 
     :meth:`feed_data` / :meth:`close_data` are the same parser for callers that only need each event's
-    data (the event name and id are still tracked, just not returned), without an object per event.
+    data (the event name and id are still tracked, just not returned), without an object per event;
+    ``data_only=True`` makes :meth:`feed` / :meth:`close` return that too.
     """
 
-    def __init__(self, max_line: int = MAX_LINE) -> None:
+    def __init__(self, max_line: int = MAX_LINE, *, data_only: bool = False) -> None:
+        self._full = not data_only
         self._lines = _LineSplitter(max_line)
         self._data: list[str] = []
         self._event = ""
         self._id: str | None = None
 
-    def feed(self, data: bytes) -> list[SSEEvent]:
-        """Consume a chunk; return the events it completed."""
-        return self._run(self._lines.feed(data), True)
+    def feed(self, data: bytes) -> list[Any]:
+        """Consume a chunk; return the events (or, ``data_only``, their data) it completed."""
+        return self._run(self._lines.feed(data), self._full)
 
-    def close(self) -> list[SSEEvent]:
+    def close(self) -> list[Any]:
         """End of input: an unterminated final event is dispatched if it has data."""
-        return self._run(self._final_lines(), True)
+        return self._run(self._final_lines(), self._full)
 
     def feed_data(self, data: bytes) -> list[str]:
         """Like :meth:`feed`, returning only the ``data`` of each completed event."""
@@ -189,9 +194,9 @@ def _parse_json_line(line: str) -> Any:
     try:
         return json.loads(line)
     except RecursionError:
-        raise StreamFormatError("NDJSON line is JSON nested too deeply") from None
+        raise WireFormatError("NDJSON line is JSON nested too deeply") from None
     except json.JSONDecodeError as exc:
-        raise StreamFormatError(f"NDJSON line is not JSON: {exc.msg}: {line[:80]!r}") from None
+        raise WireFormatError(f"NDJSON line is not JSON: {exc.msg}: {line[:80]!r}") from None
 
 
 class _Parser(Protocol[T]):

@@ -21,9 +21,8 @@ from duckagents.errors import ErrorKind, ProviderError, Secret
 from duckagents.messages import FinishReason, ImagePart, Message, RequestOptions, ToolCall, ToolSpec
 from duckagents.providers import Provider, StreamDelta, StreamEnd, heuristic_token_count
 from duckagents.providers._anthropic import DEFAULT_MODEL, AnthropicProvider, features_for, image_problem
-from duckagents.providers._anthropic_errors import decode_rate_limits, parse_reset, provider_error
-from duckagents.providers._anthropic_request import encode_messages
-from duckagents.providers._anthropic_wire import StreamAssembler
+from duckagents.providers._anthropic_errors import make_error, parse_reset, rate_limit
+from duckagents.providers._anthropic_wire import StreamAssembler, encode_messages
 from duckagents.signals import ProviderRequest
 from duckagents.testing import AnthropicServer, Fault, ScriptedReply, StreamReply, open_anthropic_server, sse
 
@@ -156,8 +155,12 @@ async def test_conversation_is_encoded_and_merged(
 async def test_options_are_mapped(
     server: AnthropicServer, provider: AnthropicProvider, choice: str, wire: dict[str, str]
 ) -> None:
+    # A model that takes temperature and top_p together (newer ones take one: see test_wire_fidelity).
     await provider.complete(
-        req(temperature=0.2, top_p=0.9, stop=("END",), max_tokens=77, tools=(WEATHER,), tool_choice=choice)
+        req(
+            temperature=0.2, top_p=0.9, stop=("END",), max_tokens=77, tools=(WEATHER,), tool_choice=choice,
+            model="claude-3-7-sonnet-latest",
+        )
     )
     body = sent(server)
     assert body["max_tokens"] == 77 and body["temperature"] == 0.2 and body["top_p"] == 0.9
@@ -335,7 +338,7 @@ ERROR_CASES = [
     (Fault(status=402), ErrorKind.QUOTA_EXCEEDED, False),
     (Fault(status=403), ErrorKind.AUTH, False),
     (Fault(status=404), ErrorKind.NOT_FOUND, False),
-    (Fault(status=413), ErrorKind.CONTEXT_LENGTH, False),
+    (Fault(status=413), ErrorKind.INVALID_REQUEST, False),  # request_too_large: bytes, not tokens
     (Fault(status=500), ErrorKind.UPSTREAM_5XX, True),
     (Fault(status=503), ErrorKind.OVERLOADED, True),
     (Fault(status=529, message="Overloaded"), ErrorKind.OVERLOADED, True),
@@ -571,30 +574,32 @@ def test_rate_limit_header_parsing_with_fixed_now() -> None:
             "Retry-After": "17",
         }
     )
-    info = decode_rate_limits(headers, now)
+    info = rate_limit(headers, now)
     assert info is not None
     assert (info.limit_requests, info.remaining_requests, info.reset_requests) == (4000, 3999, 20.0)
     assert (info.limit_tokens, info.remaining_tokens, info.reset_tokens) == (400_000, 0, 2.5)
     assert info.retry_after == 17.0
-    assert decode_rate_limits(httpx.Headers({"content-type": "application/json"}), now) is None
+    assert rate_limit(httpx.Headers({"content-type": "application/json"}), now) is None
     assert parse_reset("not a date", now) is None and parse_reset("2025-06-15T15:00:00Z", now) == 0.0
     # A 429 without retry-after waits for the exhausted bucket to reset.
-    err = provider_error(status=429, body={}, headers=headers, model="m", secrets=(), now=now)
+    err = make_error(429, headers, {}, provider="anthropic", model="m", secrets=(), now=now)
     assert err.retry_after == 17.0
     del headers["retry-after"]
-    err = provider_error(status=429, body={}, headers=headers, model="m", secrets=(), now=now)
+    err = make_error(429, headers, {}, provider="anthropic", model="m", secrets=(), now=now)
     assert err.kind is ErrorKind.RATE_LIMITED and err.retry_after == 2.5
 
 
 def test_error_decoding_edge_cases() -> None:
     now = 0.0
-    html = provider_error(
+    html = make_error(
+        provider="anthropic",
         status=502, body="<html>bad gateway</html>", headers={}, model=None, secrets=(), now=now
     )
     assert (html.kind, html.retryable) == (ErrorKind.UPSTREAM_5XX, True) and "bad gateway" in html.message
-    empty = provider_error(status=503, body="", headers={}, model=None, secrets=(), now=now)
+    empty = make_error(provider="anthropic", status=503, body="", headers={}, model=None, secrets=(), now=now)
     assert empty.kind is ErrorKind.OVERLOADED and "empty body" in empty.message
-    vetoed = provider_error(
+    vetoed = make_error(
+        provider="anthropic",
         status=500,
         body={"error": {"type": "api_error", "message": "x"}},
         headers={"x-should-retry": "false"},
@@ -603,7 +608,8 @@ def test_error_decoding_edge_cases() -> None:
         now=now,
     )
     assert vetoed.kind is ErrorKind.UPSTREAM_5XX and not vetoed.retryable
-    from_body = provider_error(
+    from_body = make_error(
+        provider="anthropic",
         status=400,
         body={"error": {"type": "invalid_request_error", "message": "m"}, "request_id": "req_9"},
         headers={},
@@ -887,7 +893,7 @@ def test_assembled_stream_equals_fragments(text: str, args: dict[str, int], data
     ]
     events += [("message_delta", {"delta": {"stop_reason": "tool_use"}}), ("message_stop", {})]
     for name, body in events:
-        out += assembler.feed(name, body)
+        out += assembler.feed_event(name, body)
     completion = assembler.completion(None)
     assert "".join(d.text for d in out) == completion.content == text
     assert "".join(d.tool_call.arguments for d in out if d.tool_call) == completion.tool_calls[0].arguments

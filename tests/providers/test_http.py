@@ -27,7 +27,7 @@ def test_retry_after_seconds_and_http_date() -> None:
 @pytest.mark.parametrize(
     ("status", "kind"),
     [(400, ErrorKind.INVALID_REQUEST), (401, ErrorKind.AUTH), (404, ErrorKind.NOT_FOUND),
-     (413, ErrorKind.CONTEXT_LENGTH), (429, ErrorKind.RATE_LIMITED), (500, ErrorKind.UPSTREAM_5XX),
+     (413, ErrorKind.INVALID_REQUEST), (429, ErrorKind.RATE_LIMITED), (500, ErrorKind.UPSTREAM_5XX),
      (503, ErrorKind.OVERLOADED), (529, ErrorKind.OVERLOADED), (418, ErrorKind.UPSTREAM_4XX)],
 )
 def test_status_mapping(status: int, kind: ErrorKind) -> None:
