@@ -41,7 +41,8 @@ Part = TextPart | ImagePart
 
 @attrs.frozen
 class ToolCall:
-    """A tool (function) call made by the assistant. ``arguments`` is the JSON text of the arguments."""
+    """A tool (function) call made by the assistant. ``arguments`` is the JSON text of the arguments (for an
+    OpenAI ``custom`` tool, whose input is free-form, that raw input text)."""
 
     id: str
     name: str

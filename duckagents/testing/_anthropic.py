@@ -42,6 +42,7 @@ from ._anthropic_rules import (
     check_max_tokens,
     check_messages,
     check_model,
+    check_sampling,
     read_body,
 )
 from ._anthropic_rules import count_tokens as count_body_tokens
@@ -165,6 +166,7 @@ class AnthropicServer(WireServer):
     def _messages(self, body: dict[str, Any], fault: Fault | None, request_id: str) -> Reply | StreamReply:
         model = check_model(body, self.models)
         check_max_tokens(body)
+        check_sampling(body, model)
         messages = check_messages(body)
         prompt_tokens = self.count_tokens(body)
         if prompt_tokens > self.context_window:

@@ -7,6 +7,7 @@ A refusal is raised as :class:`Reject` and rendered by the server as the API's e
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from ._script import estimate_prompt_tokens
@@ -27,6 +28,9 @@ ERROR_TYPES: dict[int, str] = {
     529: "overloaded_error",
 }
 _MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+# Claude Opus 4.1 and every model since take temperature or top_p, not both: the server's own rule,
+# independent of the provider's model table.
+_ONE_SAMPLING_PARAMETER = re.compile(r"^claude-(opus-4-[1-9]|(sonnet|haiku)-4-[5-9]|[a-z]+-[5-9])(-|$)")
 
 
 class Reject(Exception):
@@ -139,6 +143,14 @@ def _check_block(block: dict[str, Any], role: str, where: str) -> None:
         raise Reject(400, f"{where}: tool_use blocks are only allowed in assistant messages")
     if block.get("type") == "tool_result" and role != "user":
         raise Reject(400, f"{where}: tool_result blocks are only allowed in user messages")
+
+
+def check_sampling(body: dict[str, Any], model: str) -> None:
+    """Newer models refuse ``temperature`` and ``top_p`` together, as the API does."""
+    if body.get("temperature") is not None and body.get("top_p") is not None:
+        if _ONE_SAMPLING_PARAMETER.match(model):
+            raise Reject(400, "`temperature` and `top_p` cannot both be specified for this model. "
+                         "Please use only one.")
 
 
 def check_max_tokens(body: dict[str, Any]) -> None:

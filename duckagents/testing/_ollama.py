@@ -3,6 +3,8 @@
 It keeps a table of local models and of loaded models with expiry times (on the Trio clock, so a
 ``MockClock`` drives it): chat/generate requests load a model for ``keep_alive`` (default 5 minutes),
 ``keep_alive: 0`` unloads it, a negative one keeps it forever, and ``/api/ps`` lists what is loaded.
+``registry`` names the models a pull can fetch (default: any name); pulling another fails as Ollama's
+does: in band after ``pulling manifest`` when streamed, else a 500, with "file does not exist".
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from ..messages import FinishReason
 from ._common import WireServer, bearer_refused, fault_headers, route, serve
-from ._ollama_models import DEFAULT_MODELS, ModelStore, OllamaModel, now_iso
+from ._ollama_models import DEFAULT_MODELS, ModelStore, OllamaModel, canonical, now_iso
 from ._script import ScriptedReply, estimate_prompt_tokens, split_text
 from ._server import Fault, HTTPRequest, LoopbackServer, Reply, StreamReply, ndjson
 
@@ -30,6 +32,8 @@ _RATE_LIMITED = {
 }
 _NOT_ALLOWED = Reply(405, b"405 method not allowed", {"content-type": "text/plain"})
 _NOT_FOUND = Reply(404, b"404 page not found", {"content-type": "text/plain"})
+#: What Ollama answers when the registry has no manifest for the name pulled.
+MISSING_MANIFEST = "pull model manifest: file does not exist"
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
@@ -45,11 +49,14 @@ class OllamaServer(WireServer):
         api_key: str | None = None,
         models: Iterable[OllamaModel] = DEFAULT_MODELS,
         pull_chunks: int = 3,
+        registry: Iterable[str] | None = None,
     ) -> None:
         super().__init__()
         self.api_key = api_key
         self.store = ModelStore(models)
         self.pull_chunks = pull_chunks
+        #: Canonical names a pull can fetch; None: any.
+        self.registry = None if registry is None else {canonical(name) for name in registry}
 
     @property
     def server(self) -> LoopbackServer:
@@ -104,6 +111,11 @@ class OllamaServer(WireServer):
         if isinstance(named, Reply):
             return named
         body, name = named
+        if self.registry is not None and canonical(name) not in self.registry and not self.store.get(name):
+            if body.get("stream") is False:
+                return _error(500, MISSING_MANIFEST)
+            refusal = [ndjson({"status": "pulling manifest"}), ndjson({"error": MISSING_MANIFEST})]
+            return StreamReply(refusal, headers={"content-type": NDJSON})
         model = self.store.add(name)
         if body.get("stream") is False:
             return _json_reply({"status": "success"}, malformed)

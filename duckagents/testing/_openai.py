@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from ..messages import FinishReason
+from ..messages import FinishReason, ToolCall
 from ._common import WireServer, serve
 from ._openai_errors import APIError, error_for_fault
 from ._openai_rules import RequestFacts, validate_chat_request
@@ -191,11 +191,11 @@ class OpenAIServer(WireServer):
             "refusal": reply.text if refused else None,
             "annotations": [],
         }
-        if reply.tool_calls:
-            message["tool_calls"] = [
-                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                for c in reply.tool_calls
-            ]
+        if reply.tool_calls and reply.tool_call_style == "function_call":
+            call = reply.tool_calls[0]
+            message["function_call"] = {"name": call.name, "arguments": call.arguments}
+        elif reply.tool_calls:
+            message["tool_calls"] = [_tool_call(c, reply.tool_call_style) for c in reply.tool_calls]
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": _raw_finish(reply)}
         body = {**head, "object": "chat.completion", "choices": [choice], "usage": usage,
                 "service_tier": "default"}
@@ -234,12 +234,9 @@ class OpenAIServer(WireServer):
         pieces = [chunk(first)]
         if reply.text:
             pieces += [chunk({field: piece}) for piece in split_text(reply.text, reply.chunk_size)]
-        for i, call in enumerate(reply.tool_calls):
-            opening = {"index": i, "id": call.id, "type": "function",
-                       "function": {"name": call.name, "arguments": ""}}
-            pieces.append(chunk({"tool_calls": [opening]}))
-            pieces += [chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
-                       for piece in split_text(call.arguments, reply.chunk_size)]
+        style = reply.tool_call_style
+        for i, call in enumerate(reply.tool_calls[:1] if style == "function_call" else reply.tool_calls):
+            pieces += [chunk(delta) for delta in _tool_call_deltas(i, call, style, reply.chunk_size)]
         pieces.append(chunk({}, _raw_finish(reply)))
         if include_usage:
             last = {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage}
@@ -249,7 +246,29 @@ class OpenAIServer(WireServer):
 
 
 def _raw_finish(reply: ScriptedReply) -> str:
-    return reply.finish_name(_FINISH, tool_calls="tool_calls")
+    legacy = reply.tool_call_style == "function_call"
+    return reply.finish_name(_FINISH, tool_calls="function_call" if legacy else "tool_calls")
+
+
+def _tool_call(call: ToolCall, style: str) -> dict[str, Any]:
+    """A tool call of a reply message: a ``function`` call, or a ``custom`` one with raw ``input``."""
+    if style == "custom":
+        return {"id": call.id, "type": "custom", "custom": {"name": call.name, "input": call.arguments}}
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def _tool_call_deltas(index: int, call: ToolCall, style: str, size: int) -> list[dict[str, Any]]:
+    """The stream deltas of one tool call: an opening fragment with id and name, then argument pieces."""
+    pieces = split_text(call.arguments, size)
+    if style == "function_call":  # the deprecated shape: one call, no id, no index
+        return [{"function_call": {"name": call.name, "arguments": ""}}] + [
+            {"function_call": {"arguments": piece}} for piece in pieces
+        ]
+    field, key = ("custom", "input") if style == "custom" else ("function", "arguments")
+    opening = {"index": index, "id": call.id, "type": style, field: {"name": call.name, key: ""}}
+    return [{"tool_calls": [opening]}] + [
+        {"tool_calls": [{"index": index, field: {key: piece}}]} for piece in pieces
+    ]
 
 
 @asynccontextmanager

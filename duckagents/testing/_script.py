@@ -17,7 +17,10 @@ class ScriptedReply:
 
     Each wire server renders it in its provider's format (body, or stream events split into ``chunk_size``
     character pieces). ``raw_finish_reason`` overrides the rendered finish reason string verbatim (e.g.
-    Anthropic's ``"refusal"``).
+    Anthropic's ``"refusal"``). ``tool_call_style`` is how the OpenAI wire renders ``tool_calls``:
+    ``"function"`` tool calls, ``"custom"`` tool calls (``arguments`` is the raw ``input``), or the
+    deprecated ``"function_call"`` (the first call only, finish reason ``function_call``); the other
+    wires have one style and ignore it.
     """
 
     text: str = ""
@@ -27,6 +30,7 @@ class ScriptedReply:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     chunk_size: int = 4
+    tool_call_style: str = "function"
 
     def finish_name(self, names: Mapping[FinishReason, str], tool_calls: str) -> str:
         """The finish reason string a wire renders: ``raw_finish_reason`` verbatim, else ``tool_calls``

@@ -4,11 +4,15 @@ Endpoints: ``/info``, ``/health``, ``/tokenize``, ``/generate``, ``/generate_str
 ``/v1/chat/completions`` (OpenAI-shaped, SSE with ``[DONE]``) and ``/v1/models``. Errors use TGI's
 ``{"error", "error_type"}`` shape; request validation mirrors TGI's (token limits from ``/info``).
 Body deserialisation failures answer as TGI's axum router does: 422/400 with a plain-text message.
+A chat message is read as TGI reads it (its ``MessageBody`` is ``content`` or ``tool_calls``, tried in
+that order, so a message with both keeps its text and loses its calls); :attr:`TGIServer.conversations`
+records each chat as the server understood it.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,7 +22,7 @@ from ._common import WireServer, bearer_refused, fault_headers, route, serve
 from ._script import split_text
 from ._server import Fault, HTTPRequest, LoopbackServer, Reply, StreamReply
 from ._tgi_render import Job, chat_events, generate_events, timing_headers
-from ._tgi_rules import content_text, error, json_reply, read_body, text, tokenize, validate
+from ._tgi_rules import content_text, error, json_reply, read_body, text, tokenize, understand, validate
 
 __all__ = ["TGIServer", "open_tgi_server"]
 
@@ -57,6 +61,8 @@ class TGIServer(WireServer):
         self.pipeline_tag = pipeline_tag
         self.tokenizer = tokenizer
         self.healthy = True
+        #: The messages of each chat request as TGI understood them (most recent last, bounded).
+        self.conversations: deque[list[dict[str, Any]]] = deque(maxlen=64)
 
     @property
     def server(self) -> LoopbackServer:
@@ -170,14 +176,18 @@ class TGIServer(WireServer):
                 422,
                 "Failed to deserialize the JSON body into the target type: messages: missing field `role`",
             )
-        texts = [content_text(m.get("content")) for m in messages]
+        understood = understand(messages)
+        if isinstance(understood, Reply):
+            return understood
+        self.conversations.append(understood)
+        texts = [content_text(m.get("content")) for m in understood]
         prompt = " ".join(texts)
         checked = validate(
             prompt, max_new=body.get("max_tokens"), stop=body.get("stop"), generate=False, **self._limits()
         )
         if isinstance(checked, Reply):
             return checked
-        users = [t for m, t in zip(messages, texts, strict=True) if m.get("role") == "user"]
+        users = [t for m, t in zip(understood, texts, strict=True) if m.get("role") == "user"]
         reply = self.script.next(users[-1] if users else "")
         job = Job(reply, checked, split_text(reply.text, reply.chunk_size))
         # TGI formats its EOS finish as "stop" in chat, tool calls included (they end on EOS too).

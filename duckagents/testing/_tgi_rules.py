@@ -50,6 +50,28 @@ def read_body(request: HTTPRequest, required: str) -> dict[str, Any] | Reply:
     return body
 
 
+def understand(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | Reply:
+    """The chat messages as TGI deserialises them: ``role``, ``name``, ``tool_call_id``, and either
+    ``content`` (a string or chunks) or ``tool_calls``, tried in that order (serde's untagged
+    ``MessageBody``: a message with both keeps its text and silently loses its calls)."""
+    out = []
+    for i, message in enumerate(messages):
+        kept: dict[str, Any] = {k: message[k] for k in ("role", "name", "tool_call_id") if k in message}
+        content, calls = message.get("content"), message.get("tool_calls")
+        if isinstance(content, str | list):
+            kept["content"] = content
+        elif isinstance(calls, list):
+            kept["tool_calls"] = calls
+        else:
+            return text(
+                422,
+                f"Failed to deserialize the JSON body into the target type: messages[{i}]: data did not "
+                "match any variant of untagged enum MessageBody",
+            )
+        out.append(kept)
+    return out
+
+
 def content_text(content: Any) -> str:
     """The text of a chat message's content (a string, or chunks of text and image_url parts)."""
     if isinstance(content, list):

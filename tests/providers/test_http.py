@@ -5,7 +5,14 @@ import email.utils
 import pytest
 
 from duckagents.errors import ErrorKind, ProviderError, Secret, redact
-from duckagents.providers._http import kind_for_status, parse_duration, parse_retry_after
+from duckagents.providers._http import (
+    MAX_ERROR_TEXT,
+    MAX_EXCERPT,
+    error_message_from_body,
+    kind_for_status,
+    parse_duration,
+    parse_retry_after,
+)
 
 
 @pytest.mark.parametrize(
@@ -44,3 +51,44 @@ def test_redaction_hides_known_and_key_shaped_secrets() -> None:
     assert "private" not in repr(error) and "private" not in str(error)
     assert error.retryable is False
     assert ProviderError(ErrorKind.UPSTREAM_5XX, "x").retryable is True
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"error": {"message": "m", "type": "t"}}, "m"),  # OpenAI, Anthropic
+        ({"error": {"code": 404}}, 'unrecognised error body: {"error":{"code":404}}'),
+        ({"error": "overloaded", "error_type": "overloaded"}, "overloaded"),  # TGI, Ollama
+        ({"error": "invalid_token", "error_description": "expired"}, "invalid_token: expired"),  # OAuth
+        ({"type": "about:blank", "title": "Not Found", "status": 404}, "Not Found"),  # RFC 9457
+        ({"title": "Conflict", "detail": "Conflict"}, "Conflict"),
+        ({"detail": "Not Found"}, "Not Found"),  # FastAPI
+        ({"detail": [{"loc": ["body"], "msg": "a"}, {"msg": "b"}]}, "a; b"),
+        ({"message": "Internal server error"}, "Internal server error"),  # AWS API Gateway
+        ({"Message": "User is not authorized"}, "User is not authorized"),
+        ({"errors": [{"message": "x"}, "y", {"detail": "z"}]}, "x; y; z"),  # JSON:API, GraphQL gateways
+        ({"fault": {"faultstring": "Rate limit quota violation"}}, "Rate limit quota violation"),  # Apigee
+        ([{"error": "wrapped in a list"}], "wrapped in a list"),
+        ("  plain\n text  ", "plain text"),
+        ("<html><head><title>T</title><script>x()</script></head><body><p>b</p></body></html>", "T b"),
+        ("", "upstream error"),
+        ({}, "upstream error"),
+        (None, "upstream error"),
+    ],
+)
+def test_error_message_shapes(body: object, message: str) -> None:
+    assert error_message_from_body(body) == message
+
+
+def test_error_messages_are_bounded() -> None:
+    assert len(error_message_from_body({"error": {"message": "m" * 10_000}})) == MAX_ERROR_TEXT
+    unknown = error_message_from_body({"data": ["x" * 50] * 100})
+    assert unknown.startswith('unrecognised error body: {"data":["xxx') and unknown.endswith("…")
+    assert len(unknown) <= len("unrecognised error body: ") + MAX_EXCERPT
+    assert len(error_message_from_body("<p>" + "word " * 10_000 + "</p>")) == MAX_EXCERPT
+    deep: dict[str, object] = {"error": {}}
+    node = deep["error"]
+    for _ in range(200):  # nested error objects are followed a few levels, never to the recursion limit
+        node["error"] = {}  # type: ignore[index]
+        node = node["error"]  # type: ignore[index]
+    assert error_message_from_body(deep).startswith("unrecognised error body")
