@@ -111,6 +111,34 @@ def test_official_client_tool_calls(client: openai.OpenAI, wire: ThreadedOpenAI)
     assert (ids, names, json.loads(arguments)) == (["call_w1"], ["get_weather"], {"city": "Lima"})
 
 
+def test_official_client_parses_custom_and_legacy_function_calls(
+    client: openai.OpenAI, wire: ThreadedOpenAI
+) -> None:
+    shell = ToolCall("call_c1", "shell", "ls | wc -l")
+    legacy = ToolCall("unused", "get_weather", '{"city": "Lima"}')
+    wire.call(
+        wire.server.script.push,
+        ScriptedReply(text="Running it.", tool_calls=(shell,), tool_call_style="custom"),
+        ScriptedReply(tool_calls=(legacy,), tool_call_style="function_call"),
+        ScriptedReply(tool_calls=(legacy,), tool_call_style="function_call"),
+    )
+    messages: list[Any] = [{"role": "user", "content": "go"}]
+    custom = client.chat.completions.create(model="gpt-4o", messages=messages).choices[0].message
+    assert custom.content == "Running it." and custom.tool_calls is not None
+    assert custom.tool_calls[0].type == "custom" and custom.tool_calls[0].id == "call_c1"
+    assert (custom.tool_calls[0].custom.name, custom.tool_calls[0].custom.input) == ("shell", "ls | wc -l")  # type: ignore[union-attr]
+    old = client.chat.completions.create(model="gpt-4o", messages=messages).choices[0]
+    assert old.finish_reason == "function_call" and old.message.tool_calls is None
+    assert old.message.function_call is not None and old.message.function_call.name == "get_weather"
+    assert json.loads(old.message.function_call.arguments) == {"city": "Lima"}
+    streamed = client.chat.completions.create(model="gpt-4o", messages=messages, stream=True)
+    pieces = [
+        c.choices[0].delta.function_call for c in streamed if c.choices and c.choices[0].delta.function_call
+    ]
+    assert pieces[0].name == "get_weather"
+    assert json.loads("".join(p.arguments or "" for p in pieces)) == {"city": "Lima"}
+
+
 def test_official_client_json_mode(client: openai.OpenAI) -> None:
     done = client.chat.completions.create(
         model="gpt-4o",
