@@ -27,8 +27,7 @@ from ..bus import SignalBus
 from ..config import ProviderConfig
 from ..errors import ConfigError, ErrorKind, ProviderError
 from ..messages import Features, FinishReason, ImagePart, Message, ToolSpec
-from ..providers import Completion, Provider, heuristic_token_count
-from ..providers import anthropic_image_problem as image_problem
+from ..providers import Completion, Provider, anthropic_image_problem, heuristic_token_count
 from ..resilience import RateLimits
 from ..signals import ProviderRequest
 from ._agent import ProviderAgent
@@ -164,7 +163,7 @@ class AnthropicAgent(ProviderAgent):
         for i, message in enumerate(messages):
             for n, part in enumerate(p for p in message.content if isinstance(p, ImagePart)):
                 count += 1
-                problem = image_problem(part)
+                problem = anthropic_image_problem(part)
                 if problem is not None:
                     self._invalid(f"messages[{i}] image {n + 1}: {problem}", model)
         if count > MAX_IMAGES:

@@ -18,9 +18,7 @@ from typing import Any
 
 import attrs
 
-from ..providers import OPENAI_UNKNOWN_MODEL_FEATURES as UNKNOWN_MODEL_FEATURES
-from ..providers import is_openai_reasoning_model as is_reasoning_model
-from ..providers import openai_model_family as model_family
+from ..providers import OPENAI_UNKNOWN_MODEL_FEATURES, is_openai_reasoning_model, openai_model_family
 from ..resilience import RateLimits
 from ..signals import ProviderRequest
 from ._agent import ProviderAgent, missing_features
@@ -82,7 +80,7 @@ class OpenAIAgent(ProviderAgent):
     def knows(self, model: str) -> bool:
         """True when ``model``'s features are known (a known family, or configured on the provider), so
         a missing feature is a certainty rather than the cautious default for unknown models."""
-        return model_family(model) is not None or self.features(model) != UNKNOWN_MODEL_FEATURES
+        return openai_model_family(model) is not None or self.features(model) != OPENAI_UNKNOWN_MODEL_FEATURES
 
     async def prepare(self, request: ProviderRequest) -> ProviderRequest:
         """Fail fast on features the model lacks; drop or cap options the model would reject."""
@@ -93,7 +91,7 @@ class OpenAIAgent(ProviderAgent):
             self.require_features(request, model, features)
         options = request.options
         changes: dict[str, Any] = {}
-        if is_reasoning_model(model):
+        if is_openai_reasoning_model(model):
             # Reasoning models accept only the default sampling; the answer is the same without them.
             if options.temperature is not None:
                 changes["temperature"] = None

@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from ..errors import BusClosed, ErrorKind, ProviderError
-from ..providers import ollama_canonical_model_name as canonical_model_name
+from ..providers import ollama_canonical_model_name
 from ..signals import ProgressEvent, ProviderRequest
 
 __all__ = ["MAX_CONCURRENT_PULLS", "PULL_WAIT_MARGIN", "ModelPulls", "PullState", "model_missing"]
@@ -105,7 +105,7 @@ class ModelPulls:
 
     def start(self, model: str) -> PullState:
         """The pull of ``model`` in progress, started now (in the agent's nursery) if there is none."""
-        key = canonical_model_name(model)
+        key = ollama_canonical_model_name(model)
         state = self.in_progress.get(key)
         if state is not None:
             return state
@@ -152,7 +152,7 @@ class ModelPulls:
     async def _wait(self, state: PullState, deadline: float = math.inf) -> None:
         if state.unowned:
             state.unowned = False
-            await self._run(canonical_model_name(state.model), state)
+            await self._run(ollama_canonical_model_name(state.model), state)
             return
         with trio.move_on_at(deadline):
             await state.done.wait()

@@ -7,9 +7,7 @@ Every provider implements :class:`Provider`; the neutral results (:class:`Comple
 
 What a provider's model table says is public under a name that says whose it is
 (``openai_model_family``, ``anthropic_image_problem``, ``ollama_canonical_model_name``...), so the
-tables of different APIs never clash. The older unprefixed names (``model_family``,
-``is_reasoning_model``, ``UNKNOWN_MODEL_FEATURES``, ``image_problem``, ``canonical_model_name``) and
-``StreamFormatError`` (now :class:`WireFormatError`) stay as aliases.
+tables of different APIs never clash.
 """
 
 from ._anthropic import AnthropicProvider
@@ -48,16 +46,9 @@ from ._tgi import TGIProvider
 from ._tgi_models import TGIInfo
 
 # The older names, from before each provider's table was named after its API.
-UNKNOWN_MODEL_FEATURES = OPENAI_UNKNOWN_MODEL_FEATURES
-StreamFormatError = WireFormatError
-canonical_model_name = ollama_canonical_model_name
-image_problem = anthropic_image_problem
-is_reasoning_model = is_openai_reasoning_model
-model_family = openai_model_family
 
 __all__ = [
     "OPENAI_UNKNOWN_MODEL_FEATURES",
-    "UNKNOWN_MODEL_FEATURES",
     "AnthropicModelFamily",
     "AnthropicProvider",
     "Completion",
@@ -81,23 +72,18 @@ __all__ = [
     "StreamDelta",
     "StreamEnd",
     "StreamEvent",
-    "StreamFormatError",
     "TGIInfo",
     "TGIProvider",
     "TokenCount",
     "WireFormatError",
     "anthropic_image_problem",
     "anthropic_model_family",
-    "canonical_model_name",
     "heuristic_token_count",
-    "image_problem",
     "is_openai_reasoning_model",
-    "is_reasoning_model",
     "iter_ndjson",
     "iter_sse",
     "kind_for_status",
     "mock_answer",
-    "model_family",
     "ollama_canonical_model_name",
     "openai_model_family",
     "parse_duration",

@@ -2,7 +2,7 @@
 
 Both are fed byte chunks however the network split them and yield complete items; the result is the
 same for every split. Bounded: a line longer than ``max_line`` raises instead of growing without limit.
-Malformed input raises :class:`~._base.WireFormatError` (``StreamFormatError`` is its older name).
+Malformed input raises :class:`~._base.WireFormatError`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ T = TypeVar("T")
 
 
 #: The older name of :class:`~._base.WireFormatError`, kept for callers of the public API.
-StreamFormatError = WireFormatError
 
 
 @attrs.frozen

@@ -23,8 +23,8 @@ from duckagents.providers import (
     StreamDelta,
     StreamEnd,
     StreamEvent,
-    canonical_model_name,
     heuristic_token_count,
+    ollama_canonical_model_name,
 )
 from duckagents.signals import ProviderRequest
 from duckagents.testing import (
@@ -577,9 +577,10 @@ async def test_invalid_tool_arguments_in_history_are_rejected() -> None:
 
 
 def test_canonical_names() -> None:
-    assert canonical_model_name("llama3.2") == "llama3.2:latest"
-    assert canonical_model_name("llama3.2:1b") == "llama3.2:1b"
-    assert canonical_model_name("registry.local:5000/ns/model") == "registry.local:5000/ns/model:latest"
+    assert ollama_canonical_model_name("llama3.2") == "llama3.2:latest"
+    assert ollama_canonical_model_name("llama3.2:1b") == "llama3.2:1b"
+    registry_model = "registry.local:5000/ns/model"
+    assert ollama_canonical_model_name(registry_model) == registry_model + ":latest"
 
 
 async def test_trailing_garbage_after_done_does_not_spoil_the_answer(

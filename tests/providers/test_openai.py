@@ -15,16 +15,14 @@ import trio
 from duckagents.errors import ErrorKind, ProviderError, Secret, StreamProtocolError
 from duckagents.messages import FinishReason, ImagePart, Message, RequestOptions, ToolCall, ToolSpec, Usage
 from duckagents.providers import (
-    UNKNOWN_MODEL_FEATURES,
     Completion,
     OpenAIProvider,
     Provider,
     StreamDelta,
     StreamEnd,
     heuristic_token_count,
-    is_reasoning_model,
-    model_family,
 )
+from duckagents.providers._openai_models import UNKNOWN_MODEL_FEATURES, is_reasoning_model, model_family
 from duckagents.signals import ProviderRequest
 from duckagents.testing import (
     Fault,

@@ -91,11 +91,4 @@ def test_public_surface_names_each_table_after_its_api() -> None:
     assert providers.anthropic_model_family("claude-opus-4-1").exclusive_sampling
     assert providers.ollama_canonical_model_name("llama3.2") == "llama3.2:latest"
     assert providers.OPENAI_UNKNOWN_MODEL_FEATURES.context_window == 8_192
-    # The older names are the same objects.
-    assert providers.model_family is providers.openai_model_family
-    assert providers.is_reasoning_model is providers.is_openai_reasoning_model
-    assert providers.UNKNOWN_MODEL_FEATURES is providers.OPENAI_UNKNOWN_MODEL_FEATURES
-    assert providers.image_problem is providers.anthropic_image_problem
-    assert providers.canonical_model_name is providers.ollama_canonical_model_name
-    assert providers.StreamFormatError is providers.WireFormatError
     assert set(providers.__all__) == {n for n in dir(providers) if not n.startswith("_")} - {"annotations"}

@@ -22,7 +22,7 @@ from duckagents.providers import (
     SSEEvent,
     SSEParser,
     StreamEnd,
-    StreamFormatError,
+    WireFormatError,
     iter_ndjson,
     iter_sse,
 )
@@ -123,19 +123,19 @@ def test_garbage_gives_format_error_or_clean_result(data: bytes, cuts: list[int]
     for parser in (SSEParser(max_line=64), NDJSONParser(max_line=64)):
         try:
             out = feed_all(parser, split(data, cuts))
-        except StreamFormatError:
+        except WireFormatError:
             continue
         for item in out:
             if isinstance(item, SSEEvent):
-                with contextlib.suppress(StreamFormatError):  # data that is not JSON: only StreamFormatError
+                with contextlib.suppress(WireFormatError):  # data that is not JSON: only WireFormatError
                     item.json()
 
 
 @pytest.mark.parametrize("text", ["[" * 20_000, '{"a":' * 20_000])
 def test_deeply_nested_json_is_a_format_error(text: str) -> None:
-    with pytest.raises(StreamFormatError):
+    with pytest.raises(WireFormatError):
         NDJSONParser().feed(text.encode() + b"\n")
-    with pytest.raises(StreamFormatError):
+    with pytest.raises(WireFormatError):
         SSEEvent(text).json()
 
 
@@ -146,7 +146,7 @@ def test_line_longer_than_max_line_raises_however_split(
 ) -> None:
     long_line = ("data: " + "x" * (max_line + extra))[: max_line + extra]
     for parser_type in (SSEParser, NDJSONParser):
-        with pytest.raises(StreamFormatError, match="longer than"):
+        with pytest.raises(WireFormatError, match="longer than"):
             feed_all(parser_type(max_line=max_line), split((long_line + eol + eol).encode(), cuts))
     fitting = "1" * max_line  # exactly max_line is allowed
     assert feed_all(NDJSONParser(max_line=max_line), split((fitting + eol).encode(), cuts)) == [int(fitting)]
