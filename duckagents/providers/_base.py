@@ -14,6 +14,7 @@ import attrs
 
 from ..errors import ErrorKind, Secret
 from ..messages import Features, FinishReason, ImagePart, Message, ToolCall, Usage
+from ..resilience import RateLimitInfo
 from ..signals import ProviderRequest, ToolCallDelta
 
 
@@ -38,19 +39,6 @@ class InBandError(Exception):
     def __init__(self, body: Any) -> None:
         super().__init__("error reported in band")
         self.body = body
-
-
-@attrs.frozen
-class RateLimitInfo:
-    """What an upstream said about its limits (headers or a 429). Durations are seconds from now."""
-
-    limit_requests: int | None = None
-    remaining_requests: int | None = None
-    reset_requests: float | None = None
-    limit_tokens: int | None = None
-    remaining_tokens: int | None = None
-    reset_tokens: float | None = None
-    retry_after: float | None = None
 
 
 @attrs.frozen

@@ -7,7 +7,7 @@ from ._breaker import (
     BreakerState,
     CircuitBreaker,
 )
-from ._ratelimit import Admission, RateLimiter, RateLimits, Reservation
+from ._ratelimit import Admission, RateLimiter, RateLimitInfo, RateLimits, Reservation
 
 __all__ = [
     "DEFAULT_TRIPPING_KINDS",
@@ -16,6 +16,7 @@ __all__ = [
     "BreakerSnapshot",
     "BreakerState",
     "CircuitBreaker",
+    "RateLimitInfo",
     "RateLimiter",
     "RateLimits",
     "Reservation",

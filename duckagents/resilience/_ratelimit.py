@@ -15,22 +15,31 @@ the token bucket in debt, which delays later admissions until the refill has pai
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import attrs
 
 from ..signals import Headroom
 
-if TYPE_CHECKING:
-    # Type-only: resilience sits below providers in the layering, so it must not import them at run time.
-    from ..providers import RateLimitInfo
-
-__all__ = ["Admission", "RateLimiter", "RateLimits", "Reservation"]
+__all__ = ["Admission", "RateLimitInfo", "RateLimiter", "RateLimits", "Reservation"]
 
 
 def _positive_or_none(_: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
     if value is not None and value < 1:
         raise ValueError(f"RateLimits.{attribute.name} must be None (unlimited) or >= 1, got {value!r}")
+
+
+@attrs.frozen
+class RateLimitInfo:
+    """What an upstream said about its limits (headers or a 429), as providers parse it and
+    :meth:`RateLimiter.observe` takes it in. Durations are seconds from now."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens: float | None = None
+    retry_after: float | None = None
 
 
 @attrs.frozen
