@@ -174,8 +174,12 @@ def signal_from_dict(obj: Any) -> Signal:
 
 
 def dumps_signal(signal: Signal) -> str:
-    """Serialise a signal to a CloudEvents JSON string."""
-    return json.dumps(signal_to_dict(signal), separators=(",", ":"))
+    """Serialise a signal to a CloudEvents JSON string.
+
+    Raises ``ValueError`` for a non-finite number (``allow_nan=False``: the result is always valid JSON),
+    ``RecursionError`` for data nested beyond the interpreter's limit, ``TypeError`` for a non-JSON value.
+    """
+    return json.dumps(signal_to_dict(signal), separators=(",", ":"), allow_nan=False)
 
 
 def loads_signal(text: str | bytes) -> Signal:

@@ -33,6 +33,9 @@ class ErrorKind(str, enum.Enum):
     AGENT_CRASHED = "agent_crashed"
     SHUTDOWN = "shutdown"
     CANCELLED = "cancelled"
+    #: An unexpected exception (a bug, an unencodable value) while handling this one request: it failed
+    #: alone, and another attempt would meet the same fault, so it is never retried.
+    INTERNAL = "internal"
 
 
 #: Kinds that another attempt (later, or on another provider) may cure.

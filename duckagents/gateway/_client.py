@@ -160,7 +160,7 @@ async def watch(
     printed = 0
     try:
         async with connect(url, token) as ws:
-            await ws.send_message(json.dumps(subscribe))
+            await ws.send_message(json.dumps(subscribe, allow_nan=False))
             while limit is None or printed < limit:
                 frame = json.loads(await ws.get_message())
                 kind = frame.get("type")
@@ -218,7 +218,7 @@ async def ask(
         message["timeout"] = request_timeout
     try:
         async with connect(url, token) as ws:
-            await ws.send_message(json.dumps(message))
+            await ws.send_message(json.dumps(message, allow_nan=False))
             while True:
                 frame = json.loads(await ws.get_message())
                 if frame.get("type") == "error":

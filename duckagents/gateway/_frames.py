@@ -17,6 +17,7 @@ class ErrorCode(str, enum.Enum):
 
     INVALID_JSON = "invalid_json"
     INVALID_MESSAGE = "invalid_message"
+    INVALID_REQUEST = "invalid_request"
     UNKNOWN_TYPE = "unknown_type"
     UNSUPPORTED_VERSION = "unsupported_version"
     FORBIDDEN = "forbidden"
@@ -27,11 +28,12 @@ class ErrorCode(str, enum.Enum):
     TOO_MANY_REQUESTS = "too_many_requests"
     RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
 
 
 def dumps(obj: dict[str, Any]) -> str:
-    """Compact JSON, the encoding of every server frame."""
-    return json.dumps(obj, separators=(",", ":"))
+    """Compact JSON, the encoding of every server frame (never NaN or Infinity: not JSON)."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
 
 
 def hello_frame(connection: str, scopes: frozenset[str], limits: dict[str, Any], server: str) -> str:

@@ -8,7 +8,6 @@ carry the CloudEvents envelope of :mod:`duckagents.codec`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +17,17 @@ from ..bus import SignalFilter
 from ..codec import converter, describe_error
 from ..errors import GatewayError
 from ..messages import Message, RequestOptions
+from ..validation import (
+    DEFAULT_LIMITS,
+    InvalidJSON,
+    InvalidValue,
+    ValidationLimits,
+    check,
+    check_messages,
+    check_object,
+    check_options,
+    loads,
+)
 from ._frames import (
     PROTOCOL_VERSION,
     ErrorCode,
@@ -28,7 +38,6 @@ from ._frames import (
     hello_frame,
     signal_prefix,
 )
-from ._schema import SchemaError, check, check_object
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -147,13 +156,22 @@ _FIELDS: dict[str, frozenset[str]] = {
 _FILTER_KEYS = ("types", "providers", "request_ids")
 
 
-def parse_client_message(text: str) -> ClientMessage:
-    """Parse one text frame; raises :class:`ProtocolError` saying exactly what is wrong."""
+def parse_client_message(text: str, limits: ValidationLimits = DEFAULT_LIMITS) -> ClientMessage:
+    """Parse one text frame; raises :class:`ProtocolError` saying exactly what is wrong.
+
+    Every value is checked first (:func:`duckagents.validation.loads`: valid Unicode, finite numbers,
+    bounded integers, depth and size): a bad one is ``invalid_request``, naming its path. Then the shape:
+    ``invalid_message``. A request's messages and options are checked like the router's door checks them
+    (tool schemas, number ranges): ``invalid_request`` again.
+    """
     try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        where = f" at position {exc.pos}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise ProtocolError(ErrorCode.INVALID_JSON, f"the frame is not valid JSON{where}") from None
+        obj = loads(text, limits)
+    except InvalidJSON as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"the frame is not valid JSON: {exc.problem}") from None
+    except InvalidValue as exc:
+        raise ProtocolError(
+            ErrorCode.INVALID_REQUEST, str(exc), _salvage_id(exc.document), path=exc.path
+        ) from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "a message must be a JSON object")
     msg_id = _message_id(obj.get("id"), "id", None)
@@ -176,9 +194,26 @@ def parse_client_message(text: str) -> ClientMessage:
         shown = ", ".join(_short(k) for k in sorted(unknown)[:5])
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"unknown field(s) for {kind!r}: {shown}", msg_id)
     try:
-        return _PARSERS[kind](obj, msg_id)
-    except SchemaError as exc:
+        message = _PARSERS[kind](obj, msg_id)
+    except InvalidValue as exc:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, str(exc), msg_id) from None
+    if isinstance(message, Submit):
+        try:
+            check_messages(message.messages, limits)
+            check_options(message.options, limits)
+        except InvalidValue as exc:
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, str(exc), msg_id, path=exc.path) from None
+    return message
+
+
+def _salvage_id(document: Any) -> MessageId | None:
+    """The message id of a refused message, when it has a usable one (the answer can then name it)."""
+    if isinstance(document, dict):
+        try:
+            return _message_id(document.get("id"), "id", None)
+        except ProtocolError:
+            return None
+    return None
 
 
 def _message_id(value: Any, field: str, msg_id: MessageId | None) -> MessageId:
@@ -204,9 +239,9 @@ def _names(value: Any, path: str) -> frozenset[str] | None:
         return None
     check(value, tuple[str, ...], path)
     if len(value) > MAX_FILTER_VALUES:
-        raise SchemaError(path, f"at most {MAX_FILTER_VALUES} values")
+        raise InvalidValue(path, f"at most {MAX_FILTER_VALUES} values")
     if any(len(v) > MAX_NAME_LENGTH for v in value):
-        raise SchemaError(path, f"values must be at most {MAX_NAME_LENGTH} characters")
+        raise InvalidValue(path, f"values must be at most {MAX_NAME_LENGTH} characters")
     return frozenset(value)
 
 
@@ -215,11 +250,11 @@ def _parse_subscribe(obj: dict[str, Any], msg_id: MessageId) -> Subscribe:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise SchemaError("$.filter", "must be an object with optional types, providers, request_ids")
+        raise InvalidValue("$.filter", "must be an object with optional types, providers, request_ids")
     unknown = set(raw) - set(_FILTER_KEYS)
     if unknown:
         shown = ", ".join(_short(k) for k in sorted(unknown)[:5])
-        raise SchemaError("$.filter", f"unknown field(s) {shown}; allowed: {', '.join(_FILTER_KEYS)}")
+        raise InvalidValue("$.filter", f"unknown field(s) {shown}; allowed: {', '.join(_FILTER_KEYS)}")
     values = {key: _names(raw.get(key), f"$.filter.{key}") for key in _FILTER_KEYS}
     return Subscribe(msg_id, SignalFilter(**values))
 
@@ -231,7 +266,7 @@ def _parse_unsubscribe(obj: dict[str, Any], msg_id: MessageId) -> Unsubscribe:
 def _parse_cancel(obj: dict[str, Any], msg_id: MessageId) -> Cancel:
     request_id = obj.get("request_id")
     if not isinstance(request_id, str) or not request_id or len(request_id) > MAX_NAME_LENGTH:
-        raise SchemaError("$.request_id", "must be the request_id string from the request's ack")
+        raise InvalidValue("$.request_id", "must be the request_id string from the request's ack")
     return Cancel(msg_id, request_id)
 
 
@@ -242,7 +277,7 @@ def _parse_ping(obj: dict[str, Any], msg_id: MessageId) -> Ping:
 def _parse_submit(obj: dict[str, Any], msg_id: MessageId) -> Submit:
     raw_messages = obj.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
-        raise SchemaError("$.messages", "must be a non-empty array of messages")
+        raise InvalidValue("$.messages", "must be a non-empty array of messages")
     messages = []
     for index, raw in enumerate(raw_messages):
         path = f"$.messages[{index}]"
@@ -262,7 +297,7 @@ def _parse_submit(obj: dict[str, Any], msg_id: MessageId) -> Submit:
     if timeout is not None:
         check(timeout, float, "$.timeout")
         if not 0 < timeout <= MAX_TIMEOUT:
-            raise SchemaError("$.timeout", f"must be > 0 and <= {MAX_TIMEOUT:g} seconds")
+            raise InvalidValue("$.timeout", f"must be > 0 and <= {MAX_TIMEOUT:g} seconds")
     features = _names(obj.get("required_features"), "$.required_features") or frozenset()
     return Submit(
         msg_id,
@@ -278,7 +313,7 @@ def _structure(value: Any, cls: type[Any], path: str) -> Any:
     try:
         return converter.structure(value, cls)
     except Exception as exc:  # shape was checked; what is left are value checks (an image without data)
-        raise SchemaError(path, describe_error(exc) or type(exc).__name__) from None
+        raise InvalidValue(path, describe_error(exc) or type(exc).__name__) from None
 
 
 _PARSERS: dict[str, Callable[[dict[str, Any], MessageId], ClientMessage]] = {
