@@ -29,7 +29,15 @@ from ._base import (
     heuristic_token_count,
 )
 from ._client import HTTPProvider
-from ._http import kind_for_status, parse_duration, parse_rate_limit, parse_retry_after
+from ._http import (
+    DEFAULT_MAX_RETRY_AFTER,
+    cap_wait,
+    kind_for_status,
+    max_retry_after,
+    parse_duration,
+    parse_rate_limit,
+    parse_retry_after,
+)
 from ._mock import MockProvider
 from ._mock_options import Latency
 from ._mock_script import MockFailure, MockReply, mock_answer
@@ -48,6 +56,7 @@ from ._tgi_models import TGIInfo
 # The older names, from before each provider's table was named after its API.
 
 __all__ = [
+    "DEFAULT_MAX_RETRY_AFTER",
     "OPENAI_UNKNOWN_MODEL_FEATURES",
     "AnthropicModelFamily",
     "AnthropicProvider",
@@ -78,11 +87,13 @@ __all__ = [
     "WireFormatError",
     "anthropic_image_problem",
     "anthropic_model_family",
+    "cap_wait",
     "heuristic_token_count",
     "is_openai_reasoning_model",
     "iter_ndjson",
     "iter_sse",
     "kind_for_status",
+    "max_retry_after",
     "mock_answer",
     "ollama_canonical_model_name",
     "openai_model_family",

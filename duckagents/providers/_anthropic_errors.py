@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import ErrorKind, ProviderError, Secret, redact
 from ._base import RateLimitInfo
-from ._http import error_message_from_body, kind_for_status, parse_int, parse_retry_after
+from ._http import cap_wait, error_message_from_body, kind_for_status, parse_int, parse_retry_after
 
 PROVIDER = "anthropic"
 
@@ -42,7 +42,8 @@ _CONTEXT_OVERFLOW = re.compile(
 
 
 def parse_reset(value: str | None, now: float) -> float | None:
-    """Seconds from ``now`` (wall clock) until an RFC 3339 reset timestamp; None if absent/garbled."""
+    """Seconds from ``now`` (wall clock) until an RFC 3339 reset timestamp; None if absent/garbled; capped
+    like every upstream wait hint (:func:`~duckagents.providers._http.cap_wait`)."""
     if not value:
         return None
     try:
@@ -51,7 +52,7 @@ def parse_reset(value: str | None, now: float) -> float | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=_dt.UTC)
-    return max(0.0, when.timestamp() - now)
+    return cap_wait(max(0.0, when.timestamp() - now))
 
 
 def _family(headers: Mapping[str, str], name: str, now: float) -> tuple[int | None, int | None, float | None]:

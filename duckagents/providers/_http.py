@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
 import email.utils
 import functools
 import json
+import math
 import re
 import ssl
 import time
@@ -51,32 +53,54 @@ def make_client(
     )
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), or None."""
+#: The longest wait an upstream's hint may impose by default (``[router] max_retry_after``).
+DEFAULT_MAX_RETRY_AFTER = 300.0
+
+#: The cap in force: the tree sets it from its configuration for every task it starts
+#: (``duckagents.app.open_tree``), so each provider's parsing applies it without being told.
+max_retry_after: contextvars.ContextVar[float] = contextvars.ContextVar(
+    "max_retry_after", default=DEFAULT_MAX_RETRY_AFTER
+)
+
+
+def cap_wait(seconds: float | None, cap: float | None = None) -> float | None:
+    """An upstream's wait hint made safe: None for NaN, infinite or negative, else at most ``cap``
+    (default: the :data:`max_retry_after` in force). A hint of ~31 years must not block a provider."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, max_retry_after.get() if cap is None else cap)
+
+
+def parse_retry_after(
+    value: str | None, now: float | None = None, *, cap: float | None = None
+) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), or None; capped by
+    :func:`cap_wait` (a date in the past is 0)."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        return cap_wait(float(value), cap)
     except ValueError:
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return cap_wait(max(0.0, when.timestamp() - (time.time() if now is None else now)), cap)
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
-def parse_duration(value: str | None) -> float | None:
-    """Parse OpenAI-style reset durations such as ``6m0s``, ``1s``, ``20ms``, ``1h2m3.5s`` to seconds."""
+def parse_duration(value: str | None, *, cap: float | None = None) -> float | None:
+    """Parse OpenAI-style reset durations such as ``6m0s``, ``1s``, ``20ms``, ``1h2m3.5s`` to seconds;
+    capped by :func:`cap_wait`."""
     if not value:
         return None
     value = value.strip()
     try:
-        return float(value)
+        return cap_wait(float(value), cap)
     except ValueError:
         pass
     pos, total = 0, 0.0
@@ -86,15 +110,19 @@ def parse_duration(value: str | None) -> float | None:
         number, unit = float(match.group(1)), match.group(2)
         total += number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
         pos = match.end()
-    return total if pos == len(value) and pos > 0 else None
+    return cap_wait(total, cap) if pos == len(value) and pos > 0 else None
 
 
 def parse_int(value: str | None) -> int | None:
-    """An integer header value, or None when absent or malformed."""
+    """An integer header value, or None when absent, malformed or beyond 18 digits (an upstream's count
+    of requests or tokens; a longer one is garbage, and would overflow the float arithmetic it feeds)."""
     if value is None:
         return None
+    value = value.strip()
+    if len(value) > 19:
+        return None
     try:
-        return int(value.strip())
+        return int(value)
     except ValueError:
         return None
 
@@ -105,9 +133,11 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
     millis = headers.get("retry-after-ms")
     if millis:
         try:
-            return max(0.0, float(millis) / 1000.0)
+            wait = cap_wait(float(millis) / 1000.0)
         except ValueError:
-            pass
+            wait = None
+        if wait is not None:
+            return wait
     return parse_retry_after(headers.get("retry-after"), now)
 
 

@@ -44,11 +44,13 @@ class RateLimitInfo:
 
 @attrs.frozen
 class RateLimits:
-    """Requests and tokens allowed per ``period`` seconds; ``None`` means unlimited."""
+    """Requests and tokens allowed per ``period`` seconds; ``None`` means unlimited. ``max_wait`` caps
+    the waits an upstream imposes through :meth:`RateLimiter.observe` (``retry_after``, ``reset_*``)."""
 
     requests: int | None = attrs.field(default=None, validator=_positive_or_none)
     tokens: int | None = attrs.field(default=None, validator=_positive_or_none)
     period: float = attrs.field(default=60.0, validator=attrs.validators.gt(0.0))
+    max_wait: float = attrs.field(default=300.0, validator=attrs.validators.gt(0.0))
 
 
 @attrs.frozen
@@ -190,15 +192,26 @@ class RateLimiter:
         retry_after``. Dimensions we do not limit ignore the upstream's numbers (unlimited never blocks).
         When one response both settles a reservation and carries headers, settle first and observe after,
         so that a refund cannot lift our count back above the upstream's.
+
+        Waits are hints from outside: NaN, infinite or negative ones are ignored, longer ones than
+        ``limits.max_wait`` clamped to it (an upstream saying "retry in 31 years" must not block forever).
         """
-        if info.retry_after is not None and info.retry_after > 0:
-            self._blocked_until = max(self._blocked_until, now + info.retry_after)
+        retry_after = self._wait(info.retry_after)
+        if retry_after is not None and retry_after > 0:
+            self._blocked_until = max(self._blocked_until, now + retry_after)
         if self._requests is not None and info.remaining_requests is not None:
             self._requests.lower(
-                now, max(0, info.remaining_requests), info.limit_requests, info.reset_requests
+                now, max(0, info.remaining_requests), info.limit_requests, self._wait(info.reset_requests)
             )
         if self._tokens is not None and info.remaining_tokens is not None:
-            self._tokens.lower(now, max(0, info.remaining_tokens), info.limit_tokens, info.reset_tokens)
+            self._tokens.lower(
+                now, max(0, info.remaining_tokens), info.limit_tokens, self._wait(info.reset_tokens)
+            )
+
+    def _wait(self, seconds: float | None) -> float | None:
+        if seconds is None or not math.isfinite(seconds) or seconds < 0:
+            return None
+        return min(seconds, self.limits.max_wait)
 
     def headroom(self, now: float) -> Headroom:
         """What would still be admitted now, and when a (1 request, 0 token) request would be if not now."""

@@ -6,12 +6,16 @@ import pytest
 
 from duckagents.errors import ErrorKind, ProviderError, Secret, redact
 from duckagents.providers._http import (
+    DEFAULT_MAX_RETRY_AFTER,
     MAX_ERROR_TEXT,
     MAX_EXCERPT,
     error_message_from_body,
     kind_for_status,
+    max_retry_after,
     parse_duration,
+    parse_int,
     parse_retry_after,
+    retry_after,
 )
 
 
@@ -21,7 +25,35 @@ from duckagents.providers._http import (
      ("soon", None), ("5x", None)],
 )
 def test_parse_duration(text: str, seconds: float | None) -> None:
-    assert parse_duration(text) == (None if seconds is None else pytest.approx(seconds))
+    assert parse_duration(text, cap=86400) == (None if seconds is None else pytest.approx(seconds))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("999999999", 300.0), ("inf", None), ("-inf", None), ("nan", None), ("-5", None), ("1e999", None),
+     ("300.5", 300.0), ("12", 12.0), ("Fri, 31 Dec 9999 23:59:59 GMT", 300.0)],
+)
+def test_upstream_waits_are_capped_and_garbage_is_ignored(value: str, expected: float | None) -> None:
+    assert parse_retry_after(value) == expected
+    if not value.startswith("Fri"):
+        assert parse_duration(value) == expected
+    headers = {"retry-after-ms": "9" * 400, "retry-after": value}  # a garbage precise form falls back
+    assert retry_after(headers) == expected
+
+
+async def test_the_cap_in_force_is_scoped_to_a_context() -> None:
+    token = max_retry_after.set(10.0)
+    try:
+        assert parse_retry_after("999999999") == 10.0
+        assert parse_duration("6m0s") == 10.0
+        assert parse_retry_after("999", cap=60.0) == 60.0
+    finally:
+        max_retry_after.reset(token)
+    assert parse_retry_after("999999999") == DEFAULT_MAX_RETRY_AFTER
+
+
+def test_absurd_integer_headers_are_ignored() -> None:
+    assert parse_int("9" * 5000) is None and parse_int("12") == 12 and parse_int("x") is None
 
 
 def test_retry_after_seconds_and_http_date() -> None:

@@ -253,7 +253,7 @@ async def test_finish_length_and_refusal(provider: OpenAIProvider, server: OpenA
 
 async def test_rate_limit_headers_are_parsed() -> None:
     limits = OpenAIRateLimits(
-        limit_requests=500, limit_tokens=30_000, reset_requests="120ms", reset_tokens="6m0s"
+        limit_requests=500, limit_tokens=30_000, reset_requests="120ms", reset_tokens="4m0s"
     )
     async with open_openai_server(rate_limits=limits) as srv, OpenAIProvider(srv.base_url) as prov:
         first = await prov.complete(req())
@@ -262,11 +262,12 @@ async def test_rate_limit_headers_are_parsed() -> None:
     info = first.rate_limit
     assert info is not None
     assert (info.limit_requests, info.remaining_requests, info.reset_requests) == (500, 499, 0.12)
-    assert (info.limit_tokens, info.reset_tokens, info.retry_after) == (30_000, 360.0, None)
+    assert (info.limit_tokens, info.reset_tokens, info.retry_after) == (30_000, 240.0, None)
     assert info.remaining_tokens == 30_000
     assert second.rate_limit is not None and second.rate_limit.remaining_requests == 498
     assert second.rate_limit.remaining_tokens == 30_000 - first.usage.total_tokens
-    assert (second.rate_limit.reset_tokens, second.rate_limit.retry_after) == (3723.5, 1.5)
+    # An hour's reset is clamped to the cap on upstream waits (max_retry_after, 300 s by default).
+    assert (second.rate_limit.reset_tokens, second.rate_limit.retry_after) == (300.0, 1.5)
 
 
 # --- errors ----------------------------------------------------------------------------------------
