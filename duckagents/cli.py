@@ -233,7 +233,7 @@ async def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         if config.gateway.enabled:
             from .gateway import open_gateway
 
-            async with open_gateway(router, config.gateway) as gw:
+            async with open_gateway(router, config.gateway, limits=config.validation) as gw:
                 out.write(f"gateway listening on {gw.url}\n")
                 out.flush()
                 await _print_events(router, out)

@@ -22,6 +22,7 @@ import cattrs
 from .codec import converter, describe_error
 from .errors import ConfigError, Secret
 from .resilience import BreakerConfig, RateLimits
+from .validation import ValidationLimits
 
 ProviderKind = Literal["openai", "anthropic", "ollama", "tgi", "mock"]
 StrategyName = Literal["priority", "round_robin", "least_busy", "lowest_latency", "cheapest"]
@@ -36,8 +37,13 @@ DEFAULT_BASE_URLS: dict[str, str] = {
 
 
 def _positive(_: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and value <= 0:
+    if value is not None and not value > 0:  # written so that NaN fails too
         raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+def _non_negative(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
 #: The keys of a provider's ``limits`` table and the :class:`RateLimits` field each one sets.
@@ -123,6 +129,28 @@ class RouterConfig:
     backoff_initial: float = 0.05
     backoff_max: float = 2.0
     request_timeout: float = attrs.field(default=120.0, validator=_positive)
+    #: The longest wait an upstream may impose (``retry-after``, rate-limit reset headers): longer hints
+    #: are clamped to it, NaN, infinite or negative ones ignored.
+    max_retry_after: float = attrs.field(default=300.0, validator=_positive)
+
+
+@attrs.frozen
+class SupervisionConfig:
+    """Restart budgets of the tree (docs/supervision.md).
+
+    The root supervisor's budget is the router's: ``max_restarts`` restarts within ``period`` seconds, then
+    the tree gives up. Each provider agent has a supervisor of its own with its own budget
+    (``agent_max_restarts`` within ``agent_period``), restarting it after a backoff from
+    ``agent_backoff_initial`` doubling up to ``agent_backoff_max`` seconds; an agent that exhausts it is
+    marked down for good, and the rest of the tree keeps serving.
+    """
+
+    max_restarts: int = attrs.field(default=3, validator=_non_negative)
+    period: float = attrs.field(default=10.0, validator=_positive)
+    agent_max_restarts: int = attrs.field(default=5, validator=_non_negative)
+    agent_period: float = attrs.field(default=60.0, validator=_positive)
+    agent_backoff_initial: float = attrs.field(default=0.2, validator=_non_negative)
+    agent_backoff_max: float = attrs.field(default=5.0, validator=_non_negative)
 
 
 @attrs.frozen
@@ -148,10 +176,20 @@ class GatewayConfig:
     max_frame_bytes: int = attrs.field(default=1024 * 1024, validator=_positive)
     send_buffer: int = attrs.field(default=1024, validator=_positive)
     slow_consumer: Literal["drop_oldest", "disconnect"] = "drop_oldest"
+    #: Bytes of signal frames waiting for one slow client (and, apart, of its control frames).
+    send_buffer_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_positive)
+    #: Bytes of encoded signals the gateway keeps to share one encoding between its connections.
+    frame_cache_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
     #: Client messages per connection: sustained rate and burst (a token bucket); beyond, error frames,
     #: and a flood of another ``message_burst`` refused messages in a row closes the connection (1008).
     max_messages_per_second: float = attrs.field(default=100.0, validator=_positive)
     message_burst: int = attrs.field(default=200, validator=_positive)
+    #: Error frames per connection: sustained rate and burst; a client that keeps getting errors faster
+    #: is closed with 1008, whatever its message rate.
+    max_errors_per_second: float = attrs.field(default=5.0, validator=_positive)
+    error_burst: int = attrs.field(default=50, validator=_positive)
+    #: Seconds a connection may stay without any subscription or request in flight before it is closed.
+    idle_timeout: float = attrs.field(default=60.0, validator=_positive)
 
 
 @attrs.frozen
@@ -161,6 +199,8 @@ class Config:
     providers: tuple[ProviderConfig, ...] = ()
     router: RouterConfig = RouterConfig()
     gateway: GatewayConfig = GatewayConfig()
+    validation: ValidationLimits = ValidationLimits()
+    supervision: SupervisionConfig = SupervisionConfig()
     health_interval: float = attrs.field(default=30.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:

@@ -1,11 +1,15 @@
 """One accepted WebSocket connection: read and answer client messages, write frames, clean up.
 
 Tasks of a connection: the writer (outbox -> socket), and in a work nursery the reader (socket ->
-dispatch) and one :class:`~duckagents.gateway._flight.Flight` per request. Subscriptions are routes of the
-gateway's :class:`~duckagents.gateway._fanout.Fanout`, which pushes into this connection's outbox.
-Whatever ends the connection (client close, bad frame, slow consumer, gateway shutdown) cancels the work
-nursery; the writer finishes the batch in hand, the close frame goes out with its code, and every request
-still in flight is cancelled at the router.
+dispatch), the idle watch and one :class:`~duckagents.gateway._flight.Flight` per request. Subscriptions
+are routes of the gateway's :class:`~duckagents.gateway._fanout.Fanout`, which pushes into this
+connection's outbox. Whatever ends the connection (client close, bad frame, slow consumer, flood, idle
+timeout, gateway shutdown) cancels the work nursery; the writer finishes the batch in hand, the close frame
+goes out with its code, and every request still in flight is cancelled at the router.
+
+Containment: one message that trips an unexpected fault gets an ``internal`` error frame (logged once per
+kind of fault and minute, never per message) and the connection carries on; a fault of the connection's
+own machinery closes it with 1011, never without a close frame.
 """
 
 from __future__ import annotations
@@ -20,11 +24,14 @@ from ..bus import Overflow, SignalFilter, Subscription
 from ..errors import BusClosed
 from ..resilience import RateLimiter, RateLimits
 from ..signals import ProviderRequest, new_id
+from ..validation import InvalidValue, check_request
 from ._auth import Principal
 from ._fanout import Route
 from ._flight import FLIGHT_TYPES, Flight
 from ._outbox import Outbox, SlowConsumer
 from ._protocol import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
     CLOSE_SLOW_CONSUMER,
     CLOSE_UNSUPPORTED_DATA,
@@ -38,7 +45,6 @@ from ._protocol import (
     Subscribe,
     Unsubscribe,
     ack_frame,
-    error_frame,
     hello_frame,
     parse_client_message,
     signal_prefix,
@@ -60,7 +66,10 @@ class Connection:
         self._router = shared.router
         self.principal = principal
         self.outbox = Outbox(
-            config.send_buffer, SlowConsumer(config.slow_consumer), on_overflow=self._overflow
+            config.send_buffer,
+            SlowConsumer(config.slow_consumer),
+            max_bytes=config.send_buffer_bytes,
+            on_overflow=self._overflow,
         )
         self._subs: dict[MessageId, Route] = {}
         self._flights: dict[str, Flight] = {}
@@ -69,6 +78,14 @@ class Connection:
             RateLimits(requests=config.message_burst, period=config.message_burst / rate)
         )
         self._refused_in_a_row = 0
+        # The flood policy on errors: a token bucket of error frames. A client whose messages keep
+        # failing faster than this is closed, however slowly it sends them.
+        error_rate = max(config.max_errors_per_second, 1e-9)
+        self._errors = RateLimiter(
+            RateLimits(requests=config.error_burst, period=config.error_burst / error_rate)
+        )
+        # Set (and replaced) whenever subscriptions or requests in flight change: wakes the idle watch.
+        self._activity = trio.Event()
         self._work_scope = trio.CancelScope()
         self._work: trio.Nursery | None = None
         self._close_code: int | None = None
@@ -86,6 +103,10 @@ class Connection:
             "slow_consumer": c.slow_consumer,
             "max_messages_per_second": c.max_messages_per_second,
             "message_burst": c.message_burst,
+            "max_errors_per_second": c.max_errors_per_second,
+            "error_burst": c.error_burst,
+            "idle_timeout": c.idle_timeout,
+            "send_buffer_bytes": c.send_buffer_bytes,
         }
 
     async def run(self) -> None:
@@ -97,10 +118,17 @@ class Connection:
                 writer_done = trio.Event()
                 outer.start_soon(self._writer, writer_done)
                 with self._work_scope:
-                    async with trio.open_nursery() as work:
-                        self._work = work
-                        await self.outbox.push_control(hello)
-                        work.start_soon(self._reader)
+                    try:
+                        async with trio.open_nursery() as work:
+                            self._work = work
+                            await self.outbox.push_control(hello)
+                            work.start_soon(self._reader)
+                            work.start_soon(self._idle_watch)
+                    except Exception as exc:  # a fault of this connection's machinery: close it properly
+                        self._shared.faults.error(
+                            f"connection:{type(exc).__name__}", f"gateway {self.id}: connection failed", exc
+                        )
+                        self.close(CLOSE_INTERNAL_ERROR, "internal error", flush=True)
                 # The work is over (flights cancelled at the router on their way out); let the writer
                 # finish the batch in hand, so the close frame does not land in the middle of a frame.
                 self.outbox.close(flush=self._flush_on_close)
@@ -161,26 +189,48 @@ class Connection:
                 return
             await self._handle(message)
 
+    async def _idle_watch(self) -> None:
+        """Close the connection once it has had no subscription and no request for ``idle_timeout``."""
+        timeout = self._config.idle_timeout
+        while True:
+            activity = self._activity
+            if self._subs or self._flights:
+                await activity.wait()
+                continue
+            with trio.move_on_after(timeout):
+                await activity.wait()
+            if not activity.is_set() and not self._subs and not self._flights:
+                self._shared.counters.idle_disconnects += 1
+                self.close(CLOSE_NORMAL, f"idle: no subscription or request for {timeout:g} s", flush=True)
+                return
+
+    def _changed(self) -> None:
+        self._activity.set()
+        self._activity = trio.Event()
+
     async def _handle(self, text: str) -> None:
         parsed: ClientMessage | ProtocolError
         try:
-            parsed = parse_client_message(text)
+            parsed = parse_client_message(text, self._shared.limits)
         except ProtocolError as exc:
             parsed = exc
+        except Exception as exc:  # a bug met by this message: it fails alone
+            parsed = self._internal(exc, "parse")
         msg_id = parsed.msg_id if isinstance(parsed, ProtocolError) else parsed.id
         now = trio.current_time()
         admission = self._limiter.admit(now)
         if not admission.admitted:
             self._refused_in_a_row += 1
             if self._refused_in_a_row > self._config.message_burst:
+                self._shared.counters.flood_disconnects += 1
                 self.close(
                     CLOSE_POLICY_VIOLATION, "message flood: too many messages over the rate limit", flush=True
                 )
                 return
             retry_after = round(max(0.0, (admission.retry_at or now) - now), 3)
             limit = self._config.max_messages_per_second
-            await self.outbox.push_control(
-                error_frame(
+            await self._refuse(
+                ProtocolError(
                     ErrorCode.RATE_LIMITED,
                     f"more than {limit:g} messages per second; message ignored",
                     msg_id,
@@ -194,7 +244,26 @@ class Connection:
                 raise parsed
             await self._dispatch(parsed)
         except ProtocolError as exc:
-            await self.outbox.push_control(exc.frame())
+            await self._refuse(exc)
+        except Exception as exc:  # a bug met by this message: it fails alone
+            await self._refuse(self._internal(exc, type(parsed).__name__.lower(), msg_id))
+
+    def _internal(self, exc: Exception, what: str, msg_id: MessageId | None = None) -> ProtocolError:
+        self._shared.faults.error(
+            f"{what}:{type(exc).__name__}", f"gateway {self.id}: a {what} message failed unexpectedly", exc
+        )
+        return ProtocolError(ErrorCode.INTERNAL, "internal error while handling this message", msg_id)
+
+    async def _refuse(self, refusal: ProtocolError) -> None:
+        """Send the error frame of a refused message, unless this client has been refused too often."""
+        if not self._errors.admit(trio.current_time()).admitted:
+            self._shared.counters.flood_disconnects += 1
+            limit = self._config.max_errors_per_second
+            self.close(
+                CLOSE_POLICY_VIOLATION, f"message flood: more than {limit:g} errors per second", flush=True
+            )
+            return
+        await self.outbox.push_control(refusal.frame())
 
     async def _dispatch(self, msg: ClientMessage) -> None:
         match msg:
@@ -210,6 +279,7 @@ class Connection:
                         ErrorCode.UNKNOWN_SUBSCRIPTION, f"no subscription {msg.subscription!r}", msg.id
                     )
                 self._shared.fanout.remove(route)
+                self._changed()
                 await self.outbox.push_control(ack_frame(msg.id, subscription=msg.subscription))
             case Submit():
                 await self._submit(msg)
@@ -249,6 +319,7 @@ class Connection:
             raise ProtocolError(ErrorCode.UNAVAILABLE, "the router is shutting down", msg.id)
         route = Route(msg.filter, signal_prefix(subscription=msg.id), self.outbox)
         self._subs[msg.id] = route
+        self._changed()
         # The ack goes first: signals for this subscription are pushed only after it is queued.
         await self.outbox.push_control(ack_frame(msg.id, subscription=msg.id))
         if self._subs.get(msg.id) is route and not self.outbox.closed:
@@ -273,12 +344,17 @@ class Connection:
             deadline=deadline,
             required_features=msg.required_features,
         )
+        try:  # the router's door, checked here too: a refused request never gets a request id
+            check_request(request, self._shared.limits)
+        except InvalidValue as exc:
+            raise ProtocolError(ErrorCode.INVALID_REQUEST, str(exc), msg.id, path=exc.path) from None
         # Subscribed before submitting, so not even the first chunk can slip past.
         sub = self._subscribe_bus(
             SignalFilter(types=FLIGHT_TYPES, request_ids=frozenset({request.request_id})), msg.id
         )
         flight = Flight(msg.id, request)
         self._flights[flight.request_id] = flight
+        self._changed()
         queued = False
         try:
             await self.outbox.push_control(ack_frame(msg.id, request_id=flight.request_id))
@@ -287,6 +363,7 @@ class Connection:
             if not queued:
                 sub.close()
                 del self._flights[flight.request_id]
+                self._changed()
         assert self._work is not None
         self._work.start_soon(self._fly, flight, sub)
 
@@ -295,3 +372,4 @@ class Connection:
             await flight.run(self._router, sub, self.outbox, self._shared.cache)
         finally:
             del self._flights[flight.request_id]
+            self._changed()

@@ -10,6 +10,10 @@ draining again. A burst is thus written in a few large socket writes per connect
 signal per connection (with hundreds of clients, per-signal writes would cost more than everything
 else), at the price of at most :data:`PACE` of extra latency; the first signal after a quiet spell goes
 out at once.
+
+A signal that cannot be encoded (a non-finite number, data nested past the interpreter's limit, a
+non-JSON value a Python publisher put in it) fails alone: it is dropped for every client, counted in
+:attr:`Fanout.unencodable` and logged (rate-limited); the fan-out task carries on with the next one.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import trio.lowlevel
 from ..bus import Overflow, SignalBus, SignalFilter, Subscription
 from ..errors import BusClosed
 from ..signals import Signal
+from ._log import ThrottledLog
 from ._outbox import Outbox
 from ._wire import Frame, FrameCache
 
@@ -59,6 +64,9 @@ class Fanout:
         self._routes: tuple[Route, ...] = ()
         self._sub: Subscription | None = None
         self._seen_dropped = 0
+        self._faults = ThrottledLog(log)
+        #: Signals dropped because they could not be encoded.
+        self.unencodable = 0
 
     def add(self, route: Route) -> None:
         """Start delivering to ``route`` (from the next drain on)."""
@@ -125,7 +133,16 @@ class Fanout:
             if route.filter.matches(signal):
                 frame = frames.get(route.prefix)
                 if frame is None:
-                    frame = frames[route.prefix] = self._cache.frame(signal, route.prefix)
+                    try:
+                        frame = frames[route.prefix] = self._cache.frame(signal, route.prefix)
+                    except Exception as exc:  # this signal's fault; the next signal is fine
+                        self.unencodable += 1
+                        self._faults.error(
+                            f"encode:{type(exc).__name__}",
+                            f"gateway: dropped a {signal.type} signal that cannot be encoded "
+                            f"({type(exc).__name__}: {str(exc)[:200]})",
+                        )
+                        return
                 route.outbox.push_signal(frame)
 
     def _lost(self, count: int) -> None:

@@ -4,7 +4,8 @@ The connection acks the ``request`` message with the request id, then a :class:`
 request's chunks (droppable, like any signal) and exactly one terminal signal (never dropped) to the
 client. If the router refuses the request outright, or never answers within the request's timeout plus a
 grace period, the flight synthesizes the ``provider_error`` terminal itself, so a client can always count
-on one.
+on one. A chunk that cannot be encoded is dropped (counted); a terminal that cannot be encoded is replaced
+by an ``internal`` ``provider_error``, so that one still arrives.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ import trio
 from ..bus import SignalBus, Subscription
 from ..codec import dumps_signal
 from ..errors import BusClosed, ErrorKind, ProviderError, redact
-from ..signals import ProviderChunk, ProviderErrorData, ProviderRequest, ProviderResponse, make_signal
+from ..signals import (
+    ProviderChunk,
+    ProviderErrorData,
+    ProviderRequest,
+    ProviderResponse,
+    Signal,
+    make_signal,
+)
 from ._outbox import Outbox
 from ._protocol import MessageId, signal_prefix
 from ._wire import FrameCache
@@ -49,12 +57,28 @@ class RouterLike(Protocol):
         ...
 
 
+def internal_terminal(request_id: str, message: str) -> str:
+    """The event JSON of an ``internal`` ``provider_error`` the gateway makes up for ``request_id``."""
+    failure = ProviderErrorData.from_error(request_id, ProviderError(ErrorKind.INTERNAL, message))
+    return dumps_signal(make_signal(failure, GATEWAY_SOURCE))
+
+
+def _event_json(cache: FrameCache, signal: Signal) -> str:
+    try:
+        return cache.event_json(signal)
+    except Exception as exc:  # this answer's fault: the client still gets a terminal
+        log.error("gateway: the terminal of %s cannot be encoded (%s)", signal.subject, type(exc).__name__)
+        return internal_terminal(
+            signal.subject or "", f"the answer could not be encoded ({type(exc).__name__})"
+        )
+
+
 async def forward(sub: Subscription, outbox: Outbox, cache: FrameCache, prefix: str) -> str | None:
     """Push the request's chunks from ``sub`` into ``outbox`` and return its terminal event JSON.
 
     The terminal signal is returned rather than pushed: the caller sends it as a frame that cannot be
     dropped. Returns None when the subscription ends first (the bus closed). Drops in the subscription
-    itself are reported to the outbox.
+    itself are reported to the outbox, and so are chunks that cannot be encoded.
     """
     seen_dropped = 0
     while True:
@@ -65,8 +89,11 @@ async def forward(sub: Subscription, outbox: Outbox, cache: FrameCache, prefix: 
         while True:
             if signal.is_terminal:
                 outbox.count_dropped(sub.dropped - seen_dropped)
-                return cache.event_json(signal)
-            outbox.push_signal(cache.frame(signal, prefix))
+                return _event_json(cache, signal)
+            try:
+                outbox.push_signal(cache.frame(signal, prefix))
+            except Exception:  # this chunk's fault: dropped and reported as such
+                outbox.count_dropped(1)
             try:
                 signal = sub.receive_nowait()
             except (trio.WouldBlock, BusClosed):
@@ -124,7 +151,7 @@ class Flight:
         except Exception as exc:  # a router bug must fail this request, not the connection
             log.exception("router.submit failed for %s", self.request_id)
             error = ProviderError(
-                ErrorKind.AGENT_CRASHED,
+                ErrorKind.INTERNAL,
                 redact(f"the router failed to take the request: {type(exc).__name__}"),
             )
         if not self.done:

@@ -2,10 +2,11 @@
 
 The bus never waits for a gateway client: signals reach a connection through the fan-out (one
 DROP_OLDEST bus subscription for the gateway) or a request's own DROP_OLDEST subscription, and are pushed
-here without awaiting. When a client reads slower than signals arrive, the buffer fills
-and the connection's policy applies: drop the oldest signal (and tell the client how many were lost), or
-disconnect. Control frames (hello, ack, error, request results) are never dropped; the reader awaits
-room for them, which pushes back on the client's own flood and on nobody else.
+here without awaiting. When a client reads slower than signals arrive, the buffer fills (in frames or in
+bytes, whichever bound comes first) and the connection's policy applies: drop the oldest signal (and tell
+the client how many were lost), or disconnect. Control frames (hello, ack, error, request results) are
+never dropped; the reader awaits room for them (also bounded in count and bytes), which pushes back on
+the client's own flood and on nobody else.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from ._wire import Frame
 
 MAX_BATCH_FRAMES = 1024
 MAX_BATCH_BYTES = 512 * 1024
+#: Default byte budget of an outbox, for its signal frames and (separately) its control frames.
+OUTBOX_BYTES = 8 * 1024 * 1024
 
 
 class SlowConsumer(str, enum.Enum):
@@ -33,7 +36,9 @@ class SlowConsumer(str, enum.Enum):
 class Outbox:
     """The bounded outgoing queue of one connection.
 
-    ``capacity`` bounds buffered signal frames; ``control_capacity`` bounds control frames (pushers wait).
+    ``capacity`` and ``max_bytes`` bound buffered signal frames; ``control_capacity`` and ``max_bytes``
+    bound control frames (pushers wait). One frame larger than ``max_bytes`` alone is still taken when
+    nothing of its class is queued (the newest signal is always kept, a control frame always goes out).
     ``on_overflow`` is called once when the DISCONNECT policy trips.
     """
 
@@ -42,16 +47,20 @@ class Outbox:
         capacity: int,
         policy: SlowConsumer,
         *,
+        max_bytes: int = OUTBOX_BYTES,
         control_capacity: int = 64,
         on_overflow: Callable[[], None] = lambda: None,
     ) -> None:
         self.capacity = capacity
         self.policy = policy
+        self.max_bytes = max_bytes
         self.control_capacity = control_capacity
         self._on_overflow = on_overflow
         self._queue: deque[Frame] = deque()
         self._signals = 0
         self._controls = 0
+        self._signal_bytes = 0
+        self._control_bytes = 0
         self._pending_drops = 0
         #: Signals lost on this connection so far (buffer overflow here or in the bus subscription).
         self.dropped_total = 0
@@ -70,11 +79,19 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._queue)
 
+    @property
+    def bytes(self) -> int:
+        """Bytes of the frames queued now."""
+        return self._signal_bytes + self._control_bytes
+
     def push_signal(self, frame: Frame) -> None:
         """Queue a signal frame without waiting; a full buffer applies the slow-consumer policy."""
         if self._closed:
             return
-        if self._signals >= self.capacity:
+        size = frame.size
+        while self._signals and (
+            self._signals >= self.capacity or self._signal_bytes + size > self.max_bytes
+        ):
             if self.policy is SlowConsumer.DISCONNECT:
                 self._overflow()
                 return
@@ -82,6 +99,7 @@ class Outbox:
         queue = self._queue
         queue.append(frame)
         self._signals += 1
+        self._signal_bytes += size
         if len(queue) == 1:  # the writer parks only on an empty queue (this is the hot path)
             self._writer_lot.unpark_all()
 
@@ -98,12 +116,18 @@ class Outbox:
 
     async def push_control(self, frame: str) -> None:
         """Queue a frame that must not be dropped, waiting while the control budget is used up."""
-        while self._controls >= self.control_capacity and not self._closed:
+        encoded = Frame(frame, droppable=False)
+        size = encoded.size
+        while not self._closed and (
+            self._controls >= self.control_capacity
+            or (self._controls and self._control_bytes + size > self.max_bytes)
+        ):
             await self._control_lot.park()
         if self._closed:
             return
-        self._queue.append(Frame(frame, droppable=False))
+        self._queue.append(encoded)
         self._controls += 1
+        self._control_bytes += size
         self._writer_lot.unpark_all()
 
     async def take(self) -> list[Frame] | None:
@@ -123,10 +147,12 @@ class Outbox:
             frame = queue.popleft()
             if frame.droppable:
                 self._signals -= 1
+                self._signal_bytes -= frame.size
             else:
                 self._controls -= 1
+                self._control_bytes -= frame.size
             batch.append(frame)
-            size += len(frame.wire)
+            size += frame.size
         self._control_lot.unpark_all()
         return batch
 
@@ -139,6 +165,7 @@ class Outbox:
         self._flush = flush
         if not flush:
             self._queue.clear()
+            self._signals = self._controls = self._signal_bytes = self._control_bytes = 0
         self._writer_lot.unpark_all()
         self._control_lot.unpark_all()
 
@@ -150,12 +177,14 @@ class Outbox:
     def _drop_oldest_signal(self) -> None:
         queue = self._queue
         if queue[0].droppable:
-            queue.popleft()
+            dropped = queue.popleft()
         else:  # control frames are never dropped; they are few (bounded), so a scan is cheap
             for index, frame in enumerate(queue):
                 if frame.droppable:
+                    dropped = frame
                     del queue[index]
                     break
         self._signals -= 1
+        self._signal_bytes -= dropped.size
         self._pending_drops += 1
         self.dropped_total += 1

@@ -19,10 +19,12 @@ import trio_websocket
 
 from ..config import GatewayConfig
 from ..errors import ConfigError
+from ..validation import DEFAULT_LIMITS, ValidationLimits
 from ._auth import Gatekeeper, is_loopback_host
 from ._connection import Connection
 from ._fanout import Fanout
 from ._flight import RouterLike
+from ._log import ThrottledLog
 from ._shared import Counters, Shared
 from ._wire import FrameCache
 
@@ -37,7 +39,9 @@ INCOMING_QUEUE = 8
 
 @attrs.frozen
 class GatewayStats:
-    """A snapshot of gateway counters. ``rejected`` counts refused handshakes by HTTP status."""
+    """A snapshot of gateway counters. ``rejected`` counts refused handshakes by HTTP status;
+    ``unencodable`` signals were dropped because they could not be encoded; ``faults`` counts unexpected
+    exceptions met while handling client messages (each failed alone)."""
 
     connections: int
     subscriptions: int
@@ -45,13 +49,19 @@ class GatewayStats:
     dropped: int
     slow_disconnects: int
     rejected: dict[int, int]
+    idle_disconnects: int = 0
+    flood_disconnects: int = 0
+    unencodable: int = 0
+    faults: int = 0
+    cache_bytes: int = 0
 
 
 class Gateway:
     """A gateway bound to ``host``:``port``; built and started by :func:`serve_gateway`/:func:`open_gateway`.
 
     Refuses to start without tokens on a non-loopback address (an open gateway lets anyone who can reach
-    it spend the configured providers' quota).
+    it spend the configured providers' quota). ``limits`` bound the values of client messages (the
+    ``[validation]`` table: see :mod:`duckagents.validation`).
     """
 
     def __init__(
@@ -61,6 +71,7 @@ class Gateway:
         *,
         environ: Mapping[str, str] | None = None,
         close_timeout: float = CLOSE_TIMEOUT,
+        limits: ValidationLimits = DEFAULT_LIMITS,
     ) -> None:
         self.config = config
         self._gatekeeper = Gatekeeper(config, environ)
@@ -70,7 +81,7 @@ class Gateway:
                 "[[gateway.tokens]]"
             )
         self._counters = Counters()
-        cache = FrameCache()
+        cache = FrameCache(max_bytes=config.frame_cache_bytes)
         self._fanout = Fanout(router.bus, cache, on_bus_closed=self._bus_closed)
         self._shared = Shared(
             router=router,
@@ -80,6 +91,8 @@ class Gateway:
             counters=self._counters,
             server=f"duckagents/{_version()}",
             close_timeout=close_timeout,
+            limits=limits,
+            faults=ThrottledLog(log),
         )
         self._close_timeout = close_timeout
         self._live: set[Connection] = set()
@@ -111,6 +124,11 @@ class Gateway:
             c.dropped + live_dropped,
             c.slow_disconnects,
             dict(c.rejected),
+            idle_disconnects=c.idle_disconnects,
+            flood_disconnects=c.flood_disconnects,
+            unencodable=self._fanout.unencodable,
+            faults=self._shared.faults.total,
+            cache_bytes=self._shared.cache.bytes,
         )
 
     async def run(self, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
@@ -176,8 +194,9 @@ class Gateway:
             await conn.run()
         except trio_websocket.ConnectionClosed:
             pass  # the client left during the handshake
-        except Exception:  # one connection's bug must not take the gateway (and every other client) down
-            log.exception("gateway connection %s crashed", conn.id if conn else "?")
+        except Exception as exc:  # one connection's bug must not take the gateway (and every client) down
+            where = conn.id if conn else "?"
+            self._shared.faults.error(f"handshake:{type(exc).__name__}", f"gateway {where} crashed", exc)
         finally:
             self._counters.connections -= 1
             if conn is not None:
@@ -217,10 +236,11 @@ async def serve_gateway(
     *,
     environ: Mapping[str, str] | None = None,
     close_timeout: float = CLOSE_TIMEOUT,
+    limits: ValidationLimits = DEFAULT_LIMITS,
     task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the gateway until cancelled; ``nursery.start`` returns the :class:`Gateway` (bound port)."""
-    gateway = Gateway(router, config, environ=environ, close_timeout=close_timeout)
+    gateway = Gateway(router, config, environ=environ, close_timeout=close_timeout, limits=limits)
     await gateway.run(task_status=task_status)
 
 
@@ -231,9 +251,10 @@ async def open_gateway(
     *,
     environ: Mapping[str, str] | None = None,
     close_timeout: float = CLOSE_TIMEOUT,
+    limits: ValidationLimits = DEFAULT_LIMITS,
 ) -> AsyncIterator[Gateway]:
     """Run the gateway for the block; on exit every client gets a 1001 close, then the port is released."""
-    gateway = Gateway(router, config, environ=environ, close_timeout=close_timeout)
+    gateway = Gateway(router, config, environ=environ, close_timeout=close_timeout, limits=limits)
     async with trio.open_nursery() as nursery:
         await nursery.start(gateway.run)
         try:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import attrs
 
 from ..config import GatewayConfig
+from ..validation import ValidationLimits
 from ._fanout import Fanout
 from ._flight import RouterLike
+from ._log import ThrottledLog
 from ._wire import FrameCache
 
 
@@ -18,6 +20,8 @@ class Counters:
     accepted: int = 0
     dropped: int = 0
     slow_disconnects: int = 0
+    idle_disconnects: int = 0
+    flood_disconnects: int = 0
     rejected: dict[int, int] = attrs.field(factory=dict)
 
 
@@ -32,3 +36,6 @@ class Shared:
     counters: Counters
     server: str
     close_timeout: float
+    limits: ValidationLimits
+    #: Faults clients can trigger (unexpected exceptions per message), logged at most once a minute each.
+    faults: ThrottledLog

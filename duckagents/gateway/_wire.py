@@ -36,40 +36,71 @@ def encode_text_frame(text: str) -> bytes:
 
 
 class Frame:
-    """A server frame: its JSON ``text`` and its encoded ``wire`` bytes. Signal frames are ``droppable``."""
+    """A server frame: its encoded ``wire`` bytes (``text`` decodes them back). Signal frames are
+    ``droppable``. Only the bytes are kept: a frame of a 450 KB prompt costs 450 KB, not twice that."""
 
-    __slots__ = ("droppable", "text", "wire")
+    __slots__ = ("droppable", "wire")
 
     def __init__(self, text: str, *, droppable: bool) -> None:
-        self.text = text
         self.wire = encode_text_frame(text)
         self.droppable = droppable
+
+    @property
+    def text(self) -> str:
+        """The JSON text of the frame (decoded on demand: only the fallback writer and tests need it)."""
+        wire = self.wire
+        skip = 2 if wire[1] < 126 else 4 if wire[1] == 126 else 10
+        return wire[skip:].decode("utf-8")
+
+    @property
+    def size(self) -> int:
+        """Bytes this frame holds (its wire form)."""
+        return len(self.wire)
 
     def __repr__(self) -> str:
         return f"Frame({self.text[:60]!r}, droppable={self.droppable})"
 
 
+#: Default bounds of a :class:`FrameCache`: entries, and bytes of encoded text they hold.
+CACHE_ENTRIES = 8192
+CACHE_BYTES = 16 * 1024 * 1024
+
+
 class FrameCache:
     """Encodes each signal once, and each (signal, frame prefix) frame once, however many clients get it.
 
-    Keyed by object identity (signals are immutable and the cache keeps them alive); bounded, oldest out.
+    Keyed by object identity (signals are immutable and the cache keeps them alive). Bounded twice, oldest
+    out: at most ``size`` entries of each kind, and at most ``max_bytes`` of encoded JSON and frames in all
+    (each entry is charged twice its encoded size, since the signal it keeps alive holds about as much).
+    An encoding larger than a quarter of ``max_bytes`` is returned but not kept.
     """
 
-    def __init__(self, size: int = 8192) -> None:
+    def __init__(self, size: int = CACHE_ENTRIES, max_bytes: int = CACHE_BYTES) -> None:
         self._size = size
-        self._events: OrderedDict[int, tuple[Signal, str]] = OrderedDict()
-        self._frames: OrderedDict[tuple[int, str], tuple[Signal, Frame]] = OrderedDict()
+        self.max_bytes = max_bytes
+        #: Bytes charged for what the cache holds now.
+        self.bytes = 0
+        self._events: OrderedDict[int, tuple[Signal, str, int]] = OrderedDict()
+        self._frames: OrderedDict[tuple[int, str], tuple[Signal, Frame, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._events) + len(self._frames)
 
     def event_json(self, signal: Signal) -> str:
-        """The CloudEvents JSON text of ``signal`` (see :func:`duckagents.codec.dumps_signal`)."""
+        """The CloudEvents JSON text of ``signal`` (see :func:`duckagents.codec.dumps_signal`, whose
+        exceptions propagate: a signal that cannot be encoded is the caller's to drop)."""
         key = id(signal)
         entry = self._events.get(key)
         if entry is not None and entry[0] is signal:
             return entry[1]
         text = dumps_signal(signal)
-        self._events[key] = (signal, text)
-        if len(self._events) > self._size:
-            self._events.popitem(last=False)
+        cost = 2 * len(text)
+        if cost <= self.max_bytes // 4:
+            if entry is not None:  # a dead signal's id was reused
+                self.bytes -= entry[2]
+            self._events[key] = (signal, text, cost)
+            self.bytes += cost
+            self._trim()
         return text
 
     def frame(self, signal: Signal, prefix: str) -> Frame:
@@ -79,10 +110,27 @@ class FrameCache:
         if entry is not None and entry[0] is signal:
             return entry[1]
         frame = Frame(prefix + self.event_json(signal) + "}", droppable=True)
-        self._frames[key] = (signal, frame)
-        if len(self._frames) > self._size:
-            self._frames.popitem(last=False)
+        cost = 2 * frame.size
+        if cost <= self.max_bytes // 4:
+            if entry is not None:
+                self.bytes -= entry[2]
+            self._frames[key] = (signal, frame, cost)
+            self.bytes += cost
+            self._trim()
         return frame
+
+    def _trim(self) -> None:
+        events, frames = self._events, self._frames
+        while len(events) > self._size:
+            self.bytes -= events.popitem(last=False)[1][2]
+        while len(frames) > self._size:
+            self.bytes -= frames.popitem(last=False)[1][2]
+        while self.bytes > self.max_bytes and (events or frames):
+            # Frames are made from events, so the older half goes first; then the rest.
+            if frames and (not events or len(frames) >= len(events)):
+                self.bytes -= frames.popitem(last=False)[1][2]
+            else:
+                self.bytes -= events.popitem(last=False)[1][2]
 
 
 def _internals(ws: trio_websocket.WebSocketConnection) -> bool:
