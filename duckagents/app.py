@@ -2,14 +2,23 @@
 
 ::
 
-    root supervisor (one_for_one, publishes supervisor_event on the bus)
-    ├── router            (permanent)  started first, so it is stopped last
-    ├── agent:<name 1>    (permanent)  one provider agent per [[providers]] entry
-    └── agent:<name n>    (permanent)
+    root supervisor "duckagents" (one_for_one; budget: [supervision] max_restarts in period)
+    ├── router                       (permanent)  started first, so it is stopped last
+    ├── agent:<name 1>               (temporary)  a supervisor of its own per [[providers]] entry
+    │   └── agent:<name 1>           (permanent)  the provider agent (budget: agent_max_restarts in
+    │                                             agent_period, restarts after a backoff)
+    └── agent:<name n> ...
 
-Shutdown, on leaving the block: the router stops taking requests, then the supervisor stops the agents
-(last first) — each answers its in-flight attempts with ``shutdown`` — and finally the router, which
-answers every request still open. So every outstanding request gets exactly one final result.
+Isolation: an agent that keeps crashing exhausts the budget of its own supervisor, which gives up (event
+``gave_up`` from supervisor ``agent:<name>``, carrying the last crash's type and message). The root sees
+that as the crash of a temporary child: it does not restart it and it costs the root's budget nothing, so
+the agent stays down (the router sees the events and routes around it) while the router, the gateway and
+the other agents keep serving. The root gives up only when the router itself keeps crashing.
+
+Shutdown, on leaving the block: the router stops taking requests, then the root stops the agents' supervisors
+(last first), each stopping its agent — which answers its in-flight attempts with ``shutdown`` — and finally
+the router, which answers every request still open. So every outstanding request gets exactly one final
+result.
 """
 
 from __future__ import annotations
@@ -22,16 +31,19 @@ import attrs
 
 from .agents import ProviderAgent, build_agent
 from .bus import SignalBus
-from .config import Config, default_config, load_config
-from .providers import Provider
+from .config import Config, SupervisionConfig, default_config, load_config
+from .providers import Provider, max_retry_after
 from .router import AGENT_CHILD_PREFIX, RouterAgent
-from .supervision import ChildSpec, Intensity, Restart, Strategy, Supervisor, open_supervisor
+from .supervision import Backoff, ChildSpec, Intensity, Restart, Strategy, Supervisor, open_supervisor
 
 __all__ = ["DEFAULT_INTENSITY", "Tree", "open_router", "open_tree"]
 
+_DEFAULTS = SupervisionConfig()
 #: Restarts the root supervisor allows (3 within 10 s) before it gives up and the tree fails.
-DEFAULT_INTENSITY = Intensity(max_restarts=3, period=10.0)
+DEFAULT_INTENSITY = Intensity(max_restarts=_DEFAULTS.max_restarts, period=_DEFAULTS.period)
 ROUTER_CHILD = "router"
+#: How long an agent's supervisor may take to stop (its agent's ``shutdown_timeout`` plus a margin).
+AGENT_SUPERVISOR_SHUTDOWN = 10.0
 
 
 @attrs.frozen
@@ -43,6 +55,8 @@ class Tree:
     supervisor: Supervisor
     router: RouterAgent
     agents: dict[str, ProviderAgent]
+    #: The supervisor of each agent (by provider name): its restarts, events and budget.
+    agent_supervisors: dict[str, Supervisor] = attrs.field(factory=dict)
 
 
 def resolve_config(config: Config | str | Path | None) -> Config:
@@ -61,14 +75,21 @@ async def open_tree(
     bus: SignalBus | None = None,
     environ: Mapping[str, str] | None = None,
     providers: Mapping[str, Provider] | None = None,
-    intensity: Intensity = DEFAULT_INTENSITY,
+    intensity: Intensity | None = None,
+    agent_intensity: Intensity | None = None,
+    agent_backoff: Backoff | None = None,
     ready_timeout: float = 5.0,
 ) -> AsyncIterator[Tree]:
     """Run the whole tree for the duration of the block (see the module docstring).
 
     ``providers`` replaces the provider of the named agents with the given instances (tests, embedding
     apps; the caller owns and closes them). API keys come from ``environ`` (default ``os.environ``).
-    Waits up to ``ready_timeout`` seconds for every agent's first status and features before yielding.
+    ``intensity`` (the root's, i.e. the router's budget), ``agent_intensity`` and ``agent_backoff`` override
+    the ``[supervision]`` configuration. Waits up to ``ready_timeout`` seconds for every agent's first
+    status and features before yielding (an agent that cannot come up does not hold the tree back longer).
+
+    Upstream wait hints (``retry-after``...) are capped at ``[router] max_retry_after`` in every task of
+    the tree.
     """
     cfg = resolve_config(config)
     own_bus = bus is None
@@ -81,21 +102,38 @@ async def open_tree(
         for p in cfg.providers
     }
     router = RouterAgent(signal_bus, cfg.providers, cfg.router, ready_timeout=ready_timeout)
+    sup = cfg.supervision
+    budget = agent_intensity or Intensity(max_restarts=sup.agent_max_restarts, period=sup.agent_period)
+    backoff = agent_backoff or Backoff(initial=sup.agent_backoff_initial, max=sup.agent_backoff_max)
+    agent_supervisors = {
+        name: Supervisor(
+            AGENT_CHILD_PREFIX + name,
+            [ChildSpec(AGENT_CHILD_PREFIX + name, agent.run, restart=Restart.PERMANENT)],
+            intensity=budget,
+            backoff=backoff,
+            bus=signal_bus,
+        )
+        for name, agent in agents.items()
+    }
     children = [ChildSpec(ROUTER_CHILD, router.run, restart=Restart.PERMANENT)]
     children += [
-        ChildSpec(AGENT_CHILD_PREFIX + name, agent.run, restart=Restart.PERMANENT)
-        for name, agent in agents.items()
+        # Temporary: a supervisor that gave up stays down, and costs the root's budget nothing.
+        ChildSpec(name, agent_sup.run, restart=Restart.TEMPORARY, shutdown_timeout=AGENT_SUPERVISOR_SHUTDOWN)
+        for name, agent_sup in ((s.name, s) for s in agent_supervisors.values())
     ]
+    root_intensity = intensity or Intensity(max_restarts=sup.max_restarts, period=sup.period)
+    cap = max_retry_after.set(cfg.router.max_retry_after)  # inherited by every task the tree starts
     try:
         async with open_supervisor(
-            "duckagents", children, strategy=Strategy.ONE_FOR_ONE, intensity=intensity, bus=signal_bus
+            "duckagents", children, strategy=Strategy.ONE_FOR_ONE, intensity=root_intensity, bus=signal_bus
         ) as supervisor:
             await router.wait_ready(ready_timeout)
             try:
-                yield Tree(cfg, signal_bus, supervisor, router, agents)
+                yield Tree(cfg, signal_bus, supervisor, router, agents, agent_supervisors)
             finally:
                 router.close_intake()
     finally:
+        max_retry_after.reset(cap)
         if own_bus:
             signal_bus.close()
 

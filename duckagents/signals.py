@@ -238,7 +238,12 @@ class TokenEstimateReply:
 
 @attrs.frozen
 class SupervisorEvent:
-    """A child started, crashed, was restarted or shut down, or a supervisor gave up."""
+    """A child started, crashed, was restarted or shut down, or a supervisor gave up.
+
+    For ``crashed`` and ``gave_up``, ``reason`` is ``"Type: message"`` and ``error_type`` /
+    ``error_message`` the exception's parts (of its first leaf: exception groups are flattened); for
+    ``gave_up`` they describe the last crash, the one that exhausted the budget.
+    """
 
     TYPE: ClassVar[str] = "supervisor_event"
     supervisor: str
@@ -246,6 +251,8 @@ class SupervisorEvent:
     event: str  # started | exited | crashed | restarted | gave_up | shutdown | killed
     reason: str = ""
     restarts: int = 0
+    error_type: str = ""
+    error_message: str = ""
 
 
 @attrs.frozen

@@ -16,6 +16,7 @@ here.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterable
@@ -30,8 +31,10 @@ from ..signals import SupervisorEvent
 from ._children import Child, ExitNotices, Incarnation, run_incarnation
 from ._events import EMIT_TIMEOUT as EMIT_TIMEOUT  # re-exported: documented public constants
 from ._events import MAX_EVENTS as MAX_EVENTS
-from ._events import EventLog, describe
+from ._events import EventLog, describe, format_crash
 from ._specs import Backoff, ChildSpec, Intensity, Restart, Strategy
+
+log = logging.getLogger("duckagents.supervision")
 
 __all__ = [
     "Backoff",
@@ -171,7 +174,8 @@ class Supervisor:
         incarnation.stopping = True
         if incarnation.done.is_set():  # exited on its own; its notice is still queued: report it here
             if incarnation.error is not None:
-                await self._emit(child.spec.id, "crashed", describe(incarnation.error))
+                self._log_crash(child, incarnation.error)
+                await self._emit(child.spec.id, "crashed", incarnation.error)
             return
         incarnation.scope.cancel()
         with trio.move_on_after(child.spec.shutdown_timeout):
@@ -199,7 +203,9 @@ class Supervisor:
             return  # stopped by the supervisor, or already replaced
         incarnation.stopping = True  # handled here; later terminations must not report it again
         crashed = incarnation.error is not None
-        await self._emit(child.spec.id, "crashed" if crashed else "exited", describe(incarnation.error))
+        if incarnation.error is not None:
+            self._log_crash(child, incarnation.error)
+        await self._emit(child.spec.id, "crashed" if crashed else "exited", incarnation.error)
         restart = child.spec.restart
         if restart is Restart.TEMPORARY or (restart is Restart.TRANSIENT and not crashed):
             self._children.remove(child)
@@ -238,13 +244,31 @@ class Supervisor:
     async def _give_up(self, child: Child, error: Exception | None) -> None:
         for other in reversed(self._children):
             await self._terminate(other)
-        await self._emit(child.spec.id, "gave_up", describe(error))
-        self._gave_up = SupervisorGaveUp(
+        gave_up = SupervisorGaveUp(
             self.name, child.spec.id, self.intensity.max_restarts, self.intensity.period
         )
+        gave_up.__cause__ = error  # the traceback of the give-up shows the crash that caused it
+        log.error(
+            "supervisor %s: %s; last crash: %s%s",
+            self.name,
+            gave_up,
+            describe(error),
+            "" if error is None else "\n" + format_crash(error),
+        )
+        await self._emit(child.spec.id, "gave_up", error)
+        self._gave_up = gave_up
 
-    async def _emit(self, child: str, event: str, reason: str = "") -> None:
-        await self._log.emit(self.bus, child, event, reason, self.restarts)
+    def _log_crash(self, child: Child, error: Exception) -> None:
+        if isinstance(error, SupervisorGaveUp):  # a nested supervisor, which logged the crash already
+            log.error("supervisor %s: child %s crashed: %s", self.name, child.spec.id, error)
+            return
+        log.error(
+            "supervisor %s: child %s crashed: %s\n%s", self.name, child.spec.id, describe(error),
+            format_crash(error),
+        )
+
+    async def _emit(self, child: str, event: str, error: BaseException | None = None) -> None:
+        await self._log.emit(self.bus, child, event, error, self.restarts)
 
     def __repr__(self) -> str:
         return (

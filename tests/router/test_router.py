@@ -334,7 +334,7 @@ async def test_agent_crash_is_restarted_and_the_request_answered_once(autojump_c
         response = await tree.router.complete("hi", request_id="crash")
         assert (response.provider, response.attempt) == ("b", 2)
         await rec.wait_for(lambda s: s.type == "supervisor_event" and s.data.event == "restarted")
-        assert tree.supervisor.restarts == 1 and tree.agents["a"].incarnation == 2
+        assert tree.agent_supervisors["a"].restarts == 1 and tree.agents["a"].incarnation == 2
         [lost] = rec.terminals("crash#1")
         assert lost.source == DISPATCH and lost.data.kind is ErrorKind.AGENT_CRASHED  # type: ignore[union-attr]
         assert len([s for s in rec.signals if is_final(s) and s.subject == "crash"]) == 1
