@@ -174,12 +174,20 @@ def signal_from_dict(obj: Any) -> Signal:
 
 
 def dumps_signal(signal: Signal) -> str:
-    """Serialise a signal to a CloudEvents JSON string.
+    """Serialise a signal to a CloudEvents JSON string, always valid JSON text that encodes to UTF-8.
 
-    Raises ``ValueError`` for a non-finite number (``allow_nan=False``: the result is always valid JSON),
-    ``RecursionError`` for data nested beyond the interpreter's limit, ``TypeError`` for a non-JSON value.
+    Raises ``ValueError`` for a non-finite number (``allow_nan=False``), ``RecursionError`` for data
+    nested beyond the interpreter's limit, ``TypeError`` for a non-JSON value. A lone surrogate (an
+    upstream's broken text: no UTF-8 can carry it) is replaced by U+FFFD.
     """
-    return json.dumps(signal_to_dict(signal), separators=(",", ":"), allow_nan=False)
+    text = json.dumps(signal_to_dict(signal), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # Through UTF-16, which pairs surrogates that make a character and replaces the lone ones.
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 def loads_signal(text: str | bytes) -> Signal:

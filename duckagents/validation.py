@@ -32,6 +32,7 @@ import functools
 import json
 import math
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -113,7 +114,9 @@ class InvalidValue(DuckAgentsError, ValueError):
         self.path = _clip(path)
         self.problem = _clip(problem)
         self.document = document
-        super().__init__(_clip(f"{self.path}: {self.problem}"))
+        # A deep path is shortened in the middle, so that the message always ends with the problem.
+        shown = path if len(path) <= 150 else f"{path[:100]}...{path[-47:]}"
+        super().__init__(_clip(f"{shown}: {self.problem}"))
 
     def to_error(self, request_id: str | None = None) -> ProviderError:
         """The ``invalid_request`` :class:`ProviderError` a router door raises for this refusal."""
@@ -149,6 +152,25 @@ def _parse_constant(name: str) -> _Refused:
     return _Refused(f"{name} is not a finite number (JSON has no NaN or Infinity)")
 
 
+# Above this many digits, converting an integer costs enough to matter (the interpreter's guard: 4,300).
+_INT_GUARD = 10_000
+
+
+class _TooManyDigits(Exception):
+    """The C parser met an integer beyond the interpreter's guard."""
+
+
+def _decode(text: str, parse_int: Callable[[str], int | _Refused] | None) -> Any:
+    try:
+        return json.loads(text, parse_int=parse_int, parse_constant=_parse_constant)
+    except json.JSONDecodeError as exc:
+        raise InvalidJSON("$", f"{exc.msg} at position {exc.pos}") from None
+    except RecursionError:
+        raise InvalidValue("$", "nested too deeply to decode") from None
+    except ValueError:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        raise _TooManyDigits from None
+
+
 def _int_parser(limits: ValidationLimits) -> Callable[[str], int | _Refused]:
     digits = len(str(limits.max_integer))
 
@@ -160,11 +182,6 @@ def _int_parser(limits: ValidationLimits) -> Callable[[str], int | _Refused]:
         return int(text)
 
     return parse_int
-
-
-@functools.lru_cache(maxsize=8)
-def _digit_run(limits: ValidationLimits) -> re.Pattern[str]:
-    return re.compile(rf"\d{{{len(str(limits.max_integer)) + 1}}}")
 
 
 def loads(text: str | bytes, limits: ValidationLimits = DEFAULT_LIMITS) -> Any:
@@ -180,16 +197,16 @@ def loads(text: str | bytes, limits: ValidationLimits = DEFAULT_LIMITS) -> Any:
             text = bytes(text).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InvalidJSON("$", f"not UTF-8 (byte {exc.start})") from None
-    # Floats need no parser of their own: 1e400 decodes to inf, which the value walk refuses with its path.
-    # Integers do when a literal may be too long to convert (or too slow: the guard against 4,300+ digits
-    # is process-wide and can be lifted); the C parser is several times faster, so it is used otherwise.
-    parse_int = _int_parser(limits) if _digit_run(limits).search(text) else None
+    # Floats need no parser of their own: 1e400 decodes to inf, which the value walk refuses with its
+    # path. Integers are parsed by the C parser (several times faster) as long as Python's guard against
+    # converting 4,300+ digits stands: a longer literal then fails the whole parse, and a second one with
+    # the bounded parser finds it and its path. Without the guard (an application may lift it), every
+    # integer goes through the bounded parser.
+    guarded = 0 < sys.get_int_max_str_digits() <= _INT_GUARD
     try:
-        document = json.loads(text, parse_int=parse_int, parse_constant=_parse_constant)
-    except json.JSONDecodeError as exc:
-        raise InvalidJSON("$", f"{exc.msg} at position {exc.pos}") from None
-    except RecursionError:
-        raise InvalidValue("$", f"nested deeper than {limits.max_depth} levels") from None
+        document = _decode(text, None if guarded else _int_parser(limits))
+    except _TooManyDigits:
+        document = _decode(text, _int_parser(limits))
     try:
         check_json(document, limits)
     except InvalidValue as exc:

@@ -29,7 +29,7 @@ from typing import Any
 import trio
 
 from ..errors import ErrorKind, ProviderError, Secret
-from ..messages import Features, FinishReason, Message, Usage
+from ..messages import Features, FinishReason, Message, TextPart, Usage
 from ..signals import ProviderRequest, ToolCallDelta
 from ._base import (
     Completion,
@@ -57,6 +57,9 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "mock-1"
+#: Bounds of :attr:`MockProvider.requests`: requests, and characters of prompt text (and image data).
+RECORDED_REQUESTS = 256
+RECORDED_BYTES = 4 * 1024 * 1024
 #: The mock supports everything by default, so the zero-config setup can answer any request.
 DEFAULT_MOCK_FEATURES = Features(
     streaming=True, tools=True, vision=True, system_prompt=True, json_mode=True,
@@ -110,8 +113,11 @@ class MockProvider(MockScript):
         self.healthy = healthy
         #: Attached to every completion, as if the upstream sent rate-limit headers.
         self.rate_limit = rate_limit
-        #: Requests seen, most recent last (bounded), for assertions.
-        self.requests: deque[ProviderRequest] = deque(maxlen=256)
+        #: Requests seen, most recent last, for assertions: the last :data:`RECORDED_REQUESTS`, within
+        #: :data:`RECORDED_BYTES` of prompt text (the newest is always kept).
+        self.requests: deque[ProviderRequest] = deque()
+        self._recorded_sizes: deque[int] = deque()
+        self._recorded_bytes = 0
         #: Completion calls (``complete`` and ``stream``) made so far.
         self.calls = 0
         self.push_reply(*replies)
@@ -221,10 +227,29 @@ class MockProvider(MockScript):
 
     # --- internals -------------------------------------------------------------------------------
 
+    def _record(self, request: ProviderRequest) -> None:
+        # The mock is the default provider: a client sending large prompts must not grow memory here.
+        size = sum(
+            len(part.text) if isinstance(part, TextPart) else len(part.data or part.url or "")
+            for message in request.messages
+            for part in message.content
+        )
+        if len(self._recorded_sizes) != len(self.requests):  # a test cleared or edited the record
+            self._recorded_sizes = deque(len(str(r.messages)) for r in self.requests)
+            self._recorded_bytes = sum(self._recorded_sizes)
+        self.requests.append(request)
+        self._recorded_sizes.append(size)
+        self._recorded_bytes += size
+        while len(self.requests) > 1 and (
+            len(self.requests) > RECORDED_REQUESTS or self._recorded_bytes > RECORDED_BYTES
+        ):
+            self.requests.popleft()
+            self._recorded_bytes -= self._recorded_sizes.popleft()
+
     async def _begin(self, request: ProviderRequest) -> tuple[str, MockFailure | None]:
         """Count the call, apply the scripted outcome and latency, validate like an upstream would."""
         self.calls += 1
-        self.requests.append(request)
+        self._record(request)
         model = request.model or self.default_model
         outcome = self._next_outcome()
         await trio.lowlevel.checkpoint()

@@ -20,6 +20,8 @@ import trio
 
 MAX_REQUEST_BODY = 32 * 1024 * 1024
 MAX_RECORDED = 256
+#: Body bytes the recorded requests may hold (the newest is always kept).
+MAX_RECORDED_BYTES = 4 * 1024 * 1024
 
 
 @attrs.frozen
@@ -96,7 +98,8 @@ class LoopbackServer:
         self.port = 0
         self.faults: deque[Fault] = deque()
         #: The most recent requests (bounded), for assertions in tests.
-        self.requests: deque[HTTPRequest] = deque(maxlen=MAX_RECORDED)
+        self.requests: deque[HTTPRequest] = deque()
+        self._recorded_bytes = 0
         self.request_count = 0
 
     @property
@@ -158,8 +161,19 @@ class LoopbackServer:
             elif isinstance(event, h11.ConnectionClosed):
                 return None
 
+    def _record(self, request: HTTPRequest) -> None:
+        requests = self.requests
+        if not requests:  # a test may have cleared it
+            self._recorded_bytes = 0
+        requests.append(request)
+        self._recorded_bytes += len(request.body)
+        while len(requests) > 1 and (
+            len(requests) > MAX_RECORDED or self._recorded_bytes > MAX_RECORDED_BYTES
+        ):
+            self._recorded_bytes -= len(requests.popleft().body)
+
     async def _respond(self, conn: h11.Connection, stream: trio.SocketStream, request: HTTPRequest) -> bool:
-        self.requests.append(request)
+        self._record(request)
         self.request_count += 1
         fault = self._take_fault(request.path)
         if fault is not None and fault.latency:

@@ -6,6 +6,7 @@ Not a test module itself (it has no tests); the gateway test modules import from
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,6 +28,23 @@ from duckagents.signals import (
 )
 
 STEP_TIMEOUT = 10.0
+
+
+def strict_json(text: str) -> Any:
+    """Parse a server frame as strictly as a browser or a strict parser would: no NaN or Infinity, no lone
+    surrogate (the text must encode to UTF-8). Every frame the gateway tests read goes through this."""
+
+    def refuse(name: str) -> Any:
+        raise AssertionError(f"{name} in a server frame: {text[:200]}")
+
+    text.encode("utf-8")
+    value = json.loads(text, parse_constant=refuse)
+    if _SURROGATE_ESCAPE.search(text):  # an escaped surrogate must be half of a pair
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class FakeRouter:
@@ -111,7 +129,7 @@ class Client:
         if self.backlog:
             return self.backlog.pop(0)
         with trio.fail_after(STEP_TIMEOUT):
-            frame: dict[str, Any] = json.loads(await self.ws.get_message())
+            frame: dict[str, Any] = strict_json(await self.ws.get_message())
         return frame
 
     async def recv_until(self, done: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:

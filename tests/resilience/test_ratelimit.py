@@ -169,6 +169,23 @@ def test_retry_after_blocks_every_admission_until_it_passes() -> None:
     admitted(limiter.admit(T0 + 5.0, 10_000))
 
 
+@pytest.mark.parametrize("hint", [float("nan"), float("inf"), float("-inf"), -3.0])
+def test_garbage_wait_hints_are_ignored(hint: float) -> None:
+    limiter = RateLimiter(RateLimits(requests=1, period=1.0))
+    limiter.observe(T0, RateLimitInfo(retry_after=hint, remaining_requests=0, reset_requests=hint))
+    assert limiter.blocked_until is None
+    assert limiter.admit(T0).retry_at == pytest.approx(T0 + 1.0)  # our own refill, nothing more
+
+
+def test_long_wait_hints_are_capped_at_max_wait() -> None:
+    limiter = RateLimiter(RateLimits(requests=10, period=1.0, max_wait=30.0))
+    limiter.observe(T0, RateLimitInfo(retry_after=999_999_999.0))
+    assert limiter.blocked_until == T0 + 30.0
+    capped = RateLimiter(RateLimits(requests=10, period=1.0))
+    capped.observe(T0, RateLimitInfo(remaining_requests=0, limit_requests=10, reset_requests=1e12))
+    assert capped.admit(T0).retry_at is not None and capped.admit(T0).retry_at <= T0 + 300.0  # type: ignore[operator]
+
+
 # --- headroom ------------------------------------------------------------------------------------
 
 
