@@ -160,13 +160,13 @@ class _TooManyDigits(Exception):
     """The C parser met an integer beyond the interpreter's guard."""
 
 
-def _decode(text: str, parse_int: Callable[[str], int | _Refused] | None) -> Any:
+def _decode(text: str, parse_int: Callable[[str], int | _Refused] | None, max_depth: int) -> Any:
     try:
         return json.loads(text, parse_int=parse_int, parse_constant=_parse_constant)
     except json.JSONDecodeError as exc:
         raise InvalidJSON("$", f"{exc.msg} at position {exc.pos}") from None
     except RecursionError:
-        raise InvalidValue("$", "nested too deeply to decode") from None
+        raise InvalidValue("$", f"nested deeper than {max_depth} levels") from None
     except ValueError:  # "Exceeds the limit (4300 digits) for integer string conversion"
         raise _TooManyDigits from None
 
@@ -204,9 +204,9 @@ def loads(text: str | bytes, limits: ValidationLimits = DEFAULT_LIMITS) -> Any:
     # integer goes through the bounded parser.
     guarded = 0 < sys.get_int_max_str_digits() <= _INT_GUARD
     try:
-        document = _decode(text, None if guarded else _int_parser(limits))
+        document = _decode(text, None if guarded else _int_parser(limits), limits.max_depth)
     except _TooManyDigits:
-        document = _decode(text, _int_parser(limits))
+        document = _decode(text, _int_parser(limits), limits.max_depth)
     try:
         check_json(document, limits)
     except InvalidValue as exc:
