@@ -219,3 +219,12 @@ def test_enums_come_back_as_enums_not_strings() -> None:
     assert type(failure.data.kind) is ErrorKind
     response = loads_signal(dumps_signal(make_signal(ProviderResponse("r", "p", "m"), "/a")))
     assert type(response.data.finish_reason) is FinishReason
+
+
+def test_encoded_signals_are_always_valid_utf8_json() -> None:
+    request = ProviderRequest("r", (Message.user("a\ud800b \U0001f986 \udfff"),))
+    text = dumps_signal(make_signal(request, "/t"))
+    text.encode("utf-8")  # no lone surrogate left to fail on
+    assert json.loads(text)["data"]["messages"][0]["content"][0]["text"] == "a\ufffdb \U0001f986 \ufffd"
+    with pytest.raises(ValueError):
+        dumps_signal(make_signal(ProviderRequest("r", (), deadline=float("nan")), "/t"))

@@ -24,7 +24,7 @@ import math
 import random
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import trio
 
@@ -75,6 +75,9 @@ class MockProvider(MockScript):
     """
 
     name = "mock"
+    #: Bounds of :attr:`requests` (see :data:`RECORDED_REQUESTS` and :data:`RECORDED_BYTES`).
+    recorded_requests: ClassVar[int] = RECORDED_REQUESTS
+    recorded_bytes: ClassVar[int] = RECORDED_BYTES
 
     def __init__(
         self,
@@ -113,8 +116,8 @@ class MockProvider(MockScript):
         self.healthy = healthy
         #: Attached to every completion, as if the upstream sent rate-limit headers.
         self.rate_limit = rate_limit
-        #: Requests seen, most recent last, for assertions: the last :data:`RECORDED_REQUESTS`, within
-        #: :data:`RECORDED_BYTES` of prompt text (the newest is always kept).
+        #: Requests seen, most recent last, for assertions: the last :attr:`recorded_requests`, within
+        #: :attr:`recorded_bytes` of prompt text (the newest is always kept).
         self.requests: deque[ProviderRequest] = deque()
         self._recorded_sizes: deque[int] = deque()
         self._recorded_bytes = 0
@@ -241,7 +244,7 @@ class MockProvider(MockScript):
         self._recorded_sizes.append(size)
         self._recorded_bytes += size
         while len(self.requests) > 1 and (
-            len(self.requests) > RECORDED_REQUESTS or self._recorded_bytes > RECORDED_BYTES
+            len(self.requests) > self.recorded_requests or self._recorded_bytes > self.recorded_bytes
         ):
             self.requests.popleft()
             self._recorded_bytes -= self._recorded_sizes.popleft()

@@ -1,4 +1,5 @@
-"""Shared helpers of the gateway tests: a tiny fake router, gateway startup, a JSON WebSocket client.
+"""Shared helpers of the gateway tests: a tiny fake router, gateway startup (in front of the fake router or
+of the real tree), a JSON WebSocket client that parses every server frame strictly.
 
 Not a test module itself (it has no tests); the gateway test modules import from it.
 """
@@ -15,10 +16,12 @@ import attrs
 import trio
 import trio_websocket
 
+from duckagents.app import Tree, open_tree
 from duckagents.bus import SignalBus
-from duckagents.config import GatewayConfig
+from duckagents.config import Config, GatewayConfig, ProviderConfig
 from duckagents.errors import ErrorKind, ProviderError
 from duckagents.gateway import Gateway, open_gateway
+from duckagents.providers import MockProvider
 from duckagents.signals import (
     ProviderChunk,
     ProviderErrorData,
@@ -26,6 +29,7 @@ from duckagents.signals import (
     ProviderResponse,
     make_signal,
 )
+from duckagents.validation import DEFAULT_LIMITS, ValidationLimits
 
 STEP_TIMEOUT = 10.0
 
@@ -194,3 +198,39 @@ async def eventually(predicate: Callable[[], bool], within: float = STEP_TIMEOUT
         # Polling on purpose: the conditions are states of other components (counters, lists), not events.
         while not predicate():  # noqa: ASYNC110
             await trio.sleep(0.01)
+
+
+# --- the real tree behind the gateway ------------------------------------------------------------
+
+TREE_CONFIG = Config(providers=(ProviderConfig(name="mock", kind="mock", default_model="mock-1"),))
+
+
+@asynccontextmanager
+async def serving(
+    mock: MockProvider | None = None, limits: ValidationLimits = DEFAULT_LIMITS, **gateway: Any
+) -> AsyncIterator[tuple[Tree, Gateway]]:
+    """The real tree (one mock agent) with a gateway on a free loopback port."""
+    async with open_tree(TREE_CONFIG, providers={"mock": mock or MockProvider()}) as tree:
+        settings = GatewayConfig(port=0, **gateway)
+        async with open_gateway(tree.router, settings, environ={}, close_timeout=2.0, limits=limits) as gw:
+            yield tree, gw
+
+
+@asynccontextmanager
+async def watcher(gateway: Gateway) -> AsyncIterator[Client]:
+    """A client subscribed to every signal, like a plain ``duckagents watch``."""
+    async with connect(gateway) as client:
+        assert (await client.call({"type": "subscribe", "id": "all"}))["type"] == "ack"
+        yield client
+
+
+async def sees_request(watch: Client, msg_id: str, client: Client) -> None:
+    """``client`` gets a normal answer, and ``watch`` sees that request's final response go by."""
+    frames = await client.request(msg_id, f"hello {msg_id}")
+    assert frames[-1]["event"]["type"] == "provider_response"
+    request_id = frames[-1]["event"]["subject"]
+    await watch.recv_until(
+        lambda f: f.get("type") == "signal"
+        and f["event"]["type"] == "provider_response"
+        and f["event"]["subject"] == request_id
+    )

@@ -9,57 +9,18 @@ import json
 import logging
 import math
 import tracemalloc
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
 import trio_websocket
 
-from duckagents.app import Tree, open_tree
-from duckagents.config import Config, GatewayConfig, ProviderConfig
-from duckagents.gateway import Gateway, open_gateway
+from duckagents.config import GatewayConfig
 from duckagents.messages import Features, Message, RequestOptions, ToolSpec
 from duckagents.providers import MockProvider
-from duckagents.providers._mock import RECORDED_BYTES
 from duckagents.signals import ProviderRequest, make_signal
-from duckagents.validation import DEFAULT_LIMITS, ValidationLimits
 
-from .support import Client, connect, eventually
-
-CONFIG = Config(providers=(ProviderConfig(name="mock", kind="mock", default_model="mock-1"),))
-
-
-@asynccontextmanager
-async def serving(
-    mock: MockProvider | None = None, limits: ValidationLimits = DEFAULT_LIMITS, **gateway: Any
-) -> AsyncIterator[tuple[Tree, Gateway]]:
-    """The real tree (one mock agent) with a gateway on a free loopback port."""
-    async with open_tree(CONFIG, providers={"mock": mock or MockProvider()}) as tree:
-        settings = GatewayConfig(port=0, **gateway)
-        async with open_gateway(tree.router, settings, environ={}, close_timeout=2.0, limits=limits) as gw:
-            yield tree, gw
-
-
-@asynccontextmanager
-async def watcher(gateway: Gateway) -> AsyncIterator[Client]:
-    """A client subscribed to every signal, like a plain ``duckagents watch``."""
-    async with connect(gateway) as client:
-        assert (await client.call({"type": "subscribe", "id": "all"}))["type"] == "ack"
-        yield client
-
-
-async def sees_request(watch: Client, msg_id: str, client: Client) -> None:
-    """``client`` gets a normal answer, and ``watch`` sees that request's final response go by."""
-    frames = await client.request(msg_id, f"hello {msg_id}")
-    assert frames[-1]["event"]["type"] == "provider_response"
-    request_id = frames[-1]["event"]["subject"]
-    await watch.recv_until(
-        lambda f: f.get("type") == "signal"
-        and f["event"]["type"] == "provider_response"
-        and f["event"]["subject"] == request_id
-    )
+from .support import Client, connect, eventually, sees_request, serving, watcher
 
 
 def deep(depth: int) -> dict[str, Any]:
@@ -194,7 +155,7 @@ async def test_250_prompts_of_450_kb_with_a_watcher_stay_within_the_byte_budget(
     budget = (
         config.frame_cache_bytes
         + 2 * 2 * config.send_buffer_bytes  # two connections, signal and control budgets each
-        + RECORDED_BYTES
+        + MockProvider.recorded_bytes
         + 8 * 1024 * 1024  # slack: a few requests in flight, interpreter caches
     )
     unbounded = PROMPTS * PROMPT * 4  # what the old cache kept: the two request signals' events and frames

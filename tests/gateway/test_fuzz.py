@@ -17,8 +17,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .support import connect
-from .test_containment import sees_request, serving, watcher
+from .support import connect, sees_request, serving, watcher
 
 
 @attrs.frozen
