@@ -26,12 +26,13 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """Mypy over the package."""
-    session.install("-e", ".", "mypy")
+    session.install("-e", ".[server]", "mypy")
     session.run("mypy")
 
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Benchmarks: duckagents vs bare httpx vs litellm.Router on one loopback upstream."""
-    session.install("-e", ".", "litellm", "pyinstrument")
+    """Benchmarks: duckagents vs bare httpx vs litellm.Router (in-process) and vs LiteLLM's proxy server
+    (HTTP front doors), on one loopback upstream. litellm[proxy] is a benchmark-only dependency."""
+    session.install("-e", ".[server]", "litellm[proxy]", "pyinstrument")
     session.run("python", "-m", "benchmarks", *session.posargs)

@@ -213,7 +213,9 @@ async def cmd_providers(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
-    """Run the tree (and the gateway) until interrupted, printing status changes."""
+    """Run the tree (and the gateway, the HTTP front door) until interrupted, printing status changes."""
+    from contextlib import AsyncExitStack
+
     import attrs
 
     from .app import open_router
@@ -227,20 +229,65 @@ async def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
             port=config.gateway.port if args.port is None else args.port,
         )
         config = attrs.evolve(config, gateway=gateway)
-    async with open_router(config) as router:
+    if args.http is not None:
+        host, port = args.http
+        http = attrs.evolve(config.http, enabled=True, host=host or config.http.host, port=port)
+        config = attrs.evolve(config, http=http)
+    async with open_router(config) as router, AsyncExitStack() as doors:
         names = ", ".join(p.name for p in config.providers)
         out.write(f"duckagents serving providers: {names}\n")
+        front_door = None
+        # The front door first: its metrics count from the bus before any client can send a request.
+        if config.http.enabled:
+            open_http = _http_door()
+            front_door = await doors.enter_async_context(open_http(router, config))
+            out.write(f"http listening on {front_door.url}\n")
         if config.gateway.enabled:
             from .gateway import open_gateway
 
-            async with open_gateway(router, config.gateway, limits=config.validation) as gw:
-                out.write(f"gateway listening on {gw.url}\n")
-                out.flush()
-                await _print_events(router, out)
-        else:
-            out.flush()
-            await _print_events(router, out)
+            gw = await doors.enter_async_context(
+                open_gateway(router, config.gateway, limits=config.validation)
+            )
+            if front_door is not None:
+                front_door.metrics.gateway_stats = gw.stats
+            out.write(f"gateway listening on {gw.url}\n")
+        out.flush()
+        await _print_events(router, out)
     return 0
+
+
+def _http_door() -> Any:
+    """``duckagents.http.open_http``, or a clear error when the ``server`` extra is not installed."""
+    try:
+        from .http import open_http
+    except ImportError as exc:
+        raise ConfigError(
+            f"the HTTP front door needs the server extra (missing {exc.name}): "
+            "pip install 'duckagents[server]'"
+        ) from None
+    return open_http
+
+
+def http_address(text: str) -> tuple[str | None, int]:
+    """``--http`` value ``[HOST:]PORT`` (IPv6 hosts in brackets) as (host or None, port)."""
+    usage = "expected [HOST:]PORT, e.g. 8080, 0.0.0.0:8080 or [::1]:8080"
+    text = text.strip()
+    host: str | None = None
+    port_text = text
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1 : end + 2] != ":":
+            raise argparse.ArgumentTypeError(f"invalid address {text!r}: {usage}")
+        host, port_text = text[1:end], text[end + 2 :]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif ":" in text:
+        raise argparse.ArgumentTypeError(f"invalid address {text!r}: IPv6 hosts go in brackets ({usage})")
+    if host is not None and (not host or any(c.isspace() for c in host)):
+        raise argparse.ArgumentTypeError(f"invalid host in {text!r}: {usage}")
+    if not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {port_text!r}: a port is 0 to 65535 ({usage})")
+    return host, int(port_text)
 
 
 async def _print_events(router: Any, out: TextIO) -> None:
@@ -308,6 +355,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--gateway", action="store_true", help="start the WebSocket gateway")
     serve.add_argument("--host", default=None, help="gateway bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="gateway port (default 8765)")
+    serve.add_argument(
+        "--http",
+        type=http_address,
+        default=None,
+        metavar="[HOST:]PORT",
+        help="start the HTTP front door (OpenAI-compatible API, /healthz, /readyz, /metrics); "
+        "host default 127.0.0.1",
+    )
     serve.set_defaults(func=cmd_serve)
 
     watch = sub.add_parser("watch", help="print the live signal stream of a running gateway")

@@ -10,6 +10,7 @@ the limits are written per minute in the file (``requests_per_minute``, ``tokens
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -192,6 +193,44 @@ class GatewayConfig:
     idle_timeout: float = attrs.field(default=60.0, validator=_positive)
 
 
+def _host(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
+        raise ValueError(f"{attribute.name} must be a host name or address, got {value!r}")
+
+
+def _port(_: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError(f"{attribute.name} must be a TCP port from 0 to 65535, got {value!r}")
+
+
+@attrs.frozen
+class HttpConfig:
+    """The optional HTTP front door: OpenAI-compatible API, health checks, Prometheus metrics.
+
+    Bearer tokens and their scopes are the gateway's (``[gateway] tokens``), so one token table serves
+    both doors.
+    """
+
+    enabled: bool = False
+    host: str = attrs.field(default="127.0.0.1", validator=_host)
+    port: int = attrs.field(default=8080, validator=_port)
+    #: Largest request body accepted (413 beyond); images travel inline as base64, hence megabytes.
+    max_body_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_positive)
+    #: Deepest JSON nesting accepted in a body (arrays and objects), e.g. in tool parameter schemas.
+    max_json_depth: int = attrs.field(default=64, validator=_positive)
+    #: Seconds a client has to send the whole body once the headers arrived (408 beyond).
+    body_timeout: float = attrs.field(default=30.0, validator=_positive)
+    #: Chat completions in flight at once through this door (503 with retry-after beyond).
+    max_in_flight: int = attrs.field(default=1024, validator=_positive)
+    #: Seconds an idle keep-alive connection stays open.
+    keep_alive_timeout: float = attrs.field(default=5.0, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("body_timeout", "keep_alive_timeout"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number of seconds")
+
+
 @attrs.frozen
 class Config:
     """The whole configuration."""
@@ -201,6 +240,7 @@ class Config:
     gateway: GatewayConfig = GatewayConfig()
     validation: ValidationLimits = ValidationLimits()
     supervision: SupervisionConfig = SupervisionConfig()
+    http: HttpConfig = HttpConfig()
     health_interval: float = attrs.field(default=30.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
@@ -218,6 +258,11 @@ def parse_config(data: Mapping[str, Any]) -> Config:
                 unknown = set(entry) - set(attrs.fields_dict(ProviderConfig))
                 if unknown:
                     raise ConfigError(f"providers[{index}]: unknown key(s) {', '.join(sorted(unknown))}")
+    http = data.get("http")
+    if isinstance(http, dict):
+        unknown = set(http) - set(attrs.fields_dict(HttpConfig))
+        if unknown:
+            raise ConfigError(f"http: unknown key(s) {', '.join(sorted(unknown))}")
     unknown_top = set(data) - set(attrs.fields_dict(Config))
     if unknown_top:
         raise ConfigError(f"unknown top-level key(s): {', '.join(sorted(unknown_top))}")

@@ -1,5 +1,6 @@
 """The WebSocket gateway: outside clients watch the signal stream and submit requests (docs/gateway.md)."""
 
+from ._auth import SCOPES, Gatekeeper, Principal, is_loopback_host, origin_allowed
 from ._client import ask, connect, format_signal, watch
 from ._outbox import SlowConsumer
 from ._protocol import PROTOCOL_VERSION, ErrorCode
@@ -7,14 +8,19 @@ from ._server import Gateway, GatewayStats, open_gateway, serve_gateway
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "SCOPES",
     "ErrorCode",
+    "Gatekeeper",
     "Gateway",
     "GatewayStats",
+    "Principal",
     "SlowConsumer",
     "ask",
     "connect",
     "format_signal",
+    "is_loopback_host",
     "open_gateway",
+    "origin_allowed",
     "serve_gateway",
     "watch",
 ]

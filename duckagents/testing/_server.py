@@ -101,6 +101,9 @@ class LoopbackServer:
         self.requests: deque[HTTPRequest] = deque()
         self._recorded_bytes = 0
         self.request_count = 0
+        #: Streamed responses the client cut off (it closed the connection before the last piece): how a
+        #: test sees that a cancelled request really stopped the upstream call.
+        self.aborted = 0
 
     @property
     def url(self) -> str:
@@ -200,14 +203,18 @@ class LoopbackServer:
         if first_delay:
             await trio.sleep(first_delay)
         sent = 0
-        async for piece in _aiter(reply.pieces):
-            if cut_after is not None and sent >= cut_after:
-                return False
-            if sent and reply.interval:
-                await trio.sleep(reply.interval)
-            await self._send(conn, stream, h11.Data(data=piece))
-            sent += 1
-        await self._send(conn, stream, h11.EndOfMessage())
+        try:
+            async for piece in _aiter(reply.pieces):
+                if cut_after is not None and sent >= cut_after:
+                    return False
+                if sent and reply.interval:
+                    await trio.sleep(reply.interval)
+                await self._send(conn, stream, h11.Data(data=piece))
+                sent += 1
+            await self._send(conn, stream, h11.EndOfMessage())
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.aborted += 1
+            raise
         return True
 
     @staticmethod
