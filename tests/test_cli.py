@@ -166,3 +166,60 @@ def test_pull_shows_progress_from_a_loopback_ollama(tmp_path: Path) -> None:
 def test_pull_without_a_local_provider_is_a_clear_error() -> None:
     result = run("pull", "x")
     assert result.returncode == 1 and "no local (ollama) provider" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("70000", "invalid port '70000'"),
+        ("-1", "invalid port"),
+        ("localhost:http", "invalid port 'http'"),
+        ("::1:8080", "IPv6 hosts go in brackets"),
+        (":8080", "invalid host"),
+        ("[::1]8080", "invalid address"),
+    ],
+)
+def test_serve_http_rejects_a_bad_address_with_a_usage_error(value: str, message: str) -> None:
+    result = run("serve", f"--http={value}", timeout=30)
+    assert result.returncode == 2
+    assert "--http" in result.stderr and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_http_on_a_busy_port_says_so(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("serve", "--http", f"127.0.0.1:{port}", timeout=30)
+    assert result.returncode == 1
+    assert f"http: cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_http_answers_curl_and_stops_on_sigint() -> None:
+    import httpx
+
+    serve = subprocess.Popen(
+        [*CLI, "serve", "--http", "127.0.0.1:0", "--gateway", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    try:
+        url = _read_line_with(serve, "http listening on").split()[-1]
+        assert url.startswith("http://127.0.0.1:")
+        _read_line_with(serve, "gateway listening on")
+        assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+        body = {"model": "mock-1", "messages": [{"role": "user", "content": "curl me"}]}
+        answer = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=20).json()
+        assert "You said: curl me" in answer["choices"][0]["message"]["content"]
+        assert "duckagents_gateway_connections" in httpx.get(f"{url}/metrics").text
+    finally:
+        serve.send_signal(signal.SIGINT)
+        try:
+            serve.wait(timeout=15)
+        finally:
+            serve.kill()
+    assert serve.returncode in (0, 130)

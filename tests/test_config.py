@@ -1,5 +1,6 @@
 """Configuration parsing: TOML files, defaults, and clear errors for bad input."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,22 @@ def test_embedded_default_needs_no_keys() -> None:
     assert [p.kind for p in config.providers] == ["mock"]
     assert all(p.api_key() is None for p in config.providers)
     assert [p.kind for p in default_config(with_ollama=True).providers] == ["ollama", "mock"]
+
+
+def test_http_section_is_structured_and_checked() -> None:
+    http = {"enabled": True, "host": "0.0.0.0", "port": 9000, "max_body_bytes": 1024}
+    config = parse_config({"http": http})
+    assert config.http.enabled and config.http.host == "0.0.0.0" and config.http.port == 9000
+    assert config.http.max_body_bytes == 1024 and config.http.max_in_flight == 1024
+    assert not parse_config({}).http.enabled and parse_config({}).http.host == "127.0.0.1"
+    for bad, message in (
+        ({"port": 70000}, "port must be a TCP port from 0 to 65535"),
+        ({"port": -1}, "port must be a TCP port"),
+        ({"port": "80"}, "port"),
+        ({"host": ""}, "host must be a host name"),
+        ({"body_timeout": float("nan")}, "body_timeout must be a finite number"),
+        ({"max_body_bytes": 0}, "max_body_bytes must be > 0"),
+        ({"prot": 80}, "http: unknown key(s) prot"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            parse_config({"http": bad})
