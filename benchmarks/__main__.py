@@ -5,6 +5,7 @@ Examples::
     python -m benchmarks                          # everything, 3 repeats (about 5 minutes on 2 cores)
     python -m benchmarks --quick                  # 1 short repeat, smaller internal runs
     python -m benchmarks --scenarios direct,duckagents --concurrency 1,32
+    python -m benchmarks --scenarios direct,door-duckagents,door-litellm --concurrency 1,32   # front doors
 """
 
 from __future__ import annotations
@@ -135,7 +136,17 @@ def meta(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}",
         "versions": {
-            name: _version(name) for name in ("duckagents", "trio", "httpx", "httpcore", "litellm", "aiohttp")
+            name: _version(name)
+            for name in (
+                "duckagents",
+                "trio",
+                "httpx",
+                "httpcore",
+                "hypercorn",
+                "starlette",
+                "litellm",
+                "aiohttp",
+            )
         }
         | {"nginx": _nginx_version()},
         "repeats": settings.repeats,

@@ -48,6 +48,11 @@ def http_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "run_errors": [r["error"] for r in group if "error" in r][:2],
             "error_examples": [e for r in ok for e in r["result"]["error_examples"]][:2],
             "peak_rss_mib": median_or_none([r["peak_rss_mib"] for r in ok]),
+            # Front doors only: the server process's figures (its RSS peak is a running maximum).
+            "server_peak_rss_mib": max(
+                (r["server_peak_rss_mib"] for r in ok if r.get("server_peak_rss_mib")), default=None
+            ),
+            "server_cpu_us_per_request": median_or_none([r.get("server_cpu_us_per_request") for r in ok]),
         }
         for metric in HTTP_METRICS:
             row[metric] = median_or_none([r["result"][metric] for r in ok])
@@ -104,6 +109,21 @@ def http_ratios(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "duckagents_vs_litellm_throughput": ratio("duckagents", "litellm"),
                 "litellm_vs_direct_throughput": ratio("litellm", "direct"),
                 "duckagents_vs_litellm_cpu": ratio("duckagents", "litellm", "cpu_us_per_request"),
+                # HTTP front doors, measured with the direct client (benchmarks/doors.py)
+                "door_duckagents_vs_direct_throughput": ratio("door-duckagents", "direct"),
+                "door_litellm_vs_direct_throughput": ratio("door-litellm", "direct"),
+                "door_duckagents_vs_litellm_throughput": ratio("door-duckagents", "door-litellm"),
+                "door_duckagents_added_p50_ms": _paired(
+                    records, stream, concurrency, "door-duckagents", "direct", "p50_ms", "diff"
+                ),
+                "door_litellm_added_p50_ms": _paired(
+                    records, stream, concurrency, "door-litellm", "direct", "p50_ms", "diff"
+                ),
+                "door_duckagents_added_ttfc_p50_ms": _paired(
+                    records, stream, concurrency, "door-duckagents", "direct", "ttfc_p50_ms", "diff"
+                )
+                if stream
+                else None,
             }
         )
     return out

@@ -1,4 +1,5 @@
-"""The two Trio clients: ``direct`` (bare httpx, the floor) and ``duckagents`` (open_router end to end).
+"""The Trio clients: ``direct`` (bare httpx, the floor), ``duckagents`` (open_router end to end), and
+the same bare httpx client sent to an HTTP front door (``door-duckagents``, ``door-litellm``).
 
 Each is an async context manager yielding a zero-argument ``call`` that sends one request and checks the
 answer, so :func:`benchmarks.loadgen_trio.run_load` can drive either the same way.
@@ -33,7 +34,7 @@ async def open_direct(spec: HttpSpec) -> AsyncIterator[Call]:
     """A bare ``httpx.AsyncClient`` on Trio with a pool as large as the concurrency (the floor)."""
     limits = httpx.Limits(max_connections=spec.concurrency, max_keepalive_connections=spec.concurrency)
     headers = {"authorization": f"Bearer {DUMMY_KEY}", "accept": "application/json"}
-    body = openai_body(spec.stream)
+    body = openai_body(spec.stream, spec.model)
     async with httpx.AsyncClient(
         base_url=spec.base_url, limits=limits, timeout=REQUEST_TIMEOUT, headers=headers
     ) as client:
@@ -127,6 +128,7 @@ async def run_http(spec: HttpSpec, on_window: Callable[[], None] | None = None) 
     """Run one Trio HTTP workload and return its summary (``on_window``: see ``run_load``)."""
     from .loadgen_trio import run_load
 
-    opener = open_direct if spec.client == "direct" else open_duckagents
+    # A front door is measured with the direct client: the spec's base URL is the door's.
+    opener = open_duckagents if spec.client == "duckagents" else open_direct
     async with opener(spec) as call:
         return await run_load(call, spec.concurrency, spec.window, on_window)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .aggregate import bus_summary, gateway_summary, http_ratios, http_rows, result_of
+from .workload import DOORS
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -33,7 +34,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _http_section(rows: list[dict[str, Any]], ratios: list[dict[str, Any]], stream: bool) -> str:
-    picked = [r for r in rows if r["stream"] is stream]
+    picked = [r for r in rows if r["stream"] is stream and r["client"] not in DOORS]
     if not picked:
         return ""
     share = {(x["concurrency"]): x for x in ratios if x["stream"] is stream}
@@ -66,6 +67,12 @@ def _http_section(rows: list[dict[str, Any]], ratios: list[dict[str, Any]], stre
 
 
 def _ratio_section(ratios: list[dict[str, Any]]) -> str:
+    ratios = [
+        x
+        for x in ratios
+        if x["duckagents_vs_direct_throughput"] is not None
+        or x["duckagents_vs_litellm_throughput"] is not None
+    ]
     if not ratios:
         return ""
     body = [
@@ -92,6 +99,78 @@ def _ratio_section(ratios: list[dict[str, Any]]) -> str:
         "CPU/req vs litellm",
     ]
     return "### Ratios (median of per-repeat pairs)\n\n" + table(header, body)
+
+
+def _doors_section(rows: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> str:
+    """The HTTP front doors: the same HTTP client against nginx, duckagents' door and LiteLLM's proxy."""
+    if not any(r["client"] in DOORS for r in rows):
+        return ""
+    names = {
+        "direct": "nginx directly",
+        "door-duckagents": "duckagents serve --http",
+        "door-litellm": "litellm proxy",
+    }
+    share = {(x["stream"], x["concurrency"]): x for x in ratios}
+    body = []
+    for r in rows:
+        if r["client"] not in names:
+            continue
+        rel = share.get((r["stream"], r["concurrency"]), {})
+        vs_direct = {
+            "direct": "1.00",
+            "door-duckagents": fmt(rel.get("door_duckagents_vs_direct_throughput"), 2),
+            "door-litellm": fmt(rel.get("door_litellm_vs_direct_throughput"), 2),
+        }[r["client"]]
+        body.append(
+            [
+                "stream" if r["stream"] else "json",
+                str(r["concurrency"]),
+                names[r["client"]],
+                fmt(r["throughput_rps"], 0),
+                vs_direct,
+                fmt(r["p50_ms"], 2),
+                fmt(r["p99_ms"], 2),
+                fmt(r["ttfc_p50_ms"], 2) if r["stream"] else "-",
+                fmt(r["server_cpu_us_per_request"], 0),
+                fmt(r["server_peak_rss_mib"], 1),
+                str(r["errors"] + r["failed_runs"]),
+            ]
+        )
+    header = [
+        "mode",
+        "conc.",
+        "server",
+        "req/s",
+        "vs direct",
+        "p50 ms",
+        "p99 ms",
+        "TTFC p50 ms",
+        "server CPU µs/req",
+        "server peak RSS MiB",
+        "errors",
+    ]
+    ratio_rows = [
+        [
+            "stream" if x["stream"] else "json",
+            str(x["concurrency"]),
+            fmt(x["door_duckagents_added_p50_ms"], 3),
+            fmt(x["door_litellm_added_p50_ms"], 3),
+            fmt(x["door_duckagents_vs_litellm_throughput"], 2),
+        ]
+        for x in ratios
+        if x["door_duckagents_added_p50_ms"] is not None or x["door_litellm_added_p50_ms"] is not None
+    ]
+    ratio_header = [
+        "mode",
+        "conc.",
+        "duckagents door added p50 ms",
+        "litellm proxy added p50 ms",
+        "x litellm proxy req/s",
+    ]
+    return (
+        "### HTTP front doors (one HTTP client: nginx directly, duckagents serve --http -> nginx, "
+        "litellm proxy -> nginx)\n\n" + table(header, body) + "\n\n" + table(ratio_header, ratio_rows)
+    )
 
 
 def _internal_section(internal: dict[str, Any]) -> list[str]:
@@ -218,6 +297,7 @@ def render(data: dict[str, Any]) -> str:
         _http_section(rows, ratios, False),
         _http_section(rows, ratios, True),
         _ratio_section(ratios),
+        _doors_section(rows, ratios),
         *_internal_section(data.get("internal", {})),
         _targets_section(data.get("targets", [])),
         _profiles_section(data.get("profiles", [])),

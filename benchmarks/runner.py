@@ -14,13 +14,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from .clients_litellm import available as litellm_available
-from .upstream import Upstream, open_upstream, run_loopback
+from .doors import Door, cpu_seconds, model_for, run_duckagents_door, run_litellm_proxy
+from .doors import peak_rss_mib as doors_peak_rss
+from .upstream import MODEL, Upstream, open_upstream, run_loopback
 from .workload import CLIENTS, HttpSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,35 +96,75 @@ def _rotated(items: Sequence[str], shift: int) -> list[str]:
     return [*items[shift:], *items[:shift]]
 
 
+def _start_doors(clients: list[str], upstream: Upstream, stack: ExitStack, log: Log) -> dict[str, Door]:
+    """Start the front doors among ``clients`` (dropping those that cannot start, with a note)."""
+    doors: dict[str, Door] = {}
+    for client, opener in (("door-duckagents", run_duckagents_door), ("door-litellm", run_litellm_proxy)):
+        if client not in clients:
+            continue
+        try:
+            doors[client] = stack.enter_context(opener(upstream))
+        except RuntimeError as exc:
+            log(f"note: {client} unavailable, skipped: {exc}")
+            clients.remove(client)
+            continue
+        log(f"  {client}: {doors[client].note} at {doors[client].base_url}")
+    return doors
+
+
 def run_http(settings: Settings, upstream: Upstream, log: Log) -> list[dict[str, Any]]:
-    """Every selected HTTP client x mode x concurrency x repeat; one record each."""
+    """Every selected HTTP client x mode x concurrency x repeat; one record each.
+
+    Front doors run as servers for the whole section; their records add the server's CPU per request
+    (``server_cpu_us_per_request``) and its peak RSS so far (``server_peak_rss_mib``).
+    """
     clients = list(settings.http_clients())
     if "litellm" in clients and not litellm_available():
         log("note: litellm is not installed (pip install litellm): skipping the litellm scenario")
         clients.remove("litellm")
     records = []
-    for repeat in range(settings.repeats):
-        for stream in settings.modes:
-            for concurrency in settings.concurrency:
-                for client in _rotated(clients, repeat):
-                    spec = HttpSpec(
-                        client=client,  # type: ignore[arg-type]
-                        concurrency=concurrency,
-                        stream=stream,
-                        json_base=upstream.json_base,
-                        sse_base=upstream.sse_base,
-                        warmup=settings.warmup,
-                        duration=settings.duration,
-                        max_requests=settings.max_requests,
-                        min_requests=0 if settings.max_requests else concurrency + 50,
-                        expected_text=upstream.expected_text,
-                        expected_chunks=upstream.expected_chunks,
-                    )
-                    record = run_worker({"kind": "http", "params": spec.to_dict()})
-                    record.update(client=client, stream=stream, concurrency=concurrency, repeat=repeat)
-                    log(_progress(record))
-                    records.append(record)
+    with ExitStack() as stack:
+        doors = _start_doors(clients, upstream, stack, log)
+        for repeat in range(settings.repeats):
+            for stream in settings.modes:
+                for concurrency in settings.concurrency:
+                    for client in _rotated(clients, repeat):
+                        door = doors.get(client)
+                        spec = HttpSpec(
+                            client=client,  # type: ignore[arg-type]
+                            concurrency=concurrency,
+                            stream=stream,
+                            json_base=upstream.json_base if door is None else door.base_url,
+                            sse_base=upstream.sse_base if door is None else door.base_url,
+                            warmup=settings.warmup,
+                            duration=settings.duration,
+                            max_requests=settings.max_requests,
+                            min_requests=0 if settings.max_requests else concurrency + 50,
+                            expected_text=upstream.expected_text,
+                            expected_chunks=upstream.expected_chunks,
+                            model=MODEL if door is None else model_for(stream),
+                        )
+                        cpu_before = cpu_seconds(door.pid) if door is not None else None
+                        record = run_worker({"kind": "http", "params": spec.to_dict()})
+                        record.update(client=client, stream=stream, concurrency=concurrency, repeat=repeat)
+                        if door is not None:
+                            _server_figures(record, door, cpu_before)
+                        log(_progress(record))
+                        records.append(record)
     return records
+
+
+def _server_figures(record: dict[str, Any], door: Door, cpu_before: float | None) -> None:
+    cpu_after = cpu_seconds(door.pid)
+    result = record.get("result")
+    record["server_peak_rss_mib"] = doors_peak_rss(door.pid)
+    record["server_cpu_us_per_request"] = None
+    if result and cpu_before is not None and cpu_after is not None:
+        # Every request the server saw in the run: warm-up, measured, failed (stragglers cut at the end of
+        # the window are not counted, which errs on the server's side by at most ``concurrency``).
+        served = result["warmup_requests"] + result["requests"] + result["errors"]
+        if served:
+            record["server_cpu_us_per_request"] = (cpu_after - cpu_before) * 1e6 / served
 
 
 def _progress(record: dict[str, Any]) -> str:

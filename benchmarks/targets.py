@@ -75,6 +75,27 @@ def evaluate(data: dict[str, Any]) -> list[dict[str, Any]]:
                 f"http:{key}:32",
             )
         )
+    for stream, mode in ((False, "non-streaming"), (True, "streaming")):
+        added = find_ratio(ratios, stream, 1, "door_duckagents_added_p50_ms")
+        verdicts.append(
+            _verdict(
+                f"front door (serve --http) added p50 latency over nginx, c=1, {mode}",
+                "<= 1 ms",
+                added,
+                _at_most(added, 1.0),
+                "ms",
+            )
+        )
+        times = find_ratio(ratios, stream, 32, "door_duckagents_vs_litellm_throughput")
+        verdicts.append(
+            _verdict(
+                f"front door throughput vs LiteLLM proxy, c=32, {mode}",
+                ">= 3x",
+                times,
+                _at_least(times, 3.0),
+                "x",
+            )
+        )
     bus = bus_summary(data.get("internal", {}).get("bus"))
     one = next((r for r in bus["bus"] if r["subscribers"] == 1), None) if bus else None
     share = None if one is None else one["vs_channel_hop"]

@@ -12,8 +12,11 @@ import attrs
 from ._stats import CallOutcome, LoadWindow
 from .upstream import MODEL, PROMPT
 
-ClientName = Literal["direct", "duckagents", "litellm"]
-CLIENTS: tuple[ClientName, ...] = ("direct", "duckagents", "litellm")
+ClientName = Literal["direct", "duckagents", "litellm", "door-duckagents", "door-litellm"]
+CLIENTS: tuple[ClientName, ...] = ("direct", "duckagents", "litellm", "door-duckagents", "door-litellm")
+#: HTTP front doors: the same HTTP client as ``direct``, sent to a server in front of the upstream
+#: (``duckagents serve --http``, LiteLLM's proxy) instead of the upstream itself (:mod:`benchmarks.doors`).
+DOORS: tuple[ClientName, ...] = ("door-duckagents", "door-litellm")
 
 
 @attrs.frozen
@@ -31,6 +34,8 @@ class HttpSpec:
     min_requests: int = 0
     expected_text: str | None = None
     expected_chunks: int | None = None
+    #: The model name sent (a front door routes by it; the upstream ignores it).
+    model: str = MODEL
 
     @property
     def base_url(self) -> str:
@@ -52,9 +57,9 @@ class HttpSpec:
         return cls(**data)
 
 
-def openai_body(stream: bool) -> dict[str, Any]:
+def openai_body(stream: bool, model: str = MODEL) -> dict[str, Any]:
     """The request every client sends (as its own API spells it)."""
-    body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]}
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": PROMPT}]}
     if stream:
         body["stream"] = True
     return body

@@ -252,8 +252,36 @@ async def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
                 front_door.metrics.gateway_stats = gw.stats
             out.write(f"gateway listening on {gw.url}\n")
         out.flush()
-        await _print_events(router, out)
-    return 0
+        interrupted = await _until_interrupted(router, out)
+    return 130 if interrupted else 0
+
+
+async def _until_interrupted(router: Any, out: TextIO) -> bool:
+    """Print events until Ctrl-C (True), or until the bus closes (False).
+
+    SIGINT is taken as a signal here rather than as a KeyboardInterrupt: that exception lands in
+    whichever task runs when the signal comes, and a server framework's request task may swallow it
+    (hypercorn logs and drops it), which would leave the process running. Leaving normally lets the
+    doors drain and the tree answer every request still open; a second Ctrl-C, after this returned,
+    interrupts at once.
+    """
+    import signal
+
+    interrupted = False
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                nonlocal interrupted
+                async for _ in signals:
+                    interrupted = True
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+            await _print_events(router, out)
+            nursery.cancel_scope.cancel()
+    return interrupted
 
 
 def _http_door() -> Any:

@@ -26,6 +26,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks import __main__ as cli  # noqa: E402
+from benchmarks import doors as doors_module  # noqa: E402
 from benchmarks import upstream as upstream_module  # noqa: E402
 from benchmarks._stats import CallOutcome, LoadWindow, Recorder, percentile  # noqa: E402
 from benchmarks.aggregate import http_ratios, http_rows  # noqa: E402
@@ -334,7 +335,7 @@ def test_cli_quick_run_covers_every_scenario(tmp_path: Path, capsys: pytest.Capt
     assert memory["in_flight"]["traced_kib_per_request"] > 0
 
     verdicts = {t["name"]: t for t in data["targets"]}
-    assert len(verdicts) == 9 and all(t["met"] in (True, False, None) for t in verdicts.values())
+    assert len(verdicts) == 13 and all(t["met"] in (True, False, None) for t in verdicts.values())
     # litellm was not selected: its ratio is "not measured", never a pass or a fail
     assert verdicts["duckagents throughput vs litellm.Router, c=32, non-streaming"]["met"] is None
     for heading in (
@@ -347,3 +348,50 @@ def test_cli_quick_run_covers_every_scenario(tmp_path: Path, capsys: pytest.Capt
         "### Memory",
     ):
         assert heading in printed
+
+
+def test_front_door_section_runs_the_door_and_reports_the_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # LiteLLM's proxy is a benchmark-only tool: without it the section runs with the doors it has.
+    monkeypatch.setattr(doors_module, "find_litellm", lambda: None)
+    output = tmp_path / "latest.json"
+    argv = [
+        "--quick", "--upstream", "loopback", "--profile", "never", "--output", str(output),
+        "--scenarios", "direct,door-duckagents,door-litellm", "--concurrency", "2",
+        "--warmup", "0", "--duration", "30", "--max-requests", "6",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "door-litellm unavailable" in captured.err
+    data = json.loads(output.read_text())
+    rows = {(r["client"], r["stream"]): r for r in data["derived"]["http_rows"]}
+    assert set(rows) == {(c, s) for c in ("direct", "door-duckagents") for s in (False, True)}
+    for (client, stream), row in rows.items():
+        assert row["failed_runs"] == 0 and row["errors"] == 0, row
+        if client == "door-duckagents":
+            assert row["server_peak_rss_mib"] > 10 and row["server_cpu_us_per_request"] > 0
+            if stream:
+                assert row["ttfc_p50_ms"] is not None and row["chunks_per_s"] > 0
+    ratios = {r["stream"]: r for r in data["derived"]["http_ratios"]}
+    assert all(ratios[s]["door_duckagents_added_p50_ms"] is not None for s in (False, True))
+    assert all(ratios[s]["door_duckagents_vs_litellm_throughput"] is None for s in (False, True))
+    assert "### HTTP front doors" in captured.out and "duckagents serve --http" in captured.out
+    verdicts = {t["name"]: t for t in data["targets"]}
+    assert verdicts["front door throughput vs LiteLLM proxy, c=32, streaming"]["met"] is None
+
+
+def test_front_door_configs_route_each_mode_to_its_upstream_base() -> None:
+    upstream = upstream_module.Upstream("nginx", "http://h:1/json/v1", "http://h:1/sse/v1")
+    config = doors_module.duckagents_config(upstream)
+    assert 'base_url = "http://h:1/json/v1"' in config and 'models = ["bench-json"]' in config
+    assert 'base_url = "http://h:1/sse/v1"' in config and 'models = ["bench-sse"]' in config
+    proxy = json.loads(doors_module.litellm_config(upstream))
+    assert {m["model_name"]: m["litellm_params"]["api_base"] for m in proxy["model_list"]} == {
+        "bench-json": "http://h:1/json/v1",
+        "bench-sse": "http://h:1/sse/v1",
+    }
+    assert proxy["litellm_settings"]["num_retries"] == 0
+    assert proxy["general_settings"]["master_key"] == doors_module.DUMMY_KEY  # the clients' bearer key
+    assert f'env = "{doors_module.TOKEN_ENV}"' in config
+    assert doors_module.model_for(True) == "bench-sse" and doors_module.model_for(False) == "bench-json"

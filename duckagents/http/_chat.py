@@ -10,6 +10,7 @@ stream fails); after that a failure is an ``error`` event in the stream.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Protocol
 
 import trio
@@ -18,7 +19,7 @@ from ..config import HttpConfig
 from ..errors import ErrorKind, ProviderError
 from ..messages import Message
 from ..router import ResponseStream
-from ..signals import ProviderResponse, new_id
+from ..signals import ProviderChunk, ProviderResponse, new_id
 from ._asgi import Receive, Scope, Send, header, send_error, send_response
 from ._auth import Guard
 from ._catalogue import ModelCatalogue
@@ -83,6 +84,26 @@ class InFlight:
 
 class _ClientGone(Exception):
     pass
+
+
+#: Most chunks sent in one write.
+MAX_BATCH = 256
+
+
+async def _next_if_ready(stream: ResponseStream) -> ProviderChunk | None:
+    """The stream's next chunk if it is already buffered, else None, never waiting: a chunk that is
+    buffered comes without a checkpoint, and the scope's past deadline cancels the first checkpoint (no
+    chunk is taken then, so none is lost). Raises like ``__anext__`` when the stream already ended."""
+    with trio.CancelScope(deadline=-math.inf):
+        return await stream.__anext__()
+    return None
+
+
+def _final(stream: ResponseStream) -> ProviderResponse:
+    final = stream.response
+    if final is None:  # the stream raises on failure, so this is a broken invariant of the router
+        raise RuntimeError("the stream ended without a final response")
+    return final
 
 
 class ChatEndpoint:
@@ -263,18 +284,35 @@ class _Exchange:
         }
         await self.send(start)
         self.started = True
-        if first is not None:
-            await self._body(writer.delta(first))
+        if first is None:
+            await self._body(writer.finish(_final(stream)), more=False)
+            return
+        chunk = first
+        while True:
+            # Every chunk already buffered goes out in one write: an upstream's burst (a whole SSE body
+            # in one read) costs one socket write and one HTTP chunk, not one per delta.
+            parts = [writer.delta(chunk)]
             try:
-                async for chunk in stream:
-                    await self._body(writer.delta(chunk))
+                while len(parts) < MAX_BATCH:
+                    ready = await _next_if_ready(stream)
+                    if ready is None:
+                        break
+                    parts.append(writer.delta(ready))
+            except StopAsyncIteration:
+                await self._body(b"".join(parts) + writer.finish(_final(stream)), more=False)
+                return
+            except ProviderError as error:
+                await self._body(b"".join(parts) + ChunkWriter.error(self._failure(error).body()), more=False)
+                return
+            await self._body(b"".join(parts))
+            try:
+                chunk = await stream.__anext__()
+            except StopAsyncIteration:
+                await self._body(writer.finish(_final(stream)), more=False)
+                return
             except ProviderError as error:
                 await self._body(ChunkWriter.error(self._failure(error).body()), more=False)
                 return
-        final = stream.response
-        if final is None:  # the stream raises on failure, so this is a broken invariant of the router
-            raise RuntimeError("the stream ended without a final response")
-        await self._body(writer.finish(final), more=False)
 
     async def _body(self, data: bytes, *, more: bool = True) -> None:
         await self.send({"type": "http.response.body", "body": data, "more_body": more})

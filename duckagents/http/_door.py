@@ -90,7 +90,7 @@ class FrontDoor:
         self.metrics = metrics
         self.catalogue = ModelCatalogue(config.providers)
         self.in_flight = InFlight(config.http.max_in_flight)
-        chat = ChatEndpoint(router, config.http, guard, self.catalogue, self.in_flight)
+        self._chat = chat = ChatEndpoint(router, config.http, guard, self.catalogue, self.in_flight)
         routes = [
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/models", self._models, methods=["GET"]),
@@ -121,7 +121,12 @@ class FrontDoor:
             await send(message)
 
         try:
-            await self._app(scope, receive, timed)
+            if scope["path"] == "/v1/chat/completions" and scope["method"] == "POST":
+                # The hot route skips Starlette's middleware and routing: the endpoint answers every
+                # error itself.
+                await self._chat(scope, receive, timed)
+            else:
+                await self._app(scope, receive, timed)
         finally:
             seconds = time.perf_counter() - started
             self.metrics.observe_http(

@@ -145,6 +145,7 @@ class Metrics:
         self._started: dict[str, int] = {}  # request id -> intake time (us)
         self._attempts: dict[str, tuple[str, float]] = {}  # attempt subject -> (provider, deadline)
         self._models: set[str] = set()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         #: Children a supervisor reported crashed or given up on (and not started since), with why.
         self.down: dict[str, str] = {}
         self.registry = registry = CollectorRegistry(auto_describe=True)
@@ -286,7 +287,16 @@ class Metrics:
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
         """One request to the HTTP front door (``route`` is a route template, never a raw path)."""
         method = method if method in HTTP_METHODS else "_OTHER"
-        self.http_duration.labels(method, route, str(status)).observe(seconds)
+        self._child(self.http_duration, method, route, str(status)).observe(seconds)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: prometheus_client validates the labels on every call, and
+        this runs several times per request. Bounded like the label values themselves."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def _model(self, model: str | None, *, answered: bool = True) -> str:
         """The ``model`` label: bounded in distinct values. A model that did not answer (a failure) and
@@ -310,14 +320,16 @@ class Metrics:
             deadline = math.inf if request.deadline is None else request.deadline
             _remember(self._attempts, signal.subject, (request.provider, deadline))
             if request.attempt > 1:
-                self.failovers.labels(request.provider).inc()
+                self._child(self.failovers, request.provider).inc()
 
     def _on_attempt_end(self, subject: str, data: ProviderResponse | ProviderErrorData) -> None:
         if self._attempts.pop(subject, None) is None and subject.rpartition("#")[0] != data.request_id:
             return  # not an attempt of a routed request
         kind = OK if isinstance(data, ProviderResponse) else data.kind.value
         answered = isinstance(data, ProviderResponse)
-        self.attempts.labels(data.provider or "", self._model(data.model, answered=answered), kind).inc()
+        self._child(
+            self.attempts, data.provider or "", self._model(data.model, answered=answered), kind
+        ).inc()
 
     def _on_final(self, signal: Signal, data: ProviderResponse | ProviderErrorData) -> None:
         started = self._started.pop(data.request_id, None)
@@ -328,19 +340,19 @@ class Metrics:
             kind = OK
             seconds = (signal.time - started) / 1e6 if started is not None else data.latency
             if data.time_to_first_chunk is not None:
-                self.first_chunk.labels(provider, model).observe(data.time_to_first_chunk)
+                self._child(self.first_chunk, provider, model).observe(data.time_to_first_chunk)
             usage = data.usage
-            self.tokens.labels(provider, model, "input").observe(usage.prompt_tokens)
-            self.tokens.labels(provider, model, "output").observe(usage.completion_tokens)
+            self._child(self.tokens, provider, model, "input").observe(usage.prompt_tokens)
+            self._child(self.tokens, provider, model, "output").observe(usage.completion_tokens)
             cost = self._cost(provider, usage)
             if cost > 0:
-                self.cost.labels(provider, model).inc(cost)
+                self._child(self.cost, provider, model).inc(cost)
         else:
             kind = data.kind.value
             seconds = (signal.time - started) / 1e6 if started is not None else None
-        self.requests.labels(provider, model, kind).inc()
+        self._child(self.requests, provider, model, kind).inc()
         if seconds is not None and seconds >= 0:
-            self.duration.labels(provider, model, kind).observe(seconds)
+            self._child(self.duration, provider, model, kind).observe(seconds)
 
     def _cost(self, provider: str, usage: Any) -> float:
         given = getattr(usage, "cost", None)

@@ -39,6 +39,14 @@ MAX_STOP = 4
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _DATA_URL = re.compile(r"^data:(image/[A-Za-z0-9.+-]+);base64,(.*)$", re.DOTALL)
 _ROLES = ("system", "developer", "user", "assistant", "tool")
+_COMMON_KEYS = frozenset({"role", "content", "name"})
+_MESSAGE_KEYS = {
+    "system": _COMMON_KEYS,
+    "developer": _COMMON_KEYS,
+    "user": _COMMON_KEYS,
+    "assistant": _COMMON_KEYS | {"tool_calls", "refusal", "annotations", "audio", "function_call"},
+    "tool": _COMMON_KEYS | {"tool_call_id"},
+}
 #: Accepted and ignored: they do not change what the model answers here.
 _IGNORED = frozenset(
     {
@@ -167,12 +175,12 @@ def _keys(obj: dict[str, Any], allowed: frozenset[str] | set[str], param: str) -
 def parse_chat_request(body: Any) -> ChatRequest:
     """A :class:`ChatRequest` from a JSON body; raises :class:`BodyError` naming the bad field."""
     obj = _object(body, "")
-    for key in obj:
+    for key, value in obj.items():
         if key not in _KNOWN:
             shown = key if len(key) <= 40 else short(key)
             raise BodyError(f"unrecognized request argument {shown!r}", shown)
-    for key, is_off in _OFF_ONLY.items():
-        if key in obj and not is_off(obj[key]):
+        is_off = _OFF_ONLY.get(key)
+        if is_off is not None and not is_off(value):
             hint = " (use tools)" if key in ("functions", "function_call") else ""
             raise BodyError(f"not supported by this server{hint}", key)
     model = obj.get("model")
@@ -290,12 +298,7 @@ def _message(value: Any, param: str) -> Message:
         )
     if role not in _ROLES:
         raise BodyError(f"must be one of {', '.join(_ROLES)}", f"{param}.role")
-    allowed = {"role", "content", "name"}
-    if role == "assistant":
-        allowed |= {"tool_calls", "refusal", "annotations", "audio", "function_call"}
-    elif role == "tool":
-        allowed.add("tool_call_id")
-    _keys(msg, allowed, param)
+    _keys(msg, _MESSAGE_KEYS[role], param)
     name = msg.get("name")
     if name is not None:
         name = _string(name, f"{param}.name")
