@@ -66,3 +66,45 @@ async def test_testing_example_fault_reaches_a_duckagents_router() -> None:
             await trio.sleep(1.2)  # the limiter honours retry-after before admitting again
             assert (await router.complete("hi")).content == "scripted!"
         assert any(r.path == "/v1/chat/completions" for r in upstream.requests)
+
+
+def test_http_front_door_examples_run_against_serve_http() -> None:
+    """README 'The HTTP front door': the curl request and the openai SDK snippet, against a real
+    ``duckagents serve --http`` (on a free port instead of 8080)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    section = "## The HTTP front door"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DUCKAGENTS_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "duckagents.cli", "serve", "--http", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        url = ""
+        while not url and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if "http listening on" in line:
+                url = line.split()[-1]
+        assert url, "serve --http did not start"
+        found = re.search(r"```bash\n(curl .*?)```", README[README.index(section) :], re.S)
+        assert found
+        curl = found.group(1)
+        body = re.search(r"-d '(.*)'", curl, re.S)
+        assert body and "http://127.0.0.1:8080/v1/chat/completions" in curl
+        answer = httpx.post(f"{url}/v1/chat/completions", content=body.group(1), timeout=20)
+        assert "You said: hello" in answer.json()["choices"][0]["message"]["content"]
+        code = _block("python", section).replace("http://127.0.0.1:8080", url)
+        printed: list[str] = []
+        namespace: dict[str, object] = {"print": lambda *a, **k: printed.append("".join(map(str, a)))}
+        exec(compile(code, "README.md", "exec"), namespace)
+        assert "You said: Why Trio?" in "".join(printed)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -24,6 +24,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -238,6 +239,8 @@ class Metrics:
             HTTP_BUCKETS,
         )
         registry.register(_ScrapeTime(self))
+        # The process itself (RSS, CPU seconds, open files), as the global registry would have it.
+        ProcessCollector(registry=registry)
 
     # --- feeding -----------------------------------------------------------------------------------
 
