@@ -19,7 +19,7 @@ from ..config import HttpConfig
 from ..errors import ErrorKind, ProviderError
 from ..messages import Message
 from ..router import ResponseStream
-from ..signals import ProviderChunk, ProviderResponse, new_id
+from ..signals import ProviderResponse, new_id
 from ._asgi import Receive, Scope, Send, header, send_error, send_response
 from ._auth import Guard
 from ._catalogue import ModelCatalogue
@@ -90,13 +90,14 @@ class _ClientGone(Exception):
 MAX_BATCH = 256
 
 
-async def _next_if_ready(stream: ResponseStream) -> ProviderChunk | None:
-    """The stream's next chunk if it is already buffered, else None, never waiting: a chunk that is
-    buffered comes without a checkpoint, and the scope's past deadline cancels the first checkpoint (no
-    chunk is taken then, so none is lost). Raises like ``__anext__`` when the stream already ended."""
+async def _take_ready(stream: ResponseStream, parts: list[bytes], writer: ChunkWriter) -> None:
+    """Render into ``parts`` every chunk the stream has buffered already, never waiting: a buffered chunk
+    comes without a checkpoint, and the scope's past deadline cancels the first checkpoint, which takes
+    no chunk (so none is lost). One scope per burst, not per chunk: entering a cancel scope costs more
+    than rendering a chunk. Raises like ``__anext__`` when the stream ended."""
     with trio.CancelScope(deadline=-math.inf):
-        return await stream.__anext__()
-    return None
+        while len(parts) < MAX_BATCH:
+            parts.append(writer.delta(await stream.__anext__()))
 
 
 def _final(stream: ResponseStream) -> ProviderResponse:
@@ -293,11 +294,7 @@ class _Exchange:
             # in one read) costs one socket write and one HTTP chunk, not one per delta.
             parts = [writer.delta(chunk)]
             try:
-                while len(parts) < MAX_BATCH:
-                    ready = await _next_if_ready(stream)
-                    if ready is None:
-                        break
-                    parts.append(writer.delta(ready))
+                await _take_ready(stream, parts, writer)
             except StopAsyncIteration:
                 await self._body(b"".join(parts) + writer.finish(_final(stream)), more=False)
                 return

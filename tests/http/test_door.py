@@ -460,3 +460,27 @@ async def test_busy_port_is_a_clear_config_error() -> None:
 async def _true(value: bool) -> bool:
     await trio.lowlevel.checkpoint()
     return value
+
+
+async def test_a_client_that_leaves_a_json_request_cancels_it() -> None:
+    mock = MockProvider(default_model="mock-1", latency=30.0)
+    async with running_door(mock_config(), providers={"mock": mock}) as (tree, server, client):
+        body = b'{"model":"mock-1","messages":[{"role":"user","content":"slow"}]}'
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        await stream.send_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await until(lambda: _true(tree.router.in_flight == 1), step=0.01)
+        await stream.aclose()  # the client gives up long before the 30 s answer
+
+        async def cancelled() -> bool:
+            got = await scrape(client)
+            return (
+                value(got, "duckagents_requests_total", provider="mock", model="mock-1", kind="cancelled")
+                == 1
+            )
+
+        with trio.fail_after(10):  # far less than the mock's 30 s: the request was cancelled, not answered
+            await until(cancelled)
+        assert tree.router.in_flight == 0 and server.door.in_flight.count == 0
