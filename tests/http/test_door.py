@@ -11,7 +11,6 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from duckagents.config import (
-    BreakerSettings,
     Config,
     GatewayConfig,
     HttpConfig,
@@ -23,6 +22,7 @@ from duckagents.errors import ConfigError
 from duckagents.gateway import connect, open_gateway
 from duckagents.http import open_http
 from duckagents.providers import MockProvider
+from duckagents.resilience import BreakerConfig
 from duckagents.testing import Fault, OpenAIServer, ScriptedReply, ThreadedServer, open_openai_server
 
 from .support import chat_body, is_error_object, mock_config, running_door, sse_events, strict_json, until
@@ -257,7 +257,7 @@ async def test_metrics_count_what_was_sent_through_both_doors() -> None:
 
 async def test_restarts_and_breaker_state_reach_the_metrics() -> None:
     mock = MockProvider(default_model="mock-1")
-    breaker = BreakerSettings(failure_threshold=1, open_timeout=60)
+    breaker = BreakerConfig(failure_threshold=1, open_timeout=60)
     config = Config(
         providers=(ProviderConfig(name="mock", kind="mock", default_model="mock-1", breaker=breaker),),
         # One attempt, and a deadline shorter than the open breaker: a refusal comes at once.
