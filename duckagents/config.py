@@ -208,16 +208,12 @@ class HttpConfig:
     """The optional HTTP front door: OpenAI-compatible API, health checks, Prometheus metrics.
 
     Bearer tokens and their scopes are the gateway's (``[gateway] tokens``), so one token table serves
-    both doors.
+    both doors; bodies are bounded by ``[validation]`` (``max_bytes``, ``max_depth``...) as at every door.
     """
 
     enabled: bool = False
     host: str = attrs.field(default="127.0.0.1", validator=_host)
     port: int = attrs.field(default=8080, validator=_port)
-    #: Largest request body accepted (413 beyond); images travel inline as base64, hence megabytes.
-    max_body_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_positive)
-    #: Deepest JSON nesting accepted in a body (arrays and objects), e.g. in tool parameter schemas.
-    max_json_depth: int = attrs.field(default=64, validator=_positive)
     #: Seconds a client has to send the whole body once the headers arrived (408 beyond).
     body_timeout: float = attrs.field(default=30.0, validator=_positive)
     #: Chat completions in flight at once through this door (503 with retry-after beyond).

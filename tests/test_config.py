@@ -152,18 +152,19 @@ def test_embedded_default_needs_no_keys() -> None:
 
 
 def test_http_section_is_structured_and_checked() -> None:
-    http = {"enabled": True, "host": "0.0.0.0", "port": 9000, "max_body_bytes": 1024}
+    http = {"enabled": True, "host": "0.0.0.0", "port": 9000, "max_in_flight": 10}
     config = parse_config({"http": http})
     assert config.http.enabled and config.http.host == "0.0.0.0" and config.http.port == 9000
-    assert config.http.max_body_bytes == 1024 and config.http.max_in_flight == 1024
+    assert config.http.max_in_flight == 10 and config.http.body_timeout == 30
     assert not parse_config({}).http.enabled and parse_config({}).http.host == "127.0.0.1"
     for bad, message in (
         ({"port": 70000}, "port must be a TCP port from 0 to 65535"),
         ({"port": -1}, "port must be a TCP port"),
         ({"port": "80"}, "port"),
         ({"host": ""}, "host must be a host name"),
-        ({"body_timeout": float("nan")}, "body_timeout must be a finite number"),
-        ({"max_body_bytes": 0}, "max_body_bytes must be > 0"),
+        ({"body_timeout": float("nan")}, "body_timeout must be > 0, got nan"),
+        ({"keep_alive_timeout": float("inf")}, "keep_alive_timeout must be a finite number"),
+        ({"max_in_flight": 0}, "max_in_flight must be > 0"),
         ({"prot": 80}, "http: unknown key(s) prot"),
     ):
         with pytest.raises(ConfigError, match=re.escape(message)):

@@ -17,14 +17,16 @@ import trio
 
 from ..config import HttpConfig
 from ..errors import ErrorKind, ProviderError
-from ..messages import Message
+from ..messages import Message, RequestOptions
 from ..router import ResponseStream
 from ..signals import ProviderResponse, new_id
+from ..validation import InvalidJSON, InvalidValue, ValidationLimits, check_options
+from ..validation import loads as load_json
 from ._asgi import Receive, Scope, Send, header, send_error, send_response
 from ._auth import Guard
 from ._catalogue import ModelCatalogue
 from ._errors import ApiError, from_provider_error
-from ._json import BodyError, dumps, loads
+from ._json import BodyError, dumps, param_of
 from ._wire import ChatRequest, ChunkWriter, completion_object, parse_chat_request
 
 __all__ = ["ChatEndpoint", "ChatRouter", "InFlight"]
@@ -114,12 +116,14 @@ class ChatEndpoint:
         self,
         router: ChatRouter,
         config: HttpConfig,
+        limits: ValidationLimits,
         guard: Guard,
         catalogue: ModelCatalogue,
         in_flight: InFlight,
     ) -> None:
         self._router = router
         self._config = config
+        self._limits = limits
         self._guard = guard
         self._catalogue = catalogue
         self._in_flight = in_flight
@@ -130,10 +134,7 @@ class ChatEndpoint:
             if self._in_flight.closed:
                 raise ApiError(503, ErrorKind.SHUTDOWN.value, "the server is shutting down")
             body = await self._read_body(scope, receive)
-            try:
-                request = parse_chat_request(loads(body, max_depth=self._config.max_json_depth))
-            except BodyError as exc:
-                raise ApiError(400, ErrorKind.INVALID_REQUEST.value, exc.message, param=exc.param) from None
+            request = self._parse(body)
             if not self._in_flight.enter():
                 raise ApiError(
                     503,
@@ -154,8 +155,24 @@ class ChatEndpoint:
         finally:
             self._in_flight.leave()
 
+    def _parse(self, body: bytes) -> ChatRequest:
+        """The request in ``body``: decoded and bounded as at every door (``[validation]``), then checked
+        against the OpenAI request shape; raises :class:`ApiError` 400 naming the field."""
+        invalid = ErrorKind.INVALID_REQUEST.value
+        try:
+            request = parse_chat_request(load_json(body, self._limits))
+            # The tools' schemas (depth, size, count), as the gateway checks them.
+            check_options(RequestOptions(**request.options), self._limits)
+        except InvalidJSON as exc:
+            raise ApiError(400, invalid, f"the body is not valid JSON: {exc.problem}") from None
+        except InvalidValue as exc:
+            raise ApiError(400, invalid, exc.problem, param=param_of(exc.path)) from None
+        except BodyError as exc:
+            raise ApiError(400, invalid, exc.message, param=exc.param) from None
+        return request
+
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        limit = self._config.max_body_bytes
+        limit = self._limits.max_bytes
         declared = header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _too_large(limit)

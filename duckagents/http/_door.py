@@ -90,7 +90,9 @@ class FrontDoor:
         self.metrics = metrics
         self.catalogue = ModelCatalogue(config.providers)
         self.in_flight = InFlight(config.http.max_in_flight)
-        self._chat = chat = ChatEndpoint(router, config.http, guard, self.catalogue, self.in_flight)
+        self._chat = chat = ChatEndpoint(
+            router, config.http, config.validation, guard, self.catalogue, self.in_flight
+        )
         routes = [
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/models", self._models, methods=["GET"]),

@@ -1,10 +1,11 @@
 """The OpenAI Chat Completions wire format: a request body in, our neutral types; our answers out.
 
-:func:`parse_chat_request` checks a JSON value (already through :func:`._json.loads`) against the parts of
-the API this door serves and refuses everything else by name, so a client never gets a silently
-different request: an unknown field, a feature we cannot honour (``n`` > 1, ``json_schema``, logprobs,
-audio) or a value of the wrong type or range is a ``BodyError`` naming the field. Fields that change
-nothing about the answer (``user``, ``metadata``, ``store``, ``seed``...) are accepted and ignored.
+:func:`parse_chat_request` checks a JSON value (already decoded and bounded by
+:func:`duckagents.validation.loads`) against the parts of the API this door serves and refuses
+everything else by name, so a client never gets a silently different request: an unknown field, a
+feature we cannot honour (``n`` > 1, ``json_schema``, logprobs, audio) or a value of the wrong type or
+range is a ``BodyError`` naming the field. Fields that change nothing about the answer (``user``,
+``metadata``, ``store``, ``seed``...) are accepted and ignored.
 
 The rendering functions build ``chat.completion`` objects and ``chat.completion.chunk`` SSE events; chunk
 events are assembled from a prefix encoded once per stream.

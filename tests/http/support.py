@@ -18,13 +18,16 @@ from duckagents.app import Tree, open_tree
 from duckagents.config import Config, HttpConfig, ProviderConfig
 from duckagents.http import HttpServer, open_http
 from duckagents.providers import Provider
+from duckagents.validation import DEFAULT_LIMITS, ValidationLimits
 
 
-def mock_config(*providers: ProviderConfig, **http: Any) -> Config:
+def mock_config(
+    *providers: ProviderConfig, validation: ValidationLimits = DEFAULT_LIMITS, **http: Any
+) -> Config:
     """A config of mock providers (one named ``mock`` offering ``mock-1`` by default) with the door on
     127.0.0.1 and a free port."""
     chosen = providers or (ProviderConfig(name="mock", kind="mock", default_model="mock-1"),)
-    return Config(providers=chosen, http=HttpConfig(enabled=True, port=0, **http))
+    return Config(providers=chosen, http=HttpConfig(enabled=True, port=0, **http), validation=validation)
 
 
 @asynccontextmanager

@@ -24,6 +24,7 @@ from duckagents.http import open_http
 from duckagents.providers import MockProvider
 from duckagents.resilience import BreakerConfig
 from duckagents.testing import Fault, OpenAIServer, ScriptedReply, ThreadedServer, open_openai_server
+from duckagents.validation import ValidationLimits
 
 from .support import chat_body, is_error_object, mock_config, running_door, sse_events, strict_json, until
 
@@ -337,7 +338,8 @@ async def test_tokens_and_scopes_are_the_gateways() -> None:
 
 
 async def test_body_limits_and_field_errors_name_the_field() -> None:
-    async with running_door(mock_config(max_body_bytes=2000, max_json_depth=8)) as (_, _, client):
+    limits = ValidationLimits(max_bytes=2000, max_depth=16, max_tool_schema_depth=4)
+    async with running_door(mock_config(validation=limits)) as (_, _, client):
         big = await client.post("/v1/chat/completions", json=chat_body("x" * 5000))
         assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
         deep: Any = "leaf"
@@ -354,7 +356,15 @@ async def test_body_limits_and_field_errors_name_the_field() -> None:
                 ]
             ),
         )
-        assert nested.status_code == 400 and "nested deeper than 8" in nested.json()["error"]["message"]
+        assert nested.status_code == 400 and "nested deeper than 16" in nested.json()["error"]["message"]
+        assert nested.json()["error"]["param"].startswith("tools[0].function.parameters.x[0]")
+        schema: Any = {"type": "object"}
+        for _ in range(5):  # within the body's depth, beyond a tool schema's (max_tool_schema_depth = 4)
+            schema = {"type": "object", "properties": {"p": schema}}
+        tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+        deep_schema = await client.post("/v1/chat/completions", json=chat_body(tools=[tool]))
+        assert deep_schema.status_code == 400, deep_schema.text
+        assert deep_schema.json()["error"]["param"].startswith("options.tools[0].parameters")
         cases: list[tuple[Any, str]] = [
             (chat_body(n=2), "n"),
             (chat_body(temperature=3), "temperature"),

@@ -13,6 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from duckagents.validation import ValidationLimits
+
 from .support import chat_body, is_error_object, mock_config, running_door, sse_events, strict_json
 
 TEXT = st.text(max_size=12) | st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), max_size=3)
@@ -126,7 +128,7 @@ class _ErrorLog(logging.Handler):
 
 
 async def _send_all(bodies: list[bytes]) -> None:
-    async with running_door(mock_config(max_json_depth=32)) as (_, _, client):
+    async with running_door(mock_config(validation=ValidationLimits(max_depth=32))) as (_, _, client):
         for body in bodies:
             answer = await client.post(
                 "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
