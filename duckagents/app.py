@@ -32,11 +32,12 @@ import attrs
 from .agents import ProviderAgent, build_agent
 from .bus import SignalBus
 from .config import Config, SupervisionConfig, default_config, load_config
+from .costs import Budget, BudgetLedger, InMemoryBudgets, PriceTable, provider_account, token_account
 from .providers import Provider, max_retry_after
 from .router import AGENT_CHILD_PREFIX, RouterAgent
 from .supervision import Backoff, ChildSpec, Intensity, Restart, Strategy, Supervisor, open_supervisor
 
-__all__ = ["DEFAULT_INTENSITY", "Tree", "open_router", "open_tree"]
+__all__ = ["DEFAULT_INTENSITY", "Tree", "budgets_of", "open_router", "open_tree", "prices_of"]
 
 _DEFAULTS = SupervisionConfig()
 #: Restarts the root supervisor allows (3 within 10 s) before it gives up and the tree fails.
@@ -57,6 +58,25 @@ class Tree:
     agents: dict[str, ProviderAgent]
     #: The supervisor of each agent (by provider name): its restarts, events and budget.
     agent_supervisors: dict[str, Supervisor] = attrs.field(factory=dict)
+    #: Where spend is counted against budgets (None when the config sets none).
+    budgets: BudgetLedger | None = None
+
+
+def prices_of(config: Config) -> PriceTable:
+    """The price table of ``config``: its ``[models."name"] price`` entries over the built-in prices."""
+    return PriceTable({model: m.price for model, m in config.models.items() if m.price is not None})
+
+
+def budgets_of(config: Config) -> BudgetLedger | None:
+    """An in-process ledger of ``config``'s budgets (per provider, per gateway token), or None."""
+    budgets: dict[str, Budget] = {}
+    for provider in config.providers:
+        if provider.budget is not None:
+            budgets[provider_account(provider.name)] = provider.budget
+    for token in config.gateway.tokens:
+        if token.budget is not None:
+            budgets[token_account(token.label)] = token.budget
+    return InMemoryBudgets(budgets) if budgets else None
 
 
 def resolve_config(config: Config | str | Path | None) -> Config:
@@ -79,6 +99,7 @@ async def open_tree(
     agent_intensity: Intensity | None = None,
     agent_backoff: Backoff | None = None,
     ready_timeout: float = 5.0,
+    budgets: BudgetLedger | None = None,
 ) -> AsyncIterator[Tree]:
     """Run the whole tree for the duration of the block (see the module docstring).
 
@@ -90,18 +111,25 @@ async def open_tree(
 
     Upstream wait hints (``retry-after``...) are capped at ``[router] max_retry_after`` in every task of
     the tree.
+    ``budgets`` replaces the in-process ledger of the config's budgets (e.g. one shared by a fleet).
     """
     cfg = resolve_config(config)
     own_bus = bus is None
     signal_bus = SignalBus() if bus is None else bus
     given = dict(providers or {})
+    prices = prices_of(cfg)
+    ledger = budgets if budgets is not None else budgets_of(cfg)
     agents = {
         p.name: build_agent(
-            p, signal_bus, provider=given.get(p.name), environ=environ, health_interval=cfg.health_interval
+            p, signal_bus, provider=given.get(p.name), environ=environ, health_interval=cfg.health_interval,
+            prices=prices,
         )
         for p in cfg.providers
     }
-    router = RouterAgent(signal_bus, cfg.providers, cfg.router, ready_timeout=ready_timeout)
+    router = RouterAgent(
+        signal_bus, cfg.providers, cfg.router, ready_timeout=ready_timeout, models=cfg.models, prices=prices,
+        budgets=ledger,
+    )
     sup = cfg.supervision
     budget = agent_intensity or Intensity(max_restarts=sup.agent_max_restarts, period=sup.agent_period)
     backoff = agent_backoff or Backoff(initial=sup.agent_backoff_initial, max=sup.agent_backoff_max)
@@ -129,7 +157,7 @@ async def open_tree(
         ) as supervisor:
             await router.wait_ready(ready_timeout)
             try:
-                yield Tree(cfg, signal_bus, supervisor, router, agents, agent_supervisors)
+                yield Tree(cfg, signal_bus, supervisor, router, agents, agent_supervisors, ledger)
             finally:
                 router.close_intake()
     finally:

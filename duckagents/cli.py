@@ -47,6 +47,10 @@ def _table(rows: Sequence[Sequence[Any]], out: TextIO) -> None:
             out.write("  ".join("-" * w for w in widths) + "\n")
 
 
+def _fmt_cost(cost: float | None) -> str:
+    return "cost unknown" if cost is None else f"${cost:.6f}"
+
+
 def _fmt_opt(value: float | None, spec: str = ".0f") -> str:
     return "-" if value is None else format(value, spec)
 
@@ -65,7 +69,8 @@ async def cmd_ask(args: argparse.Namespace, out: TextIO) -> int:
     if args.verbose:
         sys.stderr.write(
             f"[{response.provider}/{response.model}] {response.usage.prompt_tokens}+"
-            f"{response.usage.completion_tokens} tokens, {response.latency * 1000:.1f} ms, "
+            f"{response.usage.completion_tokens} tokens, {_fmt_cost(response.usage.cost)}, "
+            f"{response.latency * 1000:.1f} ms, "
             f"finish={response.finish_reason.value}\n"
         )
     return 0
@@ -165,8 +170,10 @@ async def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     config = await resolve_config(args.config)
     async with open_router(config) as router:
         statuses = await router.status()
+        budgets = await router.spend()
     rows: list[list[Any]] = [
-        ["provider", "health", "breaker", "reachable", "req headroom", "tok headroom", "requests", "p50 ms"]
+        ["provider", "health", "breaker", "reachable", "req headroom", "tok headroom", "requests", "p50 ms",
+         "spent $"]
     ]
     for s in statuses:
         rows.append(
@@ -179,9 +186,26 @@ async def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
                 _fmt_opt(s.headroom.tokens),
                 s.metrics.total_requests,
                 f"{s.metrics.latency.p50 * 1000:.1f}",
+                f"{s.metrics.cost:.4f}",
             ]
         )
     _table(rows, out)
+    spend = [
+        [s.provider, model, f"{cost:.4f}"]
+        for s in statuses
+        for model, cost in s.metrics.cost_by_model.items()
+    ]
+    if spend:
+        out.write("\n")
+        _table([["provider", "model", "spent $"], *spend], out)
+    if budgets:
+        out.write("\n")
+        _table(
+            [["budget", "period", "limit $", "spent $", "held $"]]
+            + [[b.account, b.window, f"{b.budget.usd:g}", f"{b.spent:.4f}", f"{b.held:.4f}"]
+               for b in budgets],
+            out,
+        )
     return 0
 
 

@@ -6,22 +6,32 @@ API keys are never in the file: a provider names the environment variable that h
 A provider's ``limits`` and ``breaker`` tables structure directly into the resilience types they
 configure (:class:`~duckagents.resilience.RateLimits`, :class:`~duckagents.resilience.BreakerConfig`);
 the limits are written per minute in the file (``requests_per_minute``, ``tokens_per_minute``).
+
+Model routing (docs/routing.md): a provider serves the models its ``models`` list matches (glob patterns;
+``["*"]`` for any name) plus its default model; ``[models."name"]`` tables give a model its fallback
+chains and its price; ``[router] default_model`` names the model of requests that name none. The chains
+are checked when the config is loaded: every model they name must be served, and they must not loop or
+run deeper than ``[router] max_fallbacks``.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import os
 import tomllib
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
 import cattrs
+from cattrs.gen import make_dict_structure_fn
 
 from .codec import converter, describe_error
-from .errors import ConfigError, Secret
+from .costs import Budget, ModelPrice
+from .errors import ConfigError, Secret, did_you_mean
 from .resilience import BreakerConfig, RateLimits
 from .validation import ValidationLimits
 
@@ -35,6 +45,16 @@ DEFAULT_BASE_URLS: dict[str, str] = {
     "tgi": "http://127.0.0.1:8080",
     "mock": "mock://",
 }
+#: The model each kind's provider uses when the config names none (the providers' ``DEFAULT_MODEL``).
+DEFAULT_MODELS: dict[str, str] = {
+    "openai": "gpt-4o-mini",
+    "anthropic": "claude-sonnet-4-6",
+    "ollama": "llama3.2",
+    "tgi": "tgi",
+    "mock": "mock-1",
+}
+#: Kinds whose built-in per-model rate limits describe their official API host only.
+OFFICIAL_HOST_KINDS = frozenset({"openai", "anthropic"})
 
 
 def _positive(_: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
@@ -42,9 +62,20 @@ def _positive(_: Any, attribute: attrs.Attribute[Any], value: float | None) -> N
         raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
 
 
-def _non_negative(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not value >= 0:
+def _non_negative(_: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not value >= 0:
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def _model_names(_: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for name in value:
+        if not name.strip():
+            raise ValueError(f"{attribute.name}: a model name must not be empty")
+
+
+def is_pattern(name: str) -> bool:
+    """Is ``name`` a glob pattern (``*``, ``?``, ``[...]``) rather than one model's name?"""
+    return any(c in name for c in "*?[")
 
 
 #: The keys of a provider's ``limits`` table and the :class:`RateLimits` field each one sets.
@@ -74,6 +105,11 @@ def _structure_limits(value: Any, _: Any) -> RateLimits:
 
 # The file spells limits per minute; the agent uses them as the RateLimits they are.
 converter.register_structure_hook(RateLimits, _structure_limits)
+# The routing tables reject keys they do not know (a misspelt ``perod`` must not silently mean a month).
+for _strict in (Budget, ModelPrice):
+    converter.register_structure_hook(
+        _strict, make_dict_structure_fn(_strict, converter, _cattrs_forbid_extra_keys=True)
+    )
 
 
 @attrs.frozen
@@ -84,12 +120,19 @@ class ProviderConfig:
     kind: ProviderKind
     base_url: str | None = None
     api_key_env: str | None = None
-    models: tuple[str, ...] = ()
+    #: The models it serves besides its default model: names or glob patterns (``"gpt-4o*"``);
+    #: ``["*"]`` serves any name. Empty: the default model only.
+    models: tuple[str, ...] = attrs.field(default=(), validator=_model_names)
     default_model: str | None = None
     priority: int = 0
-    #: Prices in USD per 1,000 tokens, for the ``cheapest`` strategy.
-    cost_per_1k_input: float = 0.0
-    cost_per_1k_output: float = 0.0
+    #: Share of the traffic under ``round_robin`` (weighted): 2 gets twice the requests of 1.
+    weight: float = attrs.field(default=1.0, validator=_positive)
+    #: This provider's prices in USD per 1,000 tokens, for every model it serves; unset, the price
+    #: table decides (docs/routing.md). Used for ``usage.cost``, budgets and the ``cheapest`` strategy.
+    cost_per_1k_input: float | None = attrs.field(default=None, validator=_non_negative)
+    cost_per_1k_output: float | None = attrs.field(default=None, validator=_non_negative)
+    #: At most this much spend per day or month (``budget = { usd = 20, period = "day" }``).
+    budget: Budget | None = None
     #: Limits the config sets (per minute in the file); a dimension left ``None`` takes the agent's
     #: per-model default, if it has one, else is unlimited.
     limits: RateLimits = RateLimits()
@@ -97,6 +140,11 @@ class ProviderConfig:
     breaker: BreakerConfig = BreakerConfig()
     max_concurrency: int = attrs.field(default=64, validator=_positive)
     timeout: float = attrs.field(default=120.0, validator=_positive)
+    #: A stream whose first chunk has not come this many seconds after the call went upstream fails
+    #: with ``timeout`` (retried elsewhere: nothing reached the caller yet).
+    first_chunk_timeout: float = attrs.field(default=60.0, validator=_positive)
+    #: A stream silent this many seconds between two chunks fails with ``timeout`` (``partial``).
+    idle_chunk_timeout: float = attrs.field(default=30.0, validator=_positive)
     #: Provider-specific extras (e.g. the mock's scripted behaviour).
     options: dict[str, Any] = attrs.field(factory=dict)
 
@@ -104,6 +152,29 @@ class ProviderConfig:
     def url(self) -> str:
         """The base URL, or the kind's default."""
         return self.base_url or DEFAULT_BASE_URLS[self.kind]
+
+    @property
+    def model(self) -> str:
+        """The default model: ``default_model``, else the kind's (:data:`DEFAULT_MODELS`)."""
+        return self.default_model or DEFAULT_MODELS[self.kind]
+
+    @property
+    def price(self) -> ModelPrice | None:
+        """The provider's own prices (``cost_per_1k_*``), if it sets any."""
+        return ModelPrice.per_1k(self.cost_per_1k_input, self.cost_per_1k_output)
+
+    @property
+    def official_host(self) -> bool:
+        """True when an OpenAI or Anthropic provider talks to the vendor's own API host, where the
+        built-in per-model rate limits describe the upstream."""
+        if self.kind not in OFFICIAL_HOST_KINDS:
+            return False
+        official = urllib.parse.urlsplit(DEFAULT_BASE_URLS[self.kind]).hostname
+        return urllib.parse.urlsplit(self.url).hostname == official
+
+    def serves(self, model: str) -> bool:
+        """Does this provider serve ``model``: its default model, or one its ``models`` match?"""
+        return model == self.model or any(fnmatch.fnmatchcase(model, p) for p in self.models)
 
     def api_key(self, environ: Mapping[str, str] | None = None) -> Secret | None:
         """The API key from the environment variable named by ``api_key_env``.
@@ -122,10 +193,36 @@ class ProviderConfig:
 
 
 @attrs.frozen
+class ModelConfig:
+    """What the config says about one model name (``[models."name"]``): where its requests go when it
+    cannot answer, and its price."""
+
+    #: Models to try, in order, when every agent for this one failed (or is out) with a provider-side
+    #: error: rate limited, 5xx, timeout, down, model not found, budget exceeded...
+    fallbacks: tuple[str, ...] = ()
+    #: Models to try when the request does not fit this model's context window (only those whose
+    #: window fits it).
+    context_window_fallbacks: tuple[str, ...] = ()
+    #: Models to try when this one refused or its content filter stopped the answer (opt-in).
+    content_policy_fallbacks: tuple[str, ...] = ()
+    #: USD per million tokens, over the built-in table (``price = { input = 0.15, output = 0.6 }``).
+    price: ModelPrice | None = None
+
+    def chains(self) -> dict[str, tuple[str, ...]]:
+        """The three chains by their key."""
+        return {
+            "fallbacks": self.fallbacks,
+            "context_window_fallbacks": self.context_window_fallbacks,
+            "content_policy_fallbacks": self.content_policy_fallbacks,
+        }
+
+
+@attrs.frozen
 class RouterConfig:
     """How the router chooses agents and retries."""
 
     strategy: StrategyName = "priority"
+    #: Attempts per model of a request (a fallback model gets as many again).
     max_attempts: int = attrs.field(default=3, validator=_positive)
     backoff_initial: float = 0.05
     backoff_max: float = 2.0
@@ -133,6 +230,11 @@ class RouterConfig:
     #: The longest wait an upstream may impose (``retry-after``, rate-limit reset headers): longer hints
     #: are clamped to it, NaN, infinite or negative ones ignored.
     max_retry_after: float = attrs.field(default=300.0, validator=_positive)
+    #: The model of requests that name none; unset, the default model of the first provider by
+    #: (priority, config order).
+    default_model: str | None = None
+    #: Fallback models one request may go through at most; deeper chains are refused at load.
+    max_fallbacks: int = attrs.field(default=5, validator=_positive)
 
 
 @attrs.frozen
@@ -156,10 +258,21 @@ class SupervisionConfig:
 
 @attrs.frozen
 class TokenConfig:
-    """A gateway bearer token, read from ``env``; ``scopes`` are ``subscribe`` and/or ``request``."""
+    """A gateway bearer token, read from ``env``; ``scopes`` are ``subscribe`` and/or ``request``.
+
+    ``name`` (default: ``env``) is how requests submitted with it are known (``ProviderRequest.principal``)
+    and what its ``budget`` is counted against; the token itself never appears anywhere.
+    """
 
     env: str
     scopes: tuple[Literal["subscribe", "request"], ...] = ("subscribe", "request")
+    name: str | None = None
+    budget: Budget | None = None
+
+    @property
+    def label(self) -> str:
+        """The token's name: ``name``, else the environment variable's."""
+        return self.name or self.env
 
 
 @attrs.frozen
@@ -191,6 +304,12 @@ class GatewayConfig:
     error_burst: int = attrs.field(default=50, validator=_positive)
     #: Seconds a connection may stay without any subscription or request in flight before it is closed.
     idle_timeout: float = attrs.field(default=60.0, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        labels = [t.label for t in self.tokens]
+        dupes = sorted({n for n in labels if labels.count(n) > 1})
+        if dupes:
+            raise ValueError(f"gateway tokens: duplicate token names: {', '.join(dupes)}")
 
 
 def _host(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -238,12 +357,96 @@ class Config:
     supervision: SupervisionConfig = SupervisionConfig()
     http: HttpConfig = HttpConfig()
     health_interval: float = attrs.field(default=30.0, validator=_positive)
+    #: Per model name: fallback chains and price (``[models."gpt-4o-mini"]``).
+    models: dict[str, ModelConfig] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         names = [p.name for p in self.providers]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"duplicate provider names: {', '.join(dupes)}")
+        check_routes(self)
+
+    @property
+    def default_model(self) -> str | None:
+        """The model of requests that name none (see :func:`default_model_of`)."""
+        return default_model_of(self.providers, self.router)
+
+
+def default_model_of(providers: Sequence[ProviderConfig], router: RouterConfig) -> str | None:
+    """The model of requests that name none: ``[router] default_model``, else the default model of the
+    first provider by (priority, config order); None without providers."""
+    if router.default_model is not None:
+        return router.default_model
+    if not providers:
+        return None
+    return min(enumerate(providers), key=lambda ip: (ip[1].priority, ip[0]))[1].model
+
+
+def served_names(providers: Sequence[ProviderConfig]) -> list[str]:
+    """What ``providers`` serve, for messages: each default model and each ``models`` entry (patterns
+    as written), without repeats."""
+    names: dict[str, None] = {}
+    for p in providers:
+        names[p.model] = None
+        names.update(dict.fromkeys(p.models))
+    return list(names)
+
+
+def check_routes(config: Config) -> None:
+    """Raise ``ValueError`` when the model routing of ``config`` cannot work: a default model or a
+    chain naming a model no provider serves, a chain that loops, or one deeper than ``max_fallbacks``."""
+    providers = config.providers
+    known = [n for n in served_names(providers) if not is_pattern(n)]
+
+    def require_served(model: str, where: str) -> None:
+        if not any(p.serves(model) for p in providers):
+            served = ", ".join(served_names(providers)) or "nothing (no providers)"
+            raise ValueError(f"{where}: no provider serves model {model!r}{did_you_mean(model, known)}; "
+                             f"served: {served}")
+
+    if config.router.default_model is not None:
+        require_served(config.router.default_model, "router.default_model")
+    graph: dict[str, list[str]] = {}
+    for model, settings in config.models.items():
+        require_served(model, f"models.{model!r}")
+        edges = graph.setdefault(model, [])
+        for key, chain in settings.chains().items():
+            where = f"models.{model!r}.{key}"
+            for target in chain:
+                if is_pattern(target):
+                    raise ValueError(f"{where}: {target!r} is a pattern; a fallback names one model")
+                if target == model:
+                    raise ValueError(f"{where}: a model cannot fall back to itself")
+                if chain.count(target) > 1:
+                    raise ValueError(f"{where}: {target!r} is listed twice")
+                require_served(target, where)
+                edges.append(target)
+    _check_chains(graph, config.router.max_fallbacks)
+
+
+def _check_chains(graph: Mapping[str, list[str]], limit: int) -> None:
+    """No loop in the fallback graph (all three chains together), and no path longer than ``limit``."""
+    depth: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(model: str) -> int:
+        if model in path:
+            loop = " -> ".join([*path[path.index(model):], model])
+            raise ValueError(f"models: the fallback chains loop: {loop}")
+        if model not in depth:
+            path.append(model)
+            depth[model] = max((1 + visit(t) for t in graph.get(model, ())), default=0)
+            path.pop()
+            if depth[model] > limit:
+                raise ValueError(
+                    f"models.{model!r}: its fallback chains go {depth[model]} models deep; "
+                    f"router.max_fallbacks is {limit}"
+                )
+        return depth[model]
+
+    for model in graph:
+        visit(model)
 
 
 def parse_config(data: Mapping[str, Any]) -> Config:
@@ -262,6 +465,17 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     unknown_top = set(data) - set(attrs.fields_dict(Config))
     if unknown_top:
         raise ConfigError(f"unknown top-level key(s): {', '.join(sorted(unknown_top))}")
+    models = data.get("models")
+    if isinstance(models, Mapping):
+        keys = list(attrs.fields_dict(ModelConfig))
+        for model, entry in models.items():
+            if isinstance(entry, Mapping):
+                for key in entry:
+                    if key not in keys:
+                        raise ConfigError(
+                            f"models.{model!r}: unknown key {key!r}{did_you_mean(key, keys)}; "
+                            f"the keys are {', '.join(keys)}"
+                        )
     try:
         return converter.structure(dict(data), Config)
     except cattrs.BaseValidationError as exc:
@@ -287,8 +501,14 @@ def load_config(path: str | Path) -> Config:
 
 
 def default_config(*, with_ollama: bool = False) -> Config:
-    """The embedded default: the mock provider (no keys), plus a local Ollama when one answers."""
-    providers = [ProviderConfig(name="mock", kind="mock", default_model="mock-1", priority=10)]
-    if with_ollama:
-        providers.insert(0, ProviderConfig(name="ollama", kind="ollama", priority=0, max_concurrency=2))
-    return Config(providers=tuple(providers))
+    """The embedded default: the mock provider (no keys), plus a local Ollama when one answers.
+
+    With Ollama, requests go to its default model (``llama3.2``) and fall back to the mock's ``mock-1``
+    when Ollama cannot answer (e.g. the model is not pulled yet); without it, to the mock.
+    """
+    mock = ProviderConfig(name="mock", kind="mock", default_model="mock-1", priority=10)
+    if not with_ollama:
+        return Config(providers=(mock,))
+    ollama = ProviderConfig(name="ollama", kind="ollama", priority=0, max_concurrency=2)
+    chain = {ollama.model: ModelConfig(fallbacks=(mock.model,))}
+    return Config(providers=(ollama, mock), models=chain)

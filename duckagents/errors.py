@@ -7,6 +7,7 @@ routers, breakers and clients can decide on a kind instead of parsing messages.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import re
 from collections.abc import Iterable
@@ -36,6 +37,8 @@ class ErrorKind(str, enum.Enum):
     #: An unexpected exception (a bug, an unencodable value) while handling this one request: it failed
     #: alone, and another attempt would meet the same fault, so it is never retried.
     INTERNAL = "internal"
+    #: Serving the request would take a provider's or a gateway token's spend over its budget.
+    BUDGET_EXCEEDED = "budget_exceeded"
 
 
 #: Kinds that another attempt (later, or on another provider) may cure.
@@ -51,6 +54,12 @@ RETRYABLE_KINDS: frozenset[ErrorKind] = frozenset(
         ErrorKind.AGENT_CRASHED,
     }
 )
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the choice closest to ``word`` (difflib), or ``""`` if none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class DuckAgentsError(Exception):

@@ -118,10 +118,16 @@ class FinishReason(str, enum.Enum):
 
 @attrs.frozen
 class Usage:
-    """Token usage of one request."""
+    """Token usage of one request, and what it cost.
+
+    ``cost`` is in USD, from the price table of the model that answered (docs/routing.md): set by the
+    agent on every ``provider_response``; ``None`` when the model's price is not known (a provider's own
+    usage figures never carry it).
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost: float | None = None
 
     @property
     def total_tokens(self) -> int:

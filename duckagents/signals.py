@@ -36,6 +36,9 @@ class ProviderRequest:
     attempt: int = 1
     #: Features the caller needs (``"tools"``, ``"vision"``...), used for routing.
     required_features: tuple[str, ...] = ()
+    #: Who submitted it: the *name* of the gateway token (never the token), for per-token budgets;
+    #: ``None`` for requests made in-process without one.
+    principal: str | None = None
 
 
 @attrs.frozen
@@ -164,6 +167,9 @@ class MetricsSnapshot:
     latency: LatencySummary = LatencySummary()
     time_to_first_chunk: LatencySummary = LatencySummary()
     in_flight: int = 0
+    #: USD spent since the agent started (answered requests with a known price), and per model.
+    cost: float = 0.0
+    cost_by_model: dict[str, float] = attrs.field(factory=dict)
 
 
 @attrs.frozen

@@ -17,7 +17,7 @@ import trio.testing
 from duckagents.app import Tree, open_router, open_tree
 from duckagents.bus import SignalBus
 from duckagents.codec import dumps_signal
-from duckagents.config import Config, ProviderConfig, RouterConfig
+from duckagents.config import Config, ModelConfig, ProviderConfig, RouterConfig
 from duckagents.errors import ErrorKind, ProviderError
 from duckagents.providers import MockProvider
 from duckagents.resilience import BreakerConfig
@@ -125,6 +125,7 @@ async def test_breaker_opens_on_5xx_fails_over_and_half_open_trial_closes(
                 ProviderConfig(name="backup", kind="mock", priority=1),
             ),
             router=RouterConfig(backoff_initial=0.0),
+            models={"gpt-4o-mini": ModelConfig(fallbacks=("mock-1",))},  # the mock is a fallback by name
             health_interval=10_000.0,
         )
         async with recorded_tree(config) as (tree, rec):
@@ -177,6 +178,7 @@ async def test_429_retry_after_is_honoured_while_another_provider_serves(
                 ProviderConfig(name="backup", kind="mock", priority=1),
             ),
             router=RouterConfig(backoff_initial=0.0),
+            models={"gpt-4o-mini": ModelConfig(fallbacks=("mock-1",))},
             health_interval=10_000.0,
         )
         async with recorded_tree(config) as (tree, rec):
@@ -219,6 +221,7 @@ async def test_agent_crash_mid_request_over_http_stack(autojump_clock: trio.test
                 ProviderConfig(name="buggy", kind="mock"),
                 http_config("gpt", "openai", server.base_url, "gpt-4o-mini", priority=1),
             ),
+            models={"mock-1": ModelConfig(fallbacks=("gpt-4o-mini",))},
             health_interval=10_000.0,
         )
         async with recorded_tree(config, providers={"buggy": buggy}) as (tree, rec):

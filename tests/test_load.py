@@ -69,7 +69,8 @@ def config(http_url: str) -> Config:
             ProviderConfig(name="crashy", kind="mock", timeout=2.0),
             ProviderConfig(
                 name="http", kind="openai", base_url=http_url, api_key_env="LOAD_KEY",
-                default_model="gpt-4o-mini", max_concurrency=32,
+                # One more agent for the mocks' model (the upstream accepts any model name).
+                default_model="gpt-4o-mini", models=("mock-1",), max_concurrency=32,
                 limits=RateLimits(requests=10**6, tokens=10**9),
             ),
         ),
@@ -133,7 +134,9 @@ def assert_empty(tree: Tree) -> None:
 
 @pytest.mark.slow
 async def test_two_thousand_concurrent_requests_each_end_exactly_once() -> None:
-    async with open_openai_server(api_key=KEY, rate_limits=OpenAIRateLimits(limit_requests=10**9)) as server:
+    async with open_openai_server(
+        api_key=KEY, models=None, rate_limits=OpenAIRateLimits(limit_requests=10**9)
+    ) as server:
         bus = SignalBus(default_buffer=4096)
         recorder = Recorder(bus, buffer=500_000)
         async with trio.open_nursery() as nursery:

@@ -103,8 +103,12 @@ class AdmissionControl:
         now = trio.current_time()
         tokens = completion.usage.total_tokens
         self.limiter.settle(reservation, tokens, now)
-        if completion.rate_limit is not None:
-            self.limiter.observe(now, completion.rate_limit)  # after settling: see docs/resilience.md
+        info = completion.rate_limit
+        if info is not None:
+            # A dimension without a limit (none configured, no default for this host) takes the one the
+            # upstream states; then its remaining count applies like any other's.
+            self.limiter.adopt(info)
+            self.limiter.observe(now, info)  # after settling: see docs/resilience.md
         self.metrics.record_success(now - sent, tokens, first_chunk)
         self.recent.success()
         self.breaker.record_success(now)

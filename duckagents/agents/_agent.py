@@ -36,8 +36,9 @@ import trio
 
 from ..bus import Overflow, SignalBus, SignalFilter, Subscription
 from ..config import ProviderConfig
+from ..costs import ModelPrice, PriceTable
 from ..errors import BusClosed, ErrorKind, ProviderError, StreamProtocolError, redact
-from ..messages import FEATURE_NAMES, Features, implied_features
+from ..messages import FEATURE_NAMES, Features, Usage, implied_features
 from ..providers import Completion, HealthProbe, Provider, StreamEnd, heuristic_token_count
 from ..resilience import BreakerState, CircuitBreaker, RateLimiter, RateLimits
 from ..signals import (
@@ -69,6 +70,8 @@ PROBE_TIMEOUT = 10.0
 DRAIN_BATCH = 256
 #: Idle inbox tasks kept waiting for their turn to read (more end when their request is done).
 IDLE_WORKERS = 16
+#: Model prices an agent keeps looked up (a ``models = ["*"]`` agent may see any number of names).
+PRICE_CACHE = 256
 
 
 @attrs.define(eq=False)
@@ -122,6 +125,7 @@ class ProviderAgent(Actor):
         max_pending: int | None = None,
         publish_timeout: float = 10.0,
         probe_timeout: float = PROBE_TIMEOUT,
+        prices: PriceTable | None = None,
     ) -> None:
         if provider is None:
             if provider_factory is None:
@@ -140,8 +144,10 @@ class ProviderAgent(Actor):
         self.publish_timeout = publish_timeout
         self.probe_timeout = probe_timeout
         self.breaker = CircuitBreaker(config.breaker)
-        self.limits = self._limits(self.model)
-        self.limiter = RateLimiter(self.limits)
+        self.limiter = RateLimiter(self._limits(self.model))
+        #: Where the price of each model comes from (``usage.cost`` of every response).
+        self.prices = prices or PriceTable()
+        self._price_cache: dict[str, ModelPrice | None] = {}
         self.metrics = ProviderMetrics()
         self.recent = RecentOutcomes()
         self._admission = AdmissionControl(
@@ -173,6 +179,12 @@ class ProviderAgent(Actor):
     def model(self) -> str:
         """The model requests use unless they name one."""
         return self.config.default_model or self.provider.default_model
+
+    @property
+    def limits(self) -> RateLimits:
+        """The limits in force: the config's, else the per-model defaults, plus any the upstream stated
+        for a dimension left unlimited."""
+        return self.limiter.limits
 
     @property
     def agent_id(self) -> str:
@@ -417,6 +429,9 @@ class ProviderAgent(Actor):
         finally:
             slots.release()
         original = active.request  # prepare() may rewrite the request, never its identity
+        usage = self.cost_of(model, completion)
+        if usage.cost is not None:
+            self.metrics.record_cost(completion.model, usage.cost)
         return ProviderResponse(
             request_id=original.request_id,
             provider=self.name,
@@ -424,11 +439,36 @@ class ProviderAgent(Actor):
             content=completion.content,
             tool_calls=completion.tool_calls,
             finish_reason=completion.finish_reason,
-            usage=completion.usage,
+            usage=usage,
             latency=trio.current_time() - active.received,
             time_to_first_chunk=first_chunk,
             attempt=original.attempt,
         )
+
+    def price(self, model: str) -> ModelPrice | None:
+        """What ``model`` costs on this provider (see :class:`~duckagents.costs.PriceTable`)."""
+        cache = self._price_cache
+        try:
+            return cache[model]
+        except KeyError:
+            pass
+        if len(cache) >= PRICE_CACHE:
+            cache.clear()
+        found = cache[model] = self.prices.price(self.config.kind, model, self.config.price)
+        return found
+
+    def cost_of(self, model: str, completion: Completion) -> Usage:
+        """``completion``'s usage with its cost: priced as the model asked for (the name the config
+        knows), else as the model that answered (e.g. a dated snapshot); ``cost`` None if neither has a
+        known price."""
+        usage = completion.usage
+        price = self.price(model)
+        if price is None and completion.model != model:
+            price = self.price(completion.model)
+        if price is None:
+            return usage
+        prompt, completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        return Usage(prompt, completion_tokens, price.cost(prompt, completion_tokens))
 
     async def _estimate(self, request: ProviderRequest, model: str) -> int:
         """Tokens to reserve: the input estimate plus the requested output budget (0 when tokens are not
@@ -459,15 +499,36 @@ class ProviderAgent(Actor):
             return completion, first
         completion_out: Completion | None = None
         first_chunk: float | None = None
+        config = self.config
+        idle = config.idle_chunk_timeout
+        # One scope for the whole stream: its deadline is the first chunk's, then, after each chunk, the
+        # next one's. Publishing does not count (a full subscriber is not the upstream's silence).
+        watchdog = trio.CancelScope(deadline=sent + config.first_chunk_timeout)
         events: Any = provider.stream(request)
         async with contextlib.aclosing(events):
-            async for event in events:
-                if isinstance(event, StreamEnd):
-                    completion_out = event.completion
-                    continue
-                if first_chunk is None:
-                    first_chunk = trio.current_time() - sent
-                await self._publish_chunk(active, event.text, event.tool_call)
+            with watchdog:
+                async for event in events:
+                    if isinstance(event, StreamEnd):
+                        completion_out = event.completion
+                        continue
+                    if first_chunk is None:
+                        first_chunk = trio.current_time() - sent
+                    watchdog.deadline = math.inf
+                    await self._publish_chunk(active, event.text, event.tool_call)
+                    watchdog.deadline = trio.current_time() + idle
+        if watchdog.cancelled_caught:
+            if first_chunk is None:
+                raise ProviderError(
+                    ErrorKind.TIMEOUT,
+                    f"no first chunk within {config.first_chunk_timeout:g} s (first_chunk_timeout)",
+                    model=model,
+                )
+            raise ProviderError(
+                ErrorKind.TIMEOUT,
+                f"the stream stalled: no chunk for {idle:g} s (idle_chunk_timeout)",
+                model=model,
+                partial=True,
+            )
         if completion_out is None:
             raise StreamProtocolError("the provider's stream ended without its final event", model=model)
         return completion_out, first_chunk

@@ -8,7 +8,8 @@
   dropped whole, so a ``tool_use`` never loses its ``tool_result``.
 * :meth:`AnthropicAgent.classify` makes a ``refusal`` stop reason a distinct outcome:
   ``FinishReason.REFUSAL`` on the response (a success for the router, so it is never retried elsewhere).
-* :meth:`AnthropicAgent.default_limits` gives tier-1 style limits per model family.
+* :meth:`AnthropicAgent.default_limits` gives tier-1 style limits per model family (against
+  ``api.anthropic.com`` only).
 
 Config options (``[providers.options]``): ``context_window`` (int) caps the window the agent enforces,
 e.g. to bound cost; it is also what :meth:`AnthropicAgent.features` reports.
@@ -124,7 +125,11 @@ class AnthropicAgent(ProviderAgent):
     # --- hooks -------------------------------------------------------------------------------------
 
     def default_limits(self, model: str) -> RateLimits:
-        """Tier-1 style per-minute limits of ``model``'s family (:data:`TIER1_LIMITS`)."""
+        """Tier-1 style per-minute limits of ``model``'s family (:data:`TIER1_LIMITS`), on the vendor's
+        own API host only: another server (a proxy, an OpenAI-compatible one) gets no client-side limit
+        until its headers state one (configured limits always apply)."""
+        if not self.config.official_host:
+            return RateLimits()
         return default_limits_for(model)
 
     def features(self, model: str | None = None) -> Features:

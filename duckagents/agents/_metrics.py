@@ -15,11 +15,14 @@ from collections.abc import Collection, Sequence
 
 from ..signals import LatencySummary, MetricsSnapshot
 
-__all__ = ["ProviderMetrics", "summarize"]
+__all__ = ["COST_MODELS", "OTHER_MODELS", "ProviderMetrics", "summarize"]
 
 # statistics.quantiles(n=100, method="inclusive") cut points 50, 95 and 99, computed directly so a
 # snapshot sorts once and interpolates three times instead of building all 99 cut points.
 _CUTS = 100
+#: Models whose spend is kept apart in a snapshot's ``cost_by_model``; the rest add up under OTHER_MODELS.
+COST_MODELS = 64
+OTHER_MODELS = "other"
 
 
 def _cut(ordered: Sequence[float], i: int) -> float:
@@ -64,6 +67,8 @@ class ProviderMetrics:
         self._in_flight = 0
         self._latencies: deque[float] = deque(maxlen=window)
         self._first_chunk: deque[float] = deque(maxlen=window)
+        self._cost = 0.0
+        self._cost_by_model: dict[str, float] = {}
 
     def request_started(self) -> None:
         """A request went upstream; it counts as in flight until recorded as a success or failure."""
@@ -79,6 +84,15 @@ class ProviderMetrics:
         self._tokens += tokens
         if time_to_first_chunk is not None:
             self._first_chunk.append(time_to_first_chunk)
+
+    def record_cost(self, model: str, cost: float) -> None:
+        """``cost`` USD was spent on ``model``. Models beyond the first :data:`COST_MODELS` are summed
+        under ``"other"`` (the table is bounded; an agent serving ``*`` may see any name)."""
+        self._cost += cost
+        by_model = self._cost_by_model
+        if model not in by_model and len(by_model) >= COST_MODELS:
+            model = OTHER_MODELS
+        by_model[model] = by_model.get(model, 0.0) + cost
 
     def record_failure(self, latency: float) -> None:
         """A request failed after ``latency`` seconds."""
@@ -96,6 +110,8 @@ class ProviderMetrics:
             latency=summarize(self._latencies),
             time_to_first_chunk=summarize(self._first_chunk),
             in_flight=self._in_flight,
+            cost=self._cost,
+            cost_by_model=dict(self._cost_by_model),
         )
 
     def _ended(self, latency: float) -> None:

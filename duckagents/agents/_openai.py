@@ -4,7 +4,7 @@ Everything generic (limiter, breaker, metrics, streaming, tool calls) is the bas
 adds only what depends on the model:
 
 * :meth:`OpenAIAgent.default_limits` — requests/tokens per minute per model family, where the config
-  sets none (see :data:`TIER1_LIMITS`);
+  sets none (see :data:`TIER1_LIMITS`), and only against ``api.openai.com``;
 * :meth:`OpenAIAgent.prepare` — fails fast with ``unsupported`` when a request needs a feature the model
   is known to lack (tools, vision, JSON mode, a system prompt), and drops what a model would reject
   (sampling parameters on reasoning models; a ``max_tokens`` above the model's output limit is capped).
@@ -74,7 +74,11 @@ class OpenAIAgent(ProviderAgent):
     """The provider agent for OpenAI (and OpenAI-compatible servers); see the module docstring."""
 
     def default_limits(self, model: str) -> RateLimits:
-        """Tier-1 style per-minute limits of ``model``'s family (:data:`TIER1_LIMITS`)."""
+        """Tier-1 style per-minute limits of ``model``'s family (:data:`TIER1_LIMITS`), on the vendor's
+        own API host only: another server (a proxy, an OpenAI-compatible one) gets no client-side limit
+        until its headers state one (configured limits always apply)."""
+        if not self.config.official_host:
+            return RateLimits()
         return default_limits_for(model)
 
     def knows(self, model: str) -> bool:

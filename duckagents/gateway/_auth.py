@@ -23,10 +23,16 @@ ANONYMOUS = "anonymous"
 
 @attrs.frozen
 class Principal:
-    """Who is on a connection: a label safe to log (the token's env var name) and its scopes."""
+    """Who is on a connection: a label safe to log (the token's env var name) and its scopes.
+
+    ``token`` is the token's configured name (``[[gateway.tokens]] name``, default its env var): requests
+    submitted on the connection carry it as ``ProviderRequest.principal`` (per-token budgets). None when
+    the gateway takes no tokens.
+    """
 
     name: str
     scopes: frozenset[str]
+    token: str | None = None
 
 
 @attrs.frozen
@@ -52,7 +58,8 @@ def load_tokens(config: GatewayConfig, environ: Mapping[str, str] | None = None)
         value = env.get(token.env)
         if not value:
             raise ConfigError(f"gateway token: environment variable {token.env} is not set")
-        tokens.append(_Token(Secret(value), Principal(f"token:{token.env}", frozenset(token.scopes))))
+        principal = Principal(f"token:{token.env}", frozenset(token.scopes), token.label)
+        tokens.append(_Token(Secret(value), principal))
     return tuple(tokens)
 
 

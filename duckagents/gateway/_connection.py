@@ -343,6 +343,7 @@ class Connection:
             options=msg.options,
             deadline=deadline,
             required_features=msg.required_features,
+            principal=self.principal.token,
         )
         try:  # the router's door, checked here too: a refused request never gets a request id
             check_request(request, self._shared.limits)

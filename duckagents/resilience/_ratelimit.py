@@ -213,6 +213,27 @@ class RateLimiter:
             return None
         return min(seconds, self.limits.max_wait)
 
+    def adopt(self, info: RateLimitInfo, period: float = 60.0) -> bool:
+        """Start limiting a dimension this limiter leaves unlimited, at the limit the upstream states
+        (``limit_requests`` / ``limit_tokens`` per ``period``: per minute for OpenAI and Anthropic
+        headers). Dimensions already limited keep their limit (the config's, or a default). Returns True
+        when a limit was adopted; call :meth:`observe` with the same info afterwards."""
+        adopted = False
+        if self._requests is None and info.limit_requests is not None and info.limit_requests > 0:
+            self._requests = _Bucket(info.limit_requests, period)
+            adopted = True
+        if self._tokens is None and info.limit_tokens is not None and info.limit_tokens > 0:
+            self._tokens = _Bucket(info.limit_tokens, period)
+            adopted = True
+        if adopted:
+            self.limits = RateLimits(
+                requests=None if self._requests is None else int(self._requests.capacity),
+                tokens=None if self._tokens is None else int(self._tokens.capacity),
+                period=period if self.limits.requests is None and self.limits.tokens is None
+                else self.limits.period,
+            )
+        return adopted
+
     def headroom(self, now: float) -> Headroom:
         """What would still be admitted now, and when a (1 request, 0 token) request would be if not now."""
         ready = self._ready_at(now, 0)

@@ -1,8 +1,9 @@
 """The router's view of one provider agent, built from signals only, and the eligibility rules.
 
 An :class:`AgentView` is updated from ``provider_status``, ``feature_reply``, ``supervisor_event`` and
-the terminal signals of attempts; :meth:`AgentView.eligibility` says whether a request may go to the
-agent now, later (and from when), or never.
+the terminal signals of attempts; :meth:`AgentView.eligibility` says whether a request for a model may go
+to the agent now, later (and from when), or never. Each clause of it is one reason to skip the agent; a
+new one (e.g. an agent being drained) is one more clause.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 import attrs
 
 from ..config import ProviderConfig
+from ..costs import ModelPrice
 from ..errors import ErrorKind
 from ..messages import FEATURE_NAMES, Features, Message, RequestOptions, implied_features
 from ..providers import heuristic_token_count
@@ -23,6 +25,10 @@ __all__ = ["AgentView", "Eligibility", "Needs", "needs_of"]
 
 #: Weight of the newest sample in the router's moving average of an agent's latency.
 LATENCY_ALPHA = 0.3
+#: Models an agent said it does not have (``not_found``), remembered until its next status (bounded).
+MAX_MISSING_MODELS = 256
+#: Provider kinds whose missing models ``duckagents pull`` fetches.
+PULLABLE_KINDS = frozenset({"ollama"})
 _KNOWN_FEATURES = frozenset(FEATURE_NAMES)
 
 
@@ -71,7 +77,8 @@ class Eligibility:
     ok: bool
     retry_at: float | None = None
     reason: str = ""
-    #: Why it must wait, when it must: lets the router say "rate limited" rather than "no provider".
+    #: Why it must wait (lets the router say "rate limited" rather than "no provider"), or why never
+    #: (``unsupported``, ``context_length``, ``not_found``: they decide which fallback chain applies).
     kind: ErrorKind = ErrorKind.NO_PROVIDER
 
 
@@ -98,36 +105,49 @@ class AgentView:
     active: int = 0
     latency: float | None = None
     features_asked: bool = False
+    #: Models the agent answered ``not_found`` for since its last status: it cannot serve them now.
+    missing: set[str] = attrs.field(factory=set)
 
     @property
     def name(self) -> str:
         """The agent's (provider config's) name."""
         return self.config.name
 
+    @property
+    def healthy(self) -> bool:
+        """False while the agent's last health probe failed (``provider_status.reachable``)."""
+        status = self.status
+        return status is None or status.reachable
+
     def serves(self, model: str | None) -> bool:
-        """Does this agent offer ``model``? Agents that list no models take any."""
-        if model is None:
-            return True
-        listed = (*self.config.models, *((self.config.default_model,) if self.config.default_model else ()))
-        return not listed or model in listed
+        """Does this agent serve ``model`` (None: its default model)? See ``ProviderConfig.serves``."""
+        return model is None or self.config.serves(model)
 
     def features_for(self, model: str | None) -> Features | None:
         """Known features of ``model`` (falling back to the default model's), or None before a reply."""
         return self.features.get(model, self.features.get(None))
 
-    def eligibility(self, needs: Needs, now: float) -> Eligibility:
-        """May a request with ``needs`` go to this agent at ``now``?"""
-        if not self.serves(needs.model):
-            return Eligibility(False, reason=f"{self.name}: does not offer model {needs.model}")
-        features = self.features_for(needs.model)
+    def eligibility(self, needs: Needs, model: str, now: float) -> Eligibility:
+        """May a request with ``needs`` for ``model`` go to this agent at ``now``?"""
+        if not self.serves(model):
+            return Eligibility(False, reason=f"{self.name}: does not serve model {model}")
+        if model in self.missing:
+            hint = f" (run `duckagents pull {model}`)" if self.config.kind in PULLABLE_KINDS else ""
+            return Eligibility(
+                False, reason=f"{self.name}: model {model} not found there{hint}", kind=ErrorKind.NOT_FOUND
+            )
+        features = self.features_for(model)
         if features is not None:
             lacking = sorted(f for f in needs.features if not features.supports(f))
             if lacking:
-                return Eligibility(False, reason=f"{self.name}: lacks {', '.join(lacking)}")
+                return Eligibility(
+                    False, reason=f"{self.name}: lacks {', '.join(lacking)}", kind=ErrorKind.UNSUPPORTED
+                )
             if needs.tokens > features.context_window:
                 return Eligibility(
                     False,
                     reason=f"{self.name}: context window {features.context_window} < {needs.tokens} tokens",
+                    kind=ErrorKind.CONTEXT_LENGTH,
                 )
         if not self.up:
             return Eligibility(False, math.inf, f"{self.name}: not running", ErrorKind.AGENT_CRASHED)
@@ -145,28 +165,37 @@ class AgentView:
             )
         return _ELIGIBLE
 
-    def candidate(self) -> Candidate:
-        """This agent as a strategy sees it."""
+    def fits(self, model: str, tokens: int) -> bool:
+        """Does a request of ``tokens`` (input + output) fit ``model``'s window here (yes if unknown)?"""
+        features = self.features_for(model)
+        return features is None or tokens <= features.context_window
+
+    def candidate(self, price: ModelPrice | None) -> Candidate:
+        """This agent as a strategy sees it, for a model of ``price`` (None: unknown, counted as 0)."""
         latency = self.latency
         if latency is None and self.status is not None and self.status.metrics.latency.samples:
             latency = self.status.metrics.latency.p50
+        config = self.config
         return Candidate(
             name=self.name,
             order=self.order,
-            priority=self.config.priority,
-            cost_per_1k_input=self.config.cost_per_1k_input,
-            cost_per_1k_output=self.config.cost_per_1k_output,
+            priority=config.priority,
+            cost_per_1k_input=price.input / 1000 if price is not None else 0.0,
+            cost_per_1k_output=price.output / 1000 if price is not None else 0.0,
             active=self.active,
             latency=latency,
             health=self.status.health if self.status is not None else 1.0,
+            weight=config.weight,
         )
 
     # --- updates from signals ----------------------------------------------------------------------
 
     def observe_status(self, status: ProviderStatus) -> None:
-        """A ``provider_status``: the agent is up; adopt its breaker state and limiter block."""
+        """A ``provider_status``: the agent is up; adopt its breaker state and limiter block. Models it
+        reported missing are tried again (one may have been pulled since)."""
         self.status = status
         self.up = True
+        self.missing.clear()
         self.breaker_state = status.breaker_state
         retry = status.detail.get("breaker_retry_at")
         try:
@@ -192,6 +221,10 @@ class AgentView:
                 LATENCY_ALPHA * sample + (1 - LATENCY_ALPHA) * self.latency
             )
             return
+        if payload.kind is ErrorKind.NOT_FOUND and payload.model is not None:
+            if len(self.missing) >= MAX_MISSING_MODELS:
+                self.missing.clear()
+            self.missing.add(payload.model)
         if payload.breaker_state is not None:
             if payload.breaker_state == "open" and self.breaker_state != "open":
                 self.breaker_retry_at = None  # a new open period: its end comes with the next status

@@ -14,7 +14,7 @@ Also here: the sources and subjects of the router's signals (docs/signals.md) an
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import attrs
@@ -22,13 +22,15 @@ import trio
 
 from ..bus import SignalBus
 from ..config import RouterConfig
+from ..costs import BudgetHold, BudgetLedger, provider_account, token_account
 from ..errors import ErrorKind, ProviderError
-from ..messages import Message, RequestOptions, ToolSpec
+from ..messages import FinishReason, Message, RequestOptions, ToolSpec
 from ..signals import ProviderChunk, ProviderErrorData, ProviderRequest, ProviderResponse, Signal, new_id
-from ._agent_view import AgentView, Needs
+from ._agent_view import PULLABLE_KINDS, AgentView, Needs
 from ._chunk_queue import ChunkQueue
+from ._routes import FALLBACK_KINDS, Trigger
 from ._state import AgentGone, NoneFits, RouterState
-from ._strategies import RoutingStrategy
+from ._strategies import DEFAULT_OUTPUT_TOKENS, RoutingStrategy
 
 __all__ = [
     "DISPATCH", "SOURCE", "Final", "RoutedRequest", "RoutingContext", "attempt_subject", "build_request",
@@ -43,6 +45,11 @@ Final = ProviderResponse | ProviderErrorData
 
 # Kinds of terminal the router makes up for an agent that may do better on a retry elsewhere.
 _RETRYABLE_ON_BEHALF = frozenset({ErrorKind.AGENT_CRASHED, ErrorKind.TIMEOUT})
+# The agent cannot serve the model (it does not have it): the next agent for the model is tried, never
+# this one again for the request.
+_CANNOT_SERVE = frozenset({ErrorKind.NOT_FOUND})
+# Finish reasons that send a response down the content-policy chain, when the model has one.
+_POLICY_REASONS = frozenset({FinishReason.REFUSAL, FinishReason.CONTENT_FILTER})
 
 
 def attempt_subject(request_id: str, attempt: int) -> str:
@@ -69,6 +76,8 @@ class RoutingContext:
     inbox_position: Callable[[], float]
     #: Crash the router with a bug met in a caller's own task (as if one of its tasks had raised it).
     crash: Callable[[Exception], None]
+    #: Where spend is held against budgets; None when no budget is configured.
+    budgets: BudgetLedger | None = None
 
 
 class RoutedRequest:
@@ -80,9 +89,10 @@ class RoutedRequest:
     """
 
     __slots__ = (
-        "_view", "agent", "answered", "attempt", "chunks", "chunks_out", "context", "deadline",
-        "dispatch_mark", "done", "final", "inline", "intake_sent", "needs", "on_behalf_pending",
-        "outstanding", "request", "result", "scope", "stop_kind", "stop_message", "tried",
+        "_view", "agent", "answered", "attempt", "choice_trigger", "chunks", "chunks_out", "context",
+        "deadline", "dispatch_mark", "done", "excluded", "final", "hold", "hop_tried", "inline",
+        "intake_sent", "model", "models", "needs", "no_fallback", "on_behalf_pending", "outstanding",
+        "pull_hint", "request", "result", "scope", "stop_kind", "stop_message", "tried",
     )
 
     def __init__(
@@ -110,6 +120,21 @@ class RoutedRequest:
         self.done = trio.Event()
         #: The agents tried, in order.
         self.tried: list[str] = []
+        #: The models tried, in order (the requested or default one, then fallbacks); ``model`` is the
+        #: current one, ``hop_tried`` the agents tried for it and ``excluded`` those that cannot serve it.
+        self.models: list[str] = []
+        self.model: str | None = None
+        self.hop_tried: list[str] = []
+        self.excluded: set[str] = set()
+        #: No fallback model can take over from the current one: its agents may be tried again, and
+        #: waited for while they are out.
+        self.no_fallback = True
+        #: Which chain the last failure of :meth:`_choose_agent` leads to.
+        self.choice_trigger: Trigger | None = None
+        #: The budget hold of the outstanding attempt, settled by its terminal.
+        self.hold: BudgetHold | None = None
+        #: Said in the final error when a local agent lacked the model.
+        self.pull_hint: str | None = None
         self.attempt = 0
         self.agent: str | None = None
         self.outstanding = False
@@ -227,50 +252,207 @@ class RoutedRequest:
             await self._finish(final)
 
     async def _try_agents(self) -> Final:
-        """Attempt after attempt, until one succeeds or no retry is allowed; the last result."""
-        last: ProviderErrorData | None = None
+        """Model after model: the requested one (or the default), then where its fallback chains lead
+        (depth first, each model once), each tried on its agents (:meth:`_try_model`). The result: the
+        first response not refused into a chain, else the last failure (a refusal kept while a
+        content-policy chain ran wins over a later failure)."""
+        model = self._first_model()
+        pending: list[str] = []
+        kept: ProviderResponse | None = None
+        while True:
+            self.models.append(model)
+            result, trigger = await self._try_model(model)
+            if trigger is None:
+                break
+            chain = self._next_models(model, trigger)
+            if isinstance(result, ProviderResponse):
+                if not chain:
+                    break  # a refusal with nowhere to go is the answer
+                kept = result
+            pending = [*chain, *(m for m in pending if m not in chain)]
+            if not pending or not self._may_fall_back():
+                break
+            model = pending.pop(0)
+        if isinstance(result, ProviderErrorData):
+            if kept is not None:
+                return kept
+            if self.pull_hint is not None and self.pull_hint not in result.message:
+                return attrs.evolve(result, message=f"{result.message}; {self.pull_hint}")
+        return result
+
+    def _first_model(self) -> str:
+        """The model of the first hop: the request's, else the pinned agent's default, else the
+        router's default model."""
+        request = self.request
+        if request.model is not None:
+            return request.model
+        state = self.context.state
+        if request.provider is not None:
+            return state.views[request.provider].config.model
+        return state.routes.default_model or ""
+
+    async def _try_model(self, model: str) -> tuple[Final, Trigger | None]:
+        """Attempts on the agents serving ``model`` until one answers or no retry is allowed; the last
+        result, and the chain it may lead to (None: it is final)."""
         context = self.context
         config = context.config
-        for attempt in range(1, config.max_attempts + 1):
-            if attempt > 1:
-                delay = min(config.backoff_max, config.backoff_initial * 2 ** (attempt - 2))
+        self.model = model
+        self.hop_tried = hop_tried = []
+        self.excluded = excluded = set()
+        # With a fallback model to go to, the agents for this one are tried once each and never waited
+        # for; without, one may be tried again, and waited for while out (within the deadline).
+        self.no_fallback = not self._next_models(model, Trigger.FALLBACKS) or not self._may_fall_back()
+        last: ProviderErrorData | None = None
+        for n in range(config.max_attempts):
+            if n > 0:
+                delay = min(config.backoff_max, config.backoff_initial * 2 ** (n - 1))
                 if delay > 0:
                     await trio.sleep_until(min(self.deadline, trio.current_time() + delay))
             agent = await self._choose_agent()
             if isinstance(agent, ProviderErrorData):
-                return last if last is not None else agent
-            result = await self._send(agent, attempt)
+                if last is not None:
+                    return last, self._trigger_of(last)
+                return agent, self.choice_trigger
+            result = await self._send(agent, self.attempt + 1)
             if isinstance(result, ProviderResponse):
-                return result
+                return result, self._trigger_of(result)
             last = result
+            hop_tried.append(agent)
+            if result.kind in _CANNOT_SERVE:
+                excluded.add(agent)
+                view = context.state.views[agent]
+                if result.kind is ErrorKind.NOT_FOUND and view.config.kind in PULLABLE_KINDS:
+                    self.pull_hint = f"model {model} is not on {agent}: run `duckagents pull {model}`"
             if context.state.closing or not self._may_retry(result, trio.current_time()):
-                return result
+                break
         assert last is not None
-        return last
+        return last, self._trigger_of(last)
+
+    def _trigger_of(self, result: Final) -> Trigger | None:
+        """Which chain ``result`` (of a whole model) leads to, if any."""
+        if isinstance(result, ProviderResponse):
+            return Trigger.CONTENT_POLICY if result.finish_reason in _POLICY_REASONS else None
+        if result.partial or self.chunks > 0:
+            return None
+        if result.kind is ErrorKind.CONTEXT_LENGTH:
+            return Trigger.CONTEXT_WINDOW
+        return Trigger.FALLBACKS if result.kind in FALLBACK_KINDS else None
+
+    def _next_models(self, model: str, trigger: Trigger) -> list[str]:
+        """The models ``trigger``'s chain of ``model`` leads to, not visited yet (for a context window,
+        only those an agent can fit the request in). None for a pinned request."""
+        if self.request.provider is not None:
+            return []
+        state = self.context.state
+        chain = [m for m in state.routes.chain(model, trigger) if m not in self.models]
+        if trigger is Trigger.CONTEXT_WINDOW:
+            tokens = self.needs.tokens
+            chain = [m for m in chain if any(v.fits(m, tokens) for v in state.serving(m))]
+        return chain
+
+    def _may_fall_back(self) -> bool:
+        """May the request go on to another model? Not once chunks reached the caller, past the deadline,
+        while the router closes, or after ``max_fallbacks`` fallback models."""
+        context = self.context
+        return (
+            self.chunks == 0
+            and not context.state.closing
+            and trio.current_time() < self.deadline
+            and len(self.models) <= context.state.routes.max_fallbacks
+        )
 
     async def _choose_agent(self) -> str | ProviderErrorData:
-        """The agent for the next attempt; waits (within the deadline) while all are temporarily out."""
+        """The agent for the next attempt on the current model, with its budget held; waits (within the
+        deadline) while all are temporarily out, unless a fallback model can take over at once. On a
+        failure, :attr:`choice_trigger` says which chain it leads to."""
         context = self.context
         state = context.state
+        model = self.model
+        assert model is not None
+        self.choice_trigger = Trigger.FALLBACKS
         while True:
             if state.closing:
+                self.choice_trigger = None
                 return self._router_failure(ErrorKind.SHUTDOWN, "the router is shutting down")
             now = trio.current_time()
+            hop_tried = self.hop_tried
+            excluded: Collection[str] = self.excluded
+            if hop_tried and not self.no_fallback:
+                excluded = {*excluded, *hop_tried}
             choice = state.choose(
-                self.needs, pinned=self.request.provider, tried=self.tried, strategy=context.strategy, now=now
+                self.needs, model, pinned=self.request.provider, tried=hop_tried,
+                strategy=context.strategy, now=now, excluded=excluded,
             )
-            if isinstance(choice, str):
-                return choice
+            if isinstance(choice, list):
+                if context.budgets is None:
+                    return choice[0]
+                return await self._hold_budget(choice)
             if isinstance(choice, NoneFits):
+                if not choice.reasons and self.request.provider is None:
+                    self.choice_trigger = None
+                    return self._router_failure(ErrorKind.NO_PROVIDER, state.routes.unknown_model(model))
+                if choice.kinds == {ErrorKind.CONTEXT_LENGTH}:
+                    self.choice_trigger = Trigger.CONTEXT_WINDOW
                 return self._router_failure(ErrorKind.NO_PROVIDER, self._no_provider(choice.reasons))
             wake = choice.bound(self.deadline, now)
-            if wake is None:
+            if wake is None or not self.no_fallback:
+                # Out until after the deadline; or a fallback model can take over now, so no waiting.
                 message = "no provider available before the deadline: " + "; ".join(choice.reasons)
+                if wake is not None:
+                    message = f"no agent for model {model} available now: " + "; ".join(choice.reasons)
                 retry_after = choice.until - now if choice.until != math.inf else None
                 return self._router_failure(choice.kind, message, retry_after=retry_after)
             changed = state.changed
             with trio.move_on_at(wake):
                 await changed.wait()
+
+    async def _hold_budget(self, ranked: Sequence[str]) -> str | ProviderErrorData:
+        """The first of ``ranked`` whose budgets (its provider's, the request's token's) can hold the
+        attempt's expected cost, with the hold taken (:attr:`hold`); else ``budget_exceeded``."""
+        context = self.context
+        budgets = context.budgets
+        assert budgets is not None
+        state = context.state
+        principal = self.request.principal
+        token = token_account(principal) if principal is not None else None
+        refusals = []
+        for name in ranked:
+            accounts = [a for a in (provider_account(name), token) if a is not None and budgets.covers(a)]
+            if not accounts:
+                return name
+            view = state.views[name]
+            hold = await budgets.reserve(accounts, self._expected_cost(view))
+            if isinstance(hold, BudgetHold):
+                self.hold = hold
+                return name
+            refusals.append(f"{name}: {hold.message}")
+        return self._router_failure(ErrorKind.BUDGET_EXCEEDED, "; ".join(refusals))
+
+    def _expected_cost(self, view: AgentView) -> float:
+        """The most the next attempt on ``view`` may cost (USD): the estimated input, and ``max_tokens``
+        (else the model's output limit) of output, at the model's price there (0 if unknown)."""
+        model = self.model
+        assert model is not None
+        price = self.context.state.price(view, model)
+        if price is None:
+            return 0.0
+        needs = self.needs
+        output = needs.max_tokens
+        if output is None:
+            features = view.features_for(model)
+            output = features.max_output_tokens if features is not None else DEFAULT_OUTPUT_TOKENS
+        return price.cost(needs.input_tokens, output)
+
+    async def _settle_budget(self, result: Final | None) -> None:
+        """Settle the outstanding attempt's budget hold with what it cost (failures cost nothing)."""
+        hold = self.hold
+        if hold is None:
+            return
+        self.hold = None
+        budgets = self.context.budgets
+        assert budgets is not None
+        cost = result.usage.cost if isinstance(result, ProviderResponse) else None
+        await budgets.settle(hold, cost or 0.0)
 
     async def _send(self, agent: str, attempt: int) -> Final:
         """Send attempt ``attempt`` to ``agent``; its terminal (the agent's, or one made up for it)."""
@@ -281,9 +463,14 @@ class RoutedRequest:
         view = context.state.views[agent]
         deadline = min(self.deadline, trio.current_time() + view.config.timeout)
         r = self.request
+        # The model the caller named, else the one the route chose; None ("your default") when the route
+        # chose the agent's own default model for a request that named none.
+        model = self.model
+        attempt_model = None if r.model is None and model == view.config.model else model
         # Built field by field: this is on every request's path, and attrs.evolve introspects each time.
         request = ProviderRequest(
-            r.request_id, r.messages, r.model, r.options, deadline, agent, attempt, r.required_features
+            r.request_id, r.messages, attempt_model, r.options, deadline, agent, attempt, r.required_features,
+            r.principal,
         )
         self._outstanding_on(view, attempt)
         # Taken right before the publish, which delivers before it can yield: a crash the router handles
@@ -297,6 +484,8 @@ class RoutedRequest:
             self._answer(self._failure_on_behalf(ErrorKind.TIMEOUT, message), on_behalf=True)
         await self._publish_on_behalf()
         assert self.result is not None
+        if self.hold is not None:
+            await self._settle_budget(self.result)
         return self.result
 
     def _outstanding_on(self, view: AgentView, attempt: int) -> None:
@@ -337,6 +526,9 @@ class RoutedRequest:
                 else:
                     failure = self._failure_on_behalf(ErrorKind.CANCELLED, "the request ended")
                 self._answer(failure, on_behalf=True)
+            if self.hold is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(self.context.publish_timeout):
+                    await self._settle_budget(self.result)
             await self._publish_on_behalf(shielded=True)
             if isinstance(final, ProviderErrorData) and self.chunks > 0 and not final.partial:
                 final = attrs.evolve(final, partial=True)
@@ -383,8 +575,9 @@ class RoutedRequest:
         not idempotent) or past the deadline. (Nor while the router is closing: see the caller.)"""
         if self.chunks > 0 or failure.partial or now >= self.deadline:
             return False
-        # An agent stopped while the tree keeps running is like a crash: another agent can serve.
-        return failure.retryable or failure.kind is ErrorKind.SHUTDOWN
+        # An agent stopped while the tree keeps running is like a crash: another agent can serve; so can
+        # another agent for a model this one does not have.
+        return failure.retryable or failure.kind is ErrorKind.SHUTDOWN or failure.kind in _CANNOT_SERVE
 
     def _stopped_final(self) -> Final:
         """The final result of a request stopped from outside (or whose routing failed)."""
@@ -406,7 +599,8 @@ class RoutedRequest:
     def _failure(self, error: ProviderError) -> ProviderErrorData:
         return ProviderErrorData.from_error(
             self.request_id, error,
-            provider=self.agent, model=self.request.model, attempt=self.attempt, partial=self.chunks > 0,
+            provider=self.agent, model=self.model or self.request.model, attempt=self.attempt,
+            partial=self.chunks > 0,
         )
 
     def _no_provider(self, reasons: Sequence[str]) -> str:
@@ -424,12 +618,14 @@ def build_request(
     stream: bool,
     options: dict[str, Any],
     timeout: float | None = None,
+    principal: str | None = None,
 ) -> ProviderRequest:
     """A caller's request from ``complete()`` / ``stream()`` arguments.
 
     ``options`` are :class:`RequestOptions` fields (``max_tokens``, ``temperature``, ``tools``...);
     an unknown one raises ``ProviderError(invalid_request)``. ``timeout`` (seconds from now) becomes the
-    deadline; None leaves it to the router's ``request_timeout``.
+    deadline; None leaves it to the router's ``request_timeout``. ``principal`` names who asks (a
+    gateway token's name), for per-token budgets.
     """
     messages = (Message.user(prompt),) if isinstance(prompt, str) else tuple(prompt)
     if not messages:
@@ -453,4 +649,5 @@ def build_request(
         deadline=None if timeout is None else trio.current_time() + timeout,
         provider=provider,
         required_features=tuple(required_features),
+        principal=principal,
     )

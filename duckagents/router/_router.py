@@ -27,14 +27,15 @@ awaiting anything but the next signal), the feature checks it sends, and the ord
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 import trio
 
 from ..bus import Overflow, SignalBus, SignalFilter, Subscription
-from ..config import ProviderConfig, RouterConfig
+from ..config import ModelConfig, ProviderConfig, RouterConfig
+from ..costs import BudgetLedger, BudgetSpend, PriceTable
 from ..errors import BusClosed, ErrorKind, ProviderError
 from ..messages import Message
 from ..signals import (
@@ -95,11 +96,19 @@ class RouterAgent(Actor):
         max_in_flight: int = 10_000,
         ready_timeout: float = 5.0,
         publish_timeout: float = 10.0,
+        models: Mapping[str, ModelConfig] | None = None,
+        prices: PriceTable | None = None,
+        budgets: BudgetLedger | None = None,
     ) -> None:
         super().__init__()
         self.bus = bus
-        #: What the router knows about its agents, kept current from signals.
-        self.state = RouterState(providers, on_agent_seen=self._ask_features)
+        #: What the router knows about its agents, kept current from signals; and the model routes
+        #: (``models``: the config's ``[models."name"]`` tables) and prices.
+        self.state = RouterState(
+            providers, on_agent_seen=self._ask_features, models=models, config=config, prices=prices
+        )
+        #: Where spend is held against budgets (None: no budgets).
+        self.budgets = budgets
         #: Chunks a ``stream()`` caller may fall behind by before its request is cancelled.
         self.stream_buffer = stream_buffer
         self.inbox_buffer = inbox_buffer
@@ -116,6 +125,7 @@ class RouterAgent(Actor):
             publish_timeout=publish_timeout,
             inbox_position=self._inbox_position,
             crash=self._crash,
+            budgets=budgets,
         )
 
     @property
@@ -172,12 +182,15 @@ class RouterAgent(Actor):
         # The contract's name: it becomes the request's deadline, which the agents honour too.
         timeout: float | None = None,  # noqa: ASYNC109
         required_features: Sequence[str] = (),
+        principal: str | None = None,
         **options: Any,
     ) -> ProviderResponse:
         """One completion; raises :class:`ProviderError` with the final failure.
 
-        ``provider`` pins the request to one agent; ``timeout`` (seconds) defaults to the router
-        config's ``request_timeout``; ``options`` are ``RequestOptions`` fields (``max_tokens``...).
+        ``model`` (a name some provider serves; None: the default model) decides the candidates and the
+        fallback chains (docs/routing.md); ``provider`` pins the request to one agent (no fallbacks);
+        ``timeout`` (seconds) defaults to the router config's ``request_timeout``; ``principal`` names
+        who asks, for per-token budgets; ``options`` are ``RequestOptions`` fields (``max_tokens``...).
         Cancelling the caller cancels the request.
         """
         # A caller cancelled already gets no request at all (no intake, no final result).
@@ -185,6 +198,7 @@ class RouterAgent(Actor):
         request = build_request(
             prompt, model=model, provider=provider, required_features=required_features, stream=False,
             options=options, timeout=self.config.request_timeout if timeout is None else timeout,
+            principal=principal,
         )
         # Routed in this task: no spawn, and the caller wakes straight from the attempt's terminal.
         routed = self._accept(request, inline=True)
@@ -211,13 +225,16 @@ class RouterAgent(Actor):
         provider: str | None = None,
         timeout: float | None = None,
         required_features: Sequence[str] = (),
+        principal: str | None = None,
         **options: Any,
     ) -> ResponseStream:
         """A streamed completion: ``async with router.stream(...) as s: async for chunk in s`` (see
-        :class:`~._stream.ResponseStream`); ``s.response`` holds the final response afterwards."""
+        :class:`~._stream.ResponseStream`); ``s.response`` holds the final response afterwards. The
+        arguments are :meth:`complete`'s. A stream fails over to another agent or model only until its
+        first chunk reached the caller."""
         request = build_request(
             prompt, model=model, provider=provider, required_features=required_features, stream=True,
-            options=options, timeout=timeout,
+            options=options, timeout=timeout, principal=principal,
         )
         return ResponseStream(
             request, self._open_stream, buffer=self.stream_buffer, close_timeout=self.publish_timeout
@@ -239,6 +256,11 @@ class RouterAgent(Actor):
         """The latest status of every agent (waiting up to ``ready_timeout`` for a first report)."""
         await self._wait_for(lambda: all(v.status is not None for v in self.views.values()))
         return [v.status for v in self.views.values() if v.status is not None]
+
+    async def spend(self) -> list[BudgetSpend]:
+        """Every budget with its spend and holds in the current day or month (empty without budgets).
+        What each agent spent per model since it started is in its status (``metrics.cost_by_model``)."""
+        return [] if self.budgets is None else await self.budgets.spend()
 
     async def features(self) -> list[FeatureReply]:
         """Every agent's features for its default model (waiting up to ``ready_timeout``)."""

@@ -1,21 +1,23 @@
 """What the router knows about its agents, kept current from signals, and how it chooses one.
 
 :class:`RouterState` holds the router's view of each agent (:class:`~._agent_view.AgentView`), the
-feature checks awaiting a reply, whether the router is closing, and where it is in its inbox. Everything
-here is synchronous: the router's signal loop hands it each signal about an agent, in bus order, and never
-waits on anything else (so the bus never waits on the router). The requests in flight are not here: each
-is a :class:`~._request.RoutedRequest`, which asks this state for an agent (:meth:`RouterState.choose`).
+feature checks awaiting a reply, whether the router is closing, and where it is in its inbox, plus the
+model routes and prices of the config. Everything here is synchronous: the router's signal loop hands it
+each signal about an agent, in bus order, and never waits on anything else (so the bus never waits on the
+router). The requests in flight are not here: each is a :class:`~._request.RoutedRequest`, which asks
+this state for the agents that may take its next attempt (:meth:`RouterState.choose`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import attrs
 import trio
 
-from ..config import ProviderConfig
+from ..config import ModelConfig, ProviderConfig, RouterConfig, is_pattern
+from ..costs import ModelPrice, PriceTable
 from ..errors import ErrorKind
 from ..signals import (
     FeatureCheck,
@@ -27,6 +29,7 @@ from ..signals import (
     new_id,
 )
 from ._agent_view import AgentView, Needs
+from ._routes import ModelRoutes
 from ._strategies import RequestShape, RoutingStrategy
 
 __all__ = ["AGENT_CHILD_PREFIX", "AgentGone", "NoneFits", "RouterState", "Wait"]
@@ -35,6 +38,8 @@ __all__ = ["AGENT_CHILD_PREFIX", "AgentGone", "NoneFits", "RouterState", "Wait"]
 AGENT_CHILD_PREFIX = "agent:"
 _GONE_EVENTS = frozenset({"crashed", "exited", "shutdown", "killed", "gave_up"})
 _BACK_EVENTS = frozenset({"started", "restarted"})
+#: Model names whose serving agents (and prices) the state keeps looked up (requests may name any).
+ROUTE_CACHE = 1024
 
 
 @attrs.frozen
@@ -54,9 +59,12 @@ class Wait:
 
 @attrs.frozen
 class NoneFits:
-    """No agent can ever serve the request; ``reasons`` says why, per agent."""
+    """No agent can ever serve the request for this model; ``reasons`` says why, per agent, and ``kinds``
+    the kind of each reason (``context_length`` everywhere means the request is too big for the model).
+    No reasons at all: no agent serves the model."""
 
     reasons: tuple[str, ...]
+    kinds: frozenset[ErrorKind] = frozenset()
 
 
 @attrs.frozen
@@ -78,8 +86,17 @@ class RouterState:
         providers: Sequence[ProviderConfig],
         *,
         on_agent_seen: Callable[[AgentView], None] = lambda view: None,
+        models: Mapping[str, ModelConfig] | None = None,
+        config: RouterConfig = RouterConfig(),
+        prices: PriceTable | None = None,
     ) -> None:
         self.views: dict[str, AgentView] = {p.name: AgentView(p, i) for i, p in enumerate(providers)}
+        #: The default model and the fallback chains.
+        self.routes = ModelRoutes(providers, models or {}, config)
+        #: Model prices (the config's over the built-in table), for the ``cheapest`` strategy and budgets.
+        self.prices = prices or PriceTable({m: c.price for m, c in (models or {}).items() if c.price})
+        self._serving: dict[str, list[AgentView]] = {}
+        self._prices: dict[tuple[str, str], ModelPrice | None] = {}
         #: Feature checks awaiting a reply: check id -> (agent, asked for its default model).
         self.feature_checks: dict[str, tuple[str, bool]] = {}
         #: Set (and replaced) whenever the view changes; waiters re-check their condition.
@@ -95,6 +112,36 @@ class RouterState:
         """Wake everyone waiting for the view to change."""
         self.changed.set()
         self.changed = trio.Event()
+
+    def views_changed(self) -> None:
+        """Call after adding or removing a view: forgets which agents serve which model."""
+        self._serving.clear()
+        self._prices.clear()
+        self.notify()
+
+    def serving(self, model: str) -> list[AgentView]:
+        """The agents that serve ``model``, in config order (looked up once per model name)."""
+        cache = self._serving
+        found = cache.get(model)
+        if found is None:
+            if len(cache) >= ROUTE_CACHE:
+                cache.clear()
+            found = cache[model] = [v for v in self.views.values() if v.config.serves(model)]
+        return found
+
+    def price(self, view: AgentView, model: str) -> ModelPrice | None:
+        """What ``model`` costs on ``view``'s agent (None: unknown)."""
+        key = (view.name, model)
+        cache = self._prices
+        try:
+            return cache[key]
+        except KeyError:
+            pass
+        if len(cache) >= ROUTE_CACHE:
+            cache.clear()
+        config = view.config
+        found = cache[key] = self.prices.price(config.kind, model, config.price)
+        return found
 
     # --- signals ---------------------------------------------------------------------------------
 
@@ -152,7 +199,9 @@ class RouterState:
         for check_id in [c for c, (name, _) in checks.items() if name == view.name]:
             del checks[check_id]
         new = []
-        for model in dict.fromkeys([None, *view.config.models]):
+        named = [m for m in (*view.config.models, *self.routes.named_models)
+                 if not is_pattern(m) and view.config.serves(m)]
+        for model in dict.fromkeys([None, *named]):
             check = FeatureCheck(new_id(), provider=view.name, model=model)
             checks[check.request_id] = (view.name, model is None)
             new.append(check)
@@ -163,32 +212,49 @@ class RouterState:
     def choose(
         self,
         needs: Needs,
+        model: str,
         *,
         pinned: str | None,
-        tried: Sequence[str],
+        tried: Collection[str],
         strategy: RoutingStrategy,
         now: float,
-    ) -> str | Wait | NoneFits:
-        """The agent for a request's next attempt: ``strategy``'s best among the eligible ones (only
-        ``pinned`` if set), those not ``tried`` yet first; else how long to wait; else why nobody fits."""
-        views = [self.views[pinned]] if pinned is not None else list(self.views.values())
+        excluded: Collection[str] = (),
+    ) -> list[str] | Wait | NoneFits:
+        """The agents that may take a request's next attempt for ``model``, best first (only ``pinned``
+        if set; never those ``excluded``): ``strategy``'s ranking of the eligible ones, agents whose last
+        probe failed after the healthy ones, and those ``tried`` after those not tried yet. Else how long
+        to wait; else why nobody fits."""
+        views = [self.views[pinned]] if pinned is not None else self.serving(model)
         eligible: list[AgentView] = []
         waits: list[tuple[float, ErrorKind]] = []
         reasons: list[str] = []
+        kinds: set[ErrorKind] = set()
         for view in views:
-            verdict = view.eligibility(needs, now)
+            if view.name in excluded:
+                reasons.append(f"{view.name}: already failed for this request")
+                kinds.add(ErrorKind.NO_PROVIDER)
+                continue
+            verdict = view.eligibility(needs, model, now)
             if verdict.ok:
                 eligible.append(view)
             else:
                 reasons.append(verdict.reason)
                 if verdict.retry_at is not None:
                     waits.append((verdict.retry_at, verdict.kind))
+                else:
+                    kinds.add(verdict.kind)
         if eligible:
+            if len(eligible) == 1:
+                return [eligible[0].name]  # nothing to rank (and the strategy keeps its turn)
             shape = RequestShape(needs.input_tokens, needs.max_tokens)
-            ranked = strategy.rank([v.candidate() for v in eligible], shape)
-            fresh = [c for c in ranked if c.name not in tried]
-            return (fresh or ranked)[0].name
+            ranked = strategy.rank([v.candidate(self.price(v, model)) for v in eligible], shape)
+            views_by_name = self.views
+            # Stable sort: the strategy's order within (not tried before tried, healthy before not).
+            return sorted(
+                (c.name for c in ranked),
+                key=lambda name: (name in tried, not views_by_name[name].healthy),
+            )
         if not waits:
-            return NoneFits(tuple(reasons))
+            return NoneFits(tuple(reasons), frozenset(kinds))
         until, kind = min(waits, key=lambda w: w[0])
         return Wait(until, kind, tuple(reasons))

@@ -1,19 +1,25 @@
 """Pluggable choice of provider agent: a strategy ranks the eligible candidates, best first.
 
-The router filters first (agent up, breaker not open, not cooling down after a rate limit, has the
-features and context window the request needs), then asks the strategy to rank what is left, then moves
-candidates already tried for this request to the back (so a retry goes to the *next* candidate). Every
-strategy breaks ties by ``priority`` (lower first), then by the order of the providers in the config, so
-rankings are deterministic.
+The router filters first (the agents that serve the request's model; up, breaker not open, not cooling
+down after a rate limit, with the features and context window the request needs), then asks the strategy
+to rank what is left, then orders the ranking: agents whose last health probe failed after the healthy
+ones, and agents already tried for this request after those not tried yet (so a retry goes to the *next*
+candidate). Every strategy breaks ties by ``priority`` (lower first), then by the order of the providers
+in the config, so rankings are deterministic.
 
 ========================  =================================================================================
-``priority``              lower ``priority`` first: the fallback chain of the config
-``round_robin``           config order, rotated one step per routed request
+``priority``              lower ``priority`` first
+``round_robin``           weighted round robin (smooth, as nginx does it): over any run of requests each
+                          agent gets its ``weight``'s share, spread out rather than in bursts; equal
+                          weights rotate in config order
 ``least_busy``            fewest attempts in flight (counted by the router) first
 ``lowest_latency``        agents with no latency sample yet first (so each gets measured), then the lowest
-                          latency: the router's moving average of answered attempts, else the agent's p50
+                          latency: the router's exponentially weighted moving average of the latency of
+                          the agent's recent answered attempts (newest sample weighs
+                          ``LATENCY_ALPHA`` = 0.3), seeded with the p50 the agent reports
 ``cheapest``              lowest expected cost: estimated input tokens x input price + expected output
-                          tokens (``max_tokens``, else :data:`DEFAULT_OUTPUT_TOKENS`) x output price
+                          tokens (``max_tokens``, else :data:`DEFAULT_OUTPUT_TOKENS`) x output price, at
+                          the price of the requested model on that agent (docs/routing.md)
 ========================  =================================================================================
 """
 
@@ -57,6 +63,8 @@ class Candidate:
     #: Seconds; ``None`` when never measured.
     latency: float | None = None
     health: float = 1.0
+    #: Share of the traffic under ``round_robin``.
+    weight: float = 1.0
 
 
 @attrs.frozen
@@ -97,21 +105,32 @@ class PriorityStrategy:
 
 
 class RoundRobinStrategy:
-    """Config order, rotated by one position per call."""
+    """Smooth weighted round robin: each call adds every candidate's ``weight`` to its credit, ranks by
+    credit (ties: config order) and charges the first the total weight of the call's candidates. With
+    equal weights this rotates through the candidates in config order."""
 
     name = "round_robin"
 
+    #: Agents whose credit is kept at most (one per provider in practice; bounded all the same).
+    MAX_AGENTS = 4096
+
     def __init__(self) -> None:
-        self._turn = 0
+        self._credit: dict[str, float] = {}
 
     def rank(self, candidates: Sequence[Candidate], shape: RequestShape) -> list[Candidate]:
-        """The candidates in config order, starting at the next turn's position."""
-        ordered = sorted(candidates, key=lambda c: c.order)
-        if not ordered:
+        """The candidates by credit after this call's increment, highest first (see the class)."""
+        if not candidates:
             return []
-        start = self._turn % len(ordered)
-        self._turn += 1
-        return ordered[start:] + ordered[:start]
+        credit = self._credit
+        if len(credit) > self.MAX_AGENTS:
+            credit.clear()
+        total = 0.0
+        for c in candidates:
+            credit[c.name] = credit.get(c.name, 0.0) + c.weight
+            total += c.weight
+        ranked = sorted(candidates, key=lambda c: (-credit[c.name], c.order))
+        credit[ranked[0].name] -= total
+        return ranked
 
 
 class LeastBusyStrategy:

@@ -72,6 +72,7 @@ class Fault:
     ``status`` answers with that HTTP error (the app renders the provider's error body for
     ``error_type``/``message``); ``latency`` delays the answer; ``first_byte_delay`` delays the body
     after the headers; ``cut_after`` closes the connection after that many stream pieces (or mid-body);
+    ``stall_after`` pauses a stream for ``stall`` seconds after that many pieces (a stalled upstream);
     ``malformed`` makes the app send invalid JSON; ``reply`` replaces the app's answer entirely.
     """
 
@@ -82,6 +83,8 @@ class Fault:
     latency: float = 0.0
     first_byte_delay: float = 0.0
     cut_after: int | None = None
+    stall_after: int | None = None
+    stall: float = 3600.0
     malformed: bool = False
     reply: Reply | StreamReply | None = None
     path: str | None = None
@@ -186,6 +189,7 @@ class LoopbackServer:
         else:
             reply = await self.app(request, fault)
         cut_after = fault.cut_after if fault is not None else None
+        stall_after = fault.stall_after if fault is not None else None
         first_delay = fault.first_byte_delay if fault is not None else 0.0
         if isinstance(reply, Reply):
             headers = {**reply.headers, "content-length": str(len(reply.body))}
@@ -207,6 +211,9 @@ class LoopbackServer:
             async for piece in _aiter(reply.pieces):
                 if cut_after is not None and sent >= cut_after:
                     return False
+                if stall_after is not None and sent == stall_after:
+                    assert fault is not None
+                    await trio.sleep(fault.stall)
                 if sent and reply.interval:
                     await trio.sleep(reply.interval)
                 await self._send(conn, stream, h11.Data(data=piece))
