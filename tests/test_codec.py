@@ -221,6 +221,7 @@ def test_enums_come_back_as_enums_not_strings() -> None:
     assert type(response.data.finish_reason) is FinishReason
 
 
+<<<<<<< HEAD
 def test_encoded_signals_are_always_valid_utf8_json() -> None:
     request = ProviderRequest("r", (Message.user("a\ud800b \U0001f986 \udfff"),))
     text = dumps_signal(make_signal(request, "/t"))
@@ -228,3 +229,22 @@ def test_encoded_signals_are_always_valid_utf8_json() -> None:
     assert json.loads(text)["data"]["messages"][0]["content"][0]["text"] == "a\ufffdb \U0001f986 \ufffd"
     with pytest.raises(ValueError):
         dumps_signal(make_signal(ProviderRequest("r", (), deadline=float("nan")), "/t"))
+=======
+def test_cost_principal_and_spend_round_trip() -> None:
+    import json
+
+    from duckagents.messages import Usage
+    from duckagents.signals import MetricsSnapshot, ProviderResponse, ProviderStatus
+
+    response = ProviderResponse("r", "p", "gpt-4o-mini", usage=Usage(1000, 500, 0.00045))
+    text = dumps_signal(make_signal(response, "/a"))
+    usage = json.loads(text)["data"]["usage"]
+    assert usage == {"prompt_tokens": 1000, "completion_tokens": 500, "cost": 0.00045}
+    assert loads_signal(text).data == response
+    unknown = ProviderResponse("r", "p", "x", usage=Usage(1, 2))
+    assert loads_signal(dumps_signal(make_signal(unknown, "/a"))).data.usage.cost is None  # type: ignore[union-attr]
+    request = ProviderRequest("r", (Message.user("hi"),), principal="alice")
+    assert loads_signal(dumps_signal(make_signal(request, "/router"))).data.principal == "alice"  # type: ignore[union-attr]
+    status = ProviderStatus("p", 1.0, "closed", metrics=MetricsSnapshot(cost=0.5, cost_by_model={"m": 0.5}))
+    assert loads_signal(dumps_signal(make_signal(status, "/a"))).data == status
+>>>>>>> 2164906 (tests and docs for the routing policy: loopback wire-server scenarios, the fallback property, prices and budgets, config checks; docs/routing.md, signals.md, README config with models)

@@ -169,3 +169,167 @@ def test_http_section_is_structured_and_checked() -> None:
     ):
         with pytest.raises(ConfigError, match=re.escape(message)):
             parse_config({"http": bad})
+
+
+# --- model routing keys (docs/routing.md) ----------------------------------------------------------
+
+ROUTED = """
+[router]
+default_model = "gpt-4o-mini"
+
+[[providers]]
+name = "gpt"
+kind = "openai"
+models = ["gpt-4o*", "o3-mini"]
+weight = 3
+first_chunk_timeout = 20
+idle_chunk_timeout = 5
+budget = { usd = 20, period = "day" }
+
+[[providers]]
+name = "local"
+kind = "ollama"
+models = ["gemma:*"]
+
+[[providers]]
+name = "backup"
+kind = "mock"
+
+[models."gpt-4o-mini"]
+fallbacks = ["llama3.2", "mock-1"]
+context_window_fallbacks = ["gpt-4o"]
+price = { input = 0.1, output = 0.5 }
+
+[[gateway.tokens]]
+env = "ALICE_TOKEN"
+name = "alice"
+budget = { usd = 5, period = "month" }
+"""
+
+
+def test_routing_keys_are_structured() -> None:
+    import tomllib
+
+    from duckagents.config import ModelConfig
+    from duckagents.costs import Budget, ModelPrice
+
+    config = parse_config(tomllib.loads(ROUTED))
+    gpt, local, backup = config.providers
+    assert (gpt.weight, gpt.first_chunk_timeout, gpt.idle_chunk_timeout) == (3.0, 20.0, 5.0)
+    assert gpt.budget == Budget(20.0, "day") and local.budget is None
+    assert config.models["gpt-4o-mini"] == ModelConfig(
+        fallbacks=("llama3.2", "mock-1"), context_window_fallbacks=("gpt-4o",), price=ModelPrice(0.1, 0.5)
+    )
+    [token] = config.gateway.tokens
+    assert (token.label, token.budget) == ("alice", Budget(5.0, "month"))
+    assert config.default_model == "gpt-4o-mini"
+    # Patterns and the default model: nothing else.
+    assert gpt.serves("gpt-4o-mini") and gpt.serves("gpt-4o-2024-08-06") and gpt.serves("o3-mini")
+    assert not gpt.serves("gpt-4.1") and not gpt.serves("o3-mini-high")
+    assert local.serves("llama3.2") and local.serves("gemma:2b") and not local.serves("gemma2")
+    assert backup.serves("mock-1") and not backup.serves("gpt-4o-mini")  # no list: its default only
+    assert ProviderConfig(name="any", kind="openai", models=("*",)).serves("whatever-you-like")
+
+
+def test_the_default_model_without_router_default_model() -> None:
+    config = Config(providers=(
+        ProviderConfig(name="b", kind="mock", priority=5),
+        ProviderConfig(name="a", kind="anthropic", priority=1),
+        ProviderConfig(name="c", kind="ollama", priority=1),
+    ))
+    assert config.default_model == "claude-sonnet-4-6"  # lowest priority, then config order
+    assert Config().default_model is None
+
+
+def test_kind_default_models_are_the_providers_own() -> None:
+    from duckagents.config import DEFAULT_MODELS
+    from duckagents.providers import (
+        AnthropicProvider,
+        MockProvider,
+        OllamaProvider,
+        OpenAIProvider,
+        TGIProvider,
+    )
+
+    classes = {"openai": OpenAIProvider, "anthropic": AnthropicProvider, "ollama": OllamaProvider,
+               "tgi": TGIProvider, "mock": MockProvider}
+    assert {kind: cls().default_model for kind, cls in classes.items()} == DEFAULT_MODELS
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('[router]\ndefault_model = "gpt-4o-mnii"',
+         "router.default_model: no provider serves model 'gpt-4o-mnii' (did you mean 'gpt-4o-mini'?)"),
+        ('[models."gpt-4o-mini"]\nfallbacks = ["claud-sonnet-4-6"]',
+         "models.'gpt-4o-mini'.fallbacks: no provider serves model 'claud-sonnet-4-6'"
+         " (did you mean 'claude-sonnet-4-6'?)"),
+        ('[models."gpt-4o-mini"]\nfallbacks = ["gpt-4o-mini"]', "a model cannot fall back to itself"),
+        ('[models."gpt-4o-mini"]\nfallbacks = ["mock-1", "mock-1"]', "'mock-1' is listed twice"),
+        ('[models."gpt-4o-mini"]\nfallbacks = ["claude-*"]', "'claude-*' is a pattern"),
+        ('[models."gpt-4o-mini"]\nfallbacks = ["claude-sonnet-4-6"]\n'
+         '[models."claude-sonnet-4-6"]\ncontext_window_fallbacks = ["gpt-4o-mini"]',
+         "the fallback chains loop: gpt-4o-mini -> claude-sonnet-4-6 -> gpt-4o-mini"),
+        ('[router]\nmax_fallbacks = 1\n[models."gpt-4o-mini"]\nfallbacks = ["claude-sonnet-4-6"]\n'
+         '[models."claude-sonnet-4-6"]\nfallbacks = ["mock-1"]',
+         "models.'gpt-4o-mini': its fallback chains go 2 models deep; router.max_fallbacks is 1"),
+        ('[models."gpt-4o-mini"]\nfallback = ["mock-1"]',
+         "models.'gpt-4o-mini': unknown key 'fallback' (did you mean 'fallbacks'?)"),
+        ('[models."gpt-5"]\nprice = { input = 1 }', "models.'gpt-5': no provider serves model 'gpt-5'"),
+        ('[models."gpt-4o-mini"]\nprice = { input = 1, ouput = 2 }', "ouput"),
+        ('[models."gpt-4o-mini"]\nprice = { input = -1 }', "input must be >= 0"),
+    ],
+)
+def test_routing_mistakes_are_refused_at_load(extra: str, message: str) -> None:
+    import tomllib
+
+    base = (
+        '[[providers]]\nname = "gpt"\nkind = "openai"\n'
+        '[[providers]]\nname = "claude"\nkind = "anthropic"\n'
+        '[[providers]]\nname = "backup"\nkind = "mock"\n'
+    )
+    # Tables after the array of tables: TOML needs them last, so the extra goes first.
+    with pytest.raises(ConfigError) as info:
+        parse_config(tomllib.loads(extra + "\n" + base if extra.startswith("[router]") else base + extra))
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("provider", "message"),
+    [
+        ({"budget": {"usd": 5, "perod": "day"}}, "perod"),
+        ({"budget": {"usd": 5, "period": "week"}}, "budget.period"),
+        ({"budget": {"usd": 0}}, "usd must be > 0"),
+        ({"weight": 0}, "weight must be > 0"),
+        ({"first_chunk_timeout": -1}, "first_chunk_timeout must be > 0"),
+        ({"cost_per_1k_input": -0.1}, "cost_per_1k_input must be >= 0"),
+        ({"models": [""]}, "a model name must not be empty"),
+    ],
+)
+def test_bad_routing_values_name_the_key(provider: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"providers": [{"name": "p", "kind": "mock", **provider}]})
+
+
+def test_gateway_token_names_are_unique() -> None:
+    tokens = [{"env": "A"}, {"env": "B", "name": "A"}]
+    with pytest.raises(ConfigError, match="duplicate token names: A"):
+        parse_config({"gateway": {"tokens": tokens}})
+
+
+def test_the_embedded_default_falls_back_from_ollama_to_the_mock() -> None:
+    from duckagents.config import ModelConfig
+
+    assert default_config().default_model == "mock-1"
+    with_ollama = default_config(with_ollama=True)
+    assert with_ollama.default_model == "llama3.2"
+    assert with_ollama.models == {"llama3.2": ModelConfig(fallbacks=("mock-1",))}
+
+
+def test_the_official_host_is_the_vendors_own() -> None:
+    assert ProviderConfig(name="o", kind="openai").official_host
+    assert ProviderConfig(name="o", kind="openai", base_url="https://api.openai.com/v1/").official_host
+    assert not ProviderConfig(name="o", kind="openai", base_url="http://127.0.0.1:8000/v1").official_host
+    assert ProviderConfig(name="a", kind="anthropic").official_host
+    assert not ProviderConfig(name="a", kind="anthropic", base_url="https://proxy.example/v1").official_host
+    assert not ProviderConfig(name="l", kind="ollama").official_host

@@ -25,6 +25,10 @@ def test_config_example_is_valid() -> None:
     config = parse_config(tomllib.loads(_block("toml", "## Configuration")))
     assert [p.kind for p in config.providers] == ["openai", "anthropic", "ollama", "mock"]
     assert config.router.strategy == "priority"
+    # The models key is shown, and the mock is a fallback only because the chain names it.
+    gpt, backup = config.providers[0], config.providers[3]
+    assert gpt.models and gpt.serves("gpt-4o") and not backup.serves("gpt-4o-mini")
+    assert config.models["gpt-4o-mini"].fallbacks == ("claude-sonnet-4-6", "llama3.2", "mock-1")
 
 
 def test_embedding_example_runs_on_the_embedded_default(capsys) -> None:  # type: ignore[no-untyped-def]

@@ -35,6 +35,8 @@ __all__ = [
 ]
 
 Period = Literal["day", "month"]
+#: USD by which sums of float amounts may miss a budget exactly (five holds of 0.002 fill 0.01).
+TOLERANCE = 1e-9
 
 
 def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -168,7 +170,7 @@ class InMemoryBudgets:
                    if name in self._accounts]
         if amount > 0:
             for name, account in covered:
-                if account.spent + account.held + amount > account.budget.usd:
+                if account.spent + account.held + amount > account.budget.usd + TOLERANCE:
                     return BudgetRefusal(name, account.budget, account.spent, account.held, amount)
         for _, account in covered:
             account.held += amount

@@ -261,7 +261,7 @@ class RoutedRequest:
         kept: ProviderResponse | None = None
         while True:
             self.models.append(model)
-            result, trigger = await self._try_model(model)
+            result, trigger = await self._try_model(model, bool(pending))
             if trigger is None:
                 break
             chain = self._next_models(model, trigger)
@@ -291,9 +291,10 @@ class RoutedRequest:
             return state.views[request.provider].config.model
         return state.routes.default_model or ""
 
-    async def _try_model(self, model: str) -> tuple[Final, Trigger | None]:
+    async def _try_model(self, model: str, pending: bool) -> tuple[Final, Trigger | None]:
         """Attempts on the agents serving ``model`` until one answers or no retry is allowed; the last
-        result, and the chain it may lead to (None: it is final)."""
+        result, and the chain it may lead to (None: it is final). ``pending``: models of an earlier chain
+        are still to be tried after this one."""
         context = self.context
         config = context.config
         self.model = model
@@ -301,7 +302,8 @@ class RoutedRequest:
         self.excluded = excluded = set()
         # With a fallback model to go to, the agents for this one are tried once each and never waited
         # for; without, one may be tried again, and waited for while out (within the deadline).
-        self.no_fallback = not self._next_models(model, Trigger.FALLBACKS) or not self._may_fall_back()
+        has_fallback = pending or bool(self._next_models(model, Trigger.FALLBACKS))
+        self.no_fallback = not has_fallback or not self._may_fall_back()
         last: ProviderErrorData | None = None
         for n in range(config.max_attempts):
             if n > 0:

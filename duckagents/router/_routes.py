@@ -30,17 +30,17 @@ class Trigger(enum.Enum):
     CONTENT_POLICY = "content_policy_fallbacks"
 
 
-#: Failures on the provider's side, which another model may not have: they follow ``fallbacks``. (The
-#: caller's own mistakes, like an invalid request, would fail anywhere; ``context_length`` has its chain.)
+#: Failures another model may not have: the retryable kinds, a model an agent does not have, features it
+#: lacks, no agent (or none within budget) for it. They follow ``fallbacks``. Not the caller's mistakes
+#: (an invalid request fails anywhere), nor a refused key or quota (a configuration problem to report, as
+#: the router never retries them either); ``context_length`` has its own chain.
 FALLBACK_KINDS: frozenset[ErrorKind] = frozenset(
     {
         ErrorKind.RATE_LIMITED,
-        ErrorKind.QUOTA_EXCEEDED,
         ErrorKind.CIRCUIT_OPEN,
         ErrorKind.TIMEOUT,
         ErrorKind.UPSTREAM_5XX,
         ErrorKind.OVERLOADED,
-        ErrorKind.AUTH,
         ErrorKind.NOT_FOUND,
         ErrorKind.NETWORK,
         ErrorKind.PROTOCOL,

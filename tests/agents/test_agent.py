@@ -413,3 +413,66 @@ def test_registry_builds_providers_from_config(monkeypatch: pytest.MonkeyPatch) 
         registry.provider_class("carrier-pigeon")
     agent = registry.build_agent(mock_cfg, SignalBus())
     assert type(agent) is ProviderAgent and agent.name == "m"
+
+
+# --- stream timeouts and cost -----------------------------------------------------------------------
+
+
+async def test_a_stream_with_no_first_chunk_in_time_fails_retryable_and_not_partial(
+    autojump_clock: object,
+) -> None:
+    cfg = config(first_chunk_timeout=2.0)
+    async with running_agent(cfg, MockProvider(latency=30.0)) as (agent, bus, rec):
+        await send(bus, request("s", provider="m", stream=True))
+        [terminal] = await rec.wait_for(lambda s: s.is_terminal)
+        failure = terminal.data
+        assert isinstance(failure, ProviderErrorData) and failure.kind is ErrorKind.TIMEOUT
+        assert failure.retryable and not failure.partial
+        assert "no first chunk within 2 s (first_chunk_timeout)" in failure.message
+        assert trio.current_time() == pytest.approx(2.0, abs=0.1)  # not the request's deadline
+        assert agent.breaker.snapshot(trio.current_time()).consecutive_failures == 1  # the upstream is slow
+
+
+async def test_a_stream_silent_between_chunks_fails_partial(autojump_clock: object) -> None:
+    cfg = config(idle_chunk_timeout=5.0)
+    mock = MockProvider(replies=["abcdefgh"], chunk_size=2, chunk_delay=60.0)
+    async with running_agent(cfg, mock) as (_, bus, rec):
+        await send(bus, request("s", provider="m", stream=True))
+        [terminal] = await rec.wait_for(lambda s: s.is_terminal)
+        chunks = [s.data for s in rec.signals if isinstance(s.data, ProviderChunk)]
+        failure = terminal.data
+        assert isinstance(failure, ProviderErrorData) and failure.kind is ErrorKind.TIMEOUT
+        assert failure.partial and "no chunk for 5 s (idle_chunk_timeout)" in failure.message
+        assert [c.delta for c in chunks] == ["ab"]
+    # Chunks that keep coming within the idle timeout are fine, however long the whole stream takes.
+    steady = MockProvider(replies=["abcdefgh"], chunk_size=2, chunk_delay=4.0)
+    timeouts = config(idle_chunk_timeout=5.0, first_chunk_timeout=5.0)
+    async with running_agent(timeouts, steady) as (_, bus, rec):
+        await send(bus, request("t", provider="m", stream=True))
+        [done] = await rec.wait_for(lambda s: s.is_terminal)
+        assert isinstance(done.data, ProviderResponse) and done.data.content == "abcdefgh"
+
+
+async def test_every_response_carries_its_cost_and_metrics_sum_it_per_model(autojump_clock: object) -> None:
+    from duckagents.agents._metrics import COST_MODELS, OTHER_MODELS, ProviderMetrics
+
+    async with running_agent() as (agent, bus, rec):  # a mock: local, free
+        await send(bus, request("free", provider="m"))
+        [free] = await rec.wait_for(lambda s: s.is_terminal)
+        assert isinstance(free.data, ProviderResponse) and free.data.usage.cost == 0.0
+    priced = config(cost_per_1k_input=0.001, cost_per_1k_output=0.002)
+    async with running_agent(priced) as (agent, bus, rec):
+        await send(bus, request("paid", provider="m"))
+        [paid] = await rec.wait_for(lambda s: s.is_terminal)
+        response = paid.data
+        assert isinstance(response, ProviderResponse)
+        usage = response.usage
+        assert usage.cost == pytest.approx(usage.prompt_tokens * 1e-6 + usage.completion_tokens * 2e-6)
+        status = await agent.status()
+        assert status.metrics.cost == pytest.approx(usage.cost)
+        assert status.metrics.cost_by_model == {"mock-1": pytest.approx(usage.cost)}
+    metrics = ProviderMetrics()
+    for i in range(COST_MODELS + 10):
+        metrics.record_cost(f"model-{i}", 1.0)
+    by_model = metrics.snapshot().cost_by_model
+    assert len(by_model) == COST_MODELS + 1 and by_model[OTHER_MODELS] == 10.0  # bounded

@@ -78,6 +78,29 @@ async def test_default_limits_per_family_overridden_by_config() -> None:
         assert limited.limits == RateLimits(7, 200_000, 60.0)
 
 
+async def test_built_in_limits_hold_only_for_the_official_host_elsewhere_the_upstream_states_them() -> None:
+    from duckagents.testing import OpenAIRateLimits
+
+    elsewhere = config(base_url="http://127.0.0.1:9/v1")
+    async with OpenAIProvider(base_url="http://127.0.0.1:9/v1") as provider:
+        bus = SignalBus()
+        # An OpenAI-compatible server serving a model named gpt-4o-mini is not held to OpenAI's tier 1.
+        assert OpenAIAgent(elsewhere, bus, provider).limits == RateLimits()
+        # Configured limits always apply.
+        limited = OpenAIAgent(attrs.evolve(elsewhere, limits=RateLimits(requests=7)), bus, provider)
+        assert limited.limits == RateLimits(requests=7)
+    # No client-side limit until the upstream's headers give one; then that one.
+    headers = OpenAIRateLimits(limit_requests=120, limit_tokens=40_000)
+    async with open_openai_server(api_key=KEY, rate_limits=headers) as server:
+        local = config(base_url=server.base_url)
+        async with openai_agent(server, local) as (agent, bus, rec):
+            assert agent.limits == RateLimits()
+            await send(bus, request("r", "hi", provider="oa"))
+            assert isinstance(await outcome(rec, "r"), ProviderResponse)
+            assert agent.limits == RateLimits(requests=120, tokens=40_000, period=60.0)
+            assert agent.limiter.headroom(trio.current_time()).requests == pytest.approx(119, abs=1)
+
+
 async def test_reasoning_model_gets_max_completion_tokens_and_no_sampling_on_the_wire() -> None:
     async with open_openai_server(api_key=KEY, models=None) as server, openai_agent(server) as (_, bus, rec):
         options: dict[str, Any] = {"max_tokens": 50, "temperature": 0.3, "top_p": 0.9}

@@ -205,3 +205,42 @@ async def test_full_stack_over_an_openai_wire_server_never_leaks_the_api_key() -
     assert errors and errors[0]["event"]["data"]["kind"] == "upstream_5xx"  # the first attempt, seen by "all"
     assert all(key not in text for text in raw)
     assert any("***" in json.dumps(f) for f in errors)  # the echo was redacted, not dropped
+
+
+async def test_a_tokens_requests_carry_its_name_and_spend_its_budget() -> None:
+    from duckagents.bus import Overflow
+    from duckagents.config import GatewayConfig
+    from duckagents.costs import Budget
+    from duckagents.signals import ProviderRequest
+
+    secret = "tok-alice-0123456789abcdef"
+    # $1 per 1,000 output tokens; each answer is 2 tokens ($0.002); alice may spend $0.004 a day.
+    tokens = (TokenConfig(env="ALICE_TOKEN", name="alice", budget=Budget(0.004, "day")),)
+    provider = ProviderConfig(name="mock", kind="mock", cost_per_1k_input=0.0, cost_per_1k_output=1.0)
+    config = Config(providers=(provider,), gateway=GatewayConfig(tokens=tokens))
+    mock = MockProvider(replies=["abcdefgh"] * 3)
+    environ = {"ALICE_TOKEN": secret}
+    intakes = SignalFilter(types=frozenset({"provider_request"}))
+    async with (
+        open_router(config, providers={"mock": mock}) as router,
+        running_gateway(router, environ=environ, tokens=tokens) as gateway,
+        connect(gateway, token=secret) as client,
+    ):
+        with router.bus.subscribe(intakes, buffer=64, overflow=Overflow.DROP_OLDEST) as seen:
+            terminals = []
+            for k in range(3):
+                frames = await client.request(f"q{k}", "hi", options={"max_tokens": 2})
+                terminals.append(frames[-1]["event"]["data"])
+            requests = []
+            while True:
+                try:
+                    requests.append(seen.receive_nowait().data)
+                except trio.WouldBlock:
+                    break
+        spend = await router.spend()
+    assert [t.get("content") for t in terminals[:2]] == ["abcdefgh", "abcdefgh"]
+    assert [t["usage"]["cost"] for t in terminals[:2]] == [0.002, 0.002]
+    assert terminals[2]["kind"] == "budget_exceeded" and "token:alice" in terminals[2]["message"]
+    assert mock.calls == 2  # the third never reached the provider
+    assert {r.principal for r in requests if isinstance(r, ProviderRequest)} == {"alice"}  # never the token
+    assert [(s.account, s.spent) for s in spend] == [("token:alice", 0.004)]

@@ -4,6 +4,7 @@ cancellation, shutdown, and exactly one terminal signal per request signal."""
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 
 import pytest
 import trio
@@ -52,6 +53,34 @@ def test_round_robin_rotates_one_step_per_call() -> None:
     firsts = [strategy.rank(pool, RequestShape())[0].name for _ in range(4)]
     assert firsts == ["c0", "c1", "c2", "c0"]
     assert names(strategy.rank(pool, RequestShape())) == ["c1", "c2", "c0"]
+
+
+def test_round_robin_is_weighted_and_spreads_the_heavier_agent_out() -> None:
+    strategy = RoundRobinStrategy()
+    pool = [Candidate(name="big", order=0, weight=3.0), Candidate(name="small", order=1, weight=1.0)]
+    firsts = [strategy.rank(pool, RequestShape())[0].name for _ in range(8)]
+    assert firsts == ["big", "big", "small", "big"] * 2  # 3:1, never four in a row
+    # Over any candidate set, each agent gets its weight's share.
+    strategy = RoundRobinStrategy()
+    trio_pool = cands({"weight": 1.0}, {"weight": 2.0}, {"weight": 5.0})
+    counts = Counter(strategy.rank(trio_pool, RequestShape())[0].name for _ in range(800))
+    assert counts == {"c0": 100, "c1": 200, "c2": 500}
+
+
+def test_the_latency_strategy_follows_recent_latency_not_the_all_time_mean() -> None:
+    from duckagents.router._agent_view import LATENCY_ALPHA, AgentView
+
+    view = AgentView(mock_config("a"), 0)
+    for _ in range(50):  # a long fast history...
+        view.observe_terminal(ProviderResponse("r", "a", "m", latency=0.1), 0.0)
+    for _ in range(5):  # ...then it turned slow
+        view.observe_terminal(ProviderResponse("r", "a", "m", latency=2.0), 0.0)
+    expected = 2.0 - 1.9 * (1 - LATENCY_ALPHA) ** 5
+    assert view.latency == pytest.approx(expected) and view.latency > 1.5  # the mean would be ~0.27
+    other = AgentView(mock_config("b"), 1)
+    other.observe_terminal(ProviderResponse("r", "b", "m", latency=0.5), 0.0)
+    ranked = LowestLatencyStrategy().rank([view.candidate(None), other.candidate(None)], RequestShape())
+    assert names(ranked) == ["b", "a"]
 
 
 def test_least_busy_ranks_by_active_then_priority() -> None:
