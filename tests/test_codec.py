@@ -221,7 +221,6 @@ def test_enums_come_back_as_enums_not_strings() -> None:
     assert type(response.data.finish_reason) is FinishReason
 
 
-<<<<<<< HEAD
 def test_encoded_signals_are_always_valid_utf8_json() -> None:
     request = ProviderRequest("r", (Message.user("a\ud800b \U0001f986 \udfff"),))
     text = dumps_signal(make_signal(request, "/t"))
@@ -229,10 +228,9 @@ def test_encoded_signals_are_always_valid_utf8_json() -> None:
     assert json.loads(text)["data"]["messages"][0]["content"][0]["text"] == "a\ufffdb \U0001f986 \ufffd"
     with pytest.raises(ValueError):
         dumps_signal(make_signal(ProviderRequest("r", (), deadline=float("nan")), "/t"))
-=======
-def test_cost_principal_and_spend_round_trip() -> None:
-    import json
 
+
+def test_cost_principal_and_spend_round_trip() -> None:
     from duckagents.messages import Usage
     from duckagents.signals import MetricsSnapshot, ProviderResponse, ProviderStatus
 
@@ -247,4 +245,3 @@ def test_cost_principal_and_spend_round_trip() -> None:
     assert loads_signal(dumps_signal(make_signal(request, "/router"))).data.principal == "alice"  # type: ignore[union-attr]
     status = ProviderStatus("p", 1.0, "closed", metrics=MetricsSnapshot(cost=0.5, cost_by_model={"m": 0.5}))
     assert loads_signal(dumps_signal(make_signal(status, "/a"))).data == status
->>>>>>> 2164906 (tests and docs for the routing policy: loopback wire-server scenarios, the fallback property, prices and budgets, config checks; docs/routing.md, signals.md, README config with models)

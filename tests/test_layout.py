@@ -27,6 +27,7 @@ LAYERS: list[str] = [
     "bus",
     "supervision",
     "resilience",
+    "costs",
     "config",
     "providers",
     "fleet",
