@@ -13,7 +13,7 @@ import trio.testing
 
 from duckagents.app import Tree, open_tree
 from duckagents.bus import SignalBus
-from duckagents.config import Config, ProviderConfig, RouterConfig, SupervisionConfig
+from duckagents.config import Config, ModelConfig, ProviderConfig, RouterConfig, SupervisionConfig
 from duckagents.errors import ErrorKind
 from duckagents.providers import MockProvider
 from duckagents.signals import SupervisorEvent
@@ -122,6 +122,7 @@ async def test_absurd_retry_after_never_blocks_a_provider_for_long(
                 ProviderConfig(name="backup", kind="mock", priority=1),
             ),
             router=RouterConfig(backoff_initial=0.0, max_retry_after=20.0),
+            models={"gpt-4o-mini": ModelConfig(fallbacks=("mock-1",))},  # the mock by name (docs/routing.md)
             health_interval=10_000.0,
         )
         async with recorded(config) as (tree, rec):
