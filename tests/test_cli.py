@@ -32,6 +32,13 @@ def test_ask_streams_the_mock_answer_with_no_config_and_no_keys() -> None:
     assert "[mock/mock-1]" in result.stderr and "finish=stop" in result.stderr
 
 
+def test_ask_for_a_misspelt_model_exits_2_with_the_suggestion() -> None:
+    result = run("ask", "--model", "mock1", "hello", "-v")
+    assert result.returncode == 2
+    assert "[no_provider" in result.stderr and "did you mean 'mock-1'?" in result.stderr
+    assert result.stdout.strip() == ""  # no other model answered in its place
+
+
 def test_ask_without_streaming() -> None:
     result = run("ask", "--no-stream", "plain please")
     assert result.returncode == 0, result.stderr

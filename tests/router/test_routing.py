@@ -19,6 +19,7 @@ from duckagents.bus import SignalBus
 from duckagents.config import Config, ModelConfig, ProviderConfig, RouterConfig
 from duckagents.costs import BUILTIN_PRICES, Budget, ModelPrice
 from duckagents.errors import ErrorKind, ProviderError
+from duckagents.messages import FinishReason
 from duckagents.router import DISPATCH, is_final
 from duckagents.signals import ProviderErrorData, ProviderRequest, ProviderResponse
 from duckagents.testing import (
@@ -276,6 +277,37 @@ async def test_a_model_missing_on_ollama_moves_on_and_the_final_error_says_to_pu
     assert (response.provider, response.model) == ("mock", "mock-1")
     [first] = rec.terminals("fallback#1")
     assert first.data.kind is ErrorKind.NOT_FOUND  # type: ignore[union-attr]
+
+
+async def test_a_refusal_goes_down_the_content_policy_chain_only_when_the_model_has_one() -> None:
+    async with open_anthropic_server(api_key=KEY) as claude, open_ollama_server() as ollama:
+        providers = (
+            http("claude", "anthropic", claude.url, "claude-sonnet-4-6"),
+            http("local", "ollama", ollama.url, "llama3.2"),
+        )
+        refusal = ScriptedReply(text="I can't help with that.", raw_finish_reason="refusal")
+        async with tree_of(config_of(*providers)) as (tree, _):
+            claude.script.push(refusal)
+            refused = await tree.router.complete("hi", model="claude-sonnet-4-6")
+        assert refused.finish_reason is FinishReason.REFUSAL and refused.provider == "claude"
+        chained = config_of(
+            *providers, models={"claude-sonnet-4-6": ModelConfig(content_policy_fallbacks=("llama3.2",))}
+        )
+        async with tree_of(chained) as (tree, rec):
+            claude.script.push(refusal)
+            ollama.script.push(ScriptedReply(text="here you go"))
+            answered = await tree.router.complete("hi", model="claude-sonnet-4-6", request_id="policy")
+            # When the fallback fails too, the refusal is the answer (a refusal beats a failure).
+            claude.script.push(refusal)
+            ollama.inject(*(Fault(status=500, path="/api/chat") for _ in range(3)))  # every attempt
+            kept = await tree.router.complete("hi", model="claude-sonnet-4-6", request_id="kept")
+    assert (answered.provider, answered.content, answered.attempt) == ("local", "here you go", 2)
+    [first] = rec.terminals("policy#1")
+    assert isinstance(first.data, ProviderResponse) and first.data.finish_reason is FinishReason.REFUSAL
+    assert (kept.provider, kept.finish_reason, kept.attempt) == ("claude", FinishReason.REFUSAL, 1)
+    assert finals(rec, "kept") == [kept]
+    assert attempts(rec, "kept") == [("claude", "claude-sonnet-4-6")] + [("local", "llama3.2")] * 3
+    assert_one_terminal_per_request(rec)
 
 
 # --- stream timeouts --------------------------------------------------------------------------------
