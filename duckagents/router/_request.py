@@ -1,8 +1,10 @@
 """A routed request: one caller's request inside the router, from intake to its one final result.
 
-A :class:`RoutedRequest` routes itself (:meth:`~RoutedRequest.route`): it publishes the intake, asks the
-router's state for an agent, sends attempt 1, 2, ... (one outstanding at a time, each a
-``provider_request`` addressed to one agent), and always publishes exactly one final result, however it
+A :class:`RoutedRequest` routes itself (:meth:`~RoutedRequest.route`): it publishes the intake, takes
+the model it asked for (or the default model), asks the router's state for an agent serving it, holds
+the attempt's expected cost on the budgets concerned, sends attempt 1, 2, ... (one outstanding at a time,
+each a ``provider_request`` addressed to one agent), moves on to the models of the fallback chains when
+the model cannot answer (docs/routing.md), and always publishes exactly one final result, however it
 ended. ``route()`` runs in the caller's own task for ``complete()`` (so a request costs no spawn and no
 task switch of its own), else in a task of the router. Each attempt waits for the terminal the router's
 signal loop hands over (:meth:`~RoutedRequest.take_terminal`), or answers for a hung agent at the
@@ -90,7 +92,8 @@ class RoutedRequest:
 
     __slots__ = (
         "_view", "agent", "answered", "attempt", "choice_trigger", "chunks", "chunks_out", "context",
-        "deadline", "dispatch_mark", "done", "excluded", "final", "hold", "hop_tried", "inline",
+        "deadline", "dispatch_mark", "done", "excluded", "final", "hold", "hold_attempt", "hop_tried",
+        "inline",
         "intake_sent", "model", "models", "needs", "no_fallback", "on_behalf_pending", "outstanding",
         "pull_hint", "request", "result", "scope", "stop_kind", "stop_message", "tried",
     )
@@ -131,8 +134,9 @@ class RoutedRequest:
         self.no_fallback = True
         #: Which chain the last failure of :meth:`_choose_agent` leads to.
         self.choice_trigger: Trigger | None = None
-        #: The budget hold of the outstanding attempt, settled by its terminal.
+        #: The budget hold of the outstanding attempt (``hold_attempt``), settled by its terminal.
         self.hold: BudgetHold | None = None
+        self.hold_attempt = 0
         #: Said in the final error when a local agent lacked the model.
         self.pull_hint: str | None = None
         self.attempt = 0
@@ -426,6 +430,7 @@ class RoutedRequest:
             hold = await budgets.reserve(accounts, self._expected_cost(view))
             if isinstance(hold, BudgetHold):
                 self.hold = hold
+                self.hold_attempt = self.attempt + 1  # the attempt about to be sent
                 return name
             refusals.append(f"{name}: {hold.message}")
         return self._router_failure(ErrorKind.BUDGET_EXCEEDED, "; ".join(refusals))
@@ -529,8 +534,12 @@ class RoutedRequest:
                     failure = self._failure_on_behalf(ErrorKind.CANCELLED, "the request ended")
                 self._answer(failure, on_behalf=True)
             if self.hold is not None:
+                # The hold's attempt may not have gone out, or not have been answered: then it cost nothing.
+                result = self.result
+                if result is not None and result.attempt != self.hold_attempt:
+                    result = None
                 with trio.CancelScope(shield=True), trio.move_on_after(self.context.publish_timeout):
-                    await self._settle_budget(self.result)
+                    await self._settle_budget(result)
             await self._publish_on_behalf(shielded=True)
             if isinstance(final, ProviderErrorData) and self.chunks > 0 and not final.partial:
                 final = attrs.evolve(final, partial=True)

@@ -474,3 +474,33 @@ async def test_open_router_with_no_config_answers_from_the_friendly_mock(autojum
     with pytest.raises(ProviderError) as info:
         await router.complete("too late")
     assert info.value.kind is ErrorKind.SHUTDOWN
+
+
+async def test_a_cancelled_or_failed_attempt_releases_its_budget_hold(autojump_clock: object) -> None:
+    from duckagents.costs import Budget
+
+    priced = {"cost_per_1k_input": 0.0, "cost_per_1k_output": 1.0, "budget": Budget(1.0, "day")}
+    mocks = {"a": MockProvider(latency=100.0)}
+    async with running_tree(mock_config("a", **priced), mocks=mocks) as (tree, _):
+        async def cancelled_caller() -> None:
+            with pytest.raises(ProviderError, match="cancelled"):
+                await tree.router.complete("hi", max_tokens=10, request_id="c")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cancelled_caller)
+            await trio.sleep(1)
+            [spend] = await tree.router.spend()
+            assert spend.held == pytest.approx(0.01)  # 10 output tokens at $1 per 1,000, held while it runs
+            assert tree.router.cancel("c")
+        [spend] = await tree.router.spend()
+        assert (spend.spent, spend.held) == (0.0, 0.0)
+        mocks["a"].latency = MockProvider().latency
+        mocks["a"].fail_next(ErrorKind.UPSTREAM_5XX, count=3)
+        with pytest.raises(ProviderError):
+            await tree.router.complete("hi", max_tokens=10)
+        [spend] = await tree.router.spend()
+        assert (spend.spent, spend.held) == (0.0, 0.0)  # failed attempts cost nothing
+        answer = await tree.router.complete("hi", max_tokens=10)
+        [spend] = await tree.router.spend()
+        assert answer.usage.cost is not None and spend.spent == pytest.approx(answer.usage.cost)
+        assert spend.held == 0.0
