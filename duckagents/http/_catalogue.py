@@ -1,7 +1,8 @@
 """Which models the tree serves, from the configuration: ``GET /v1/models`` and unknown-model answers.
 
-A provider offers the models it lists plus its default model; a provider that names neither takes any
-model name (the router applies the same rule when it chooses an agent).
+A provider serves the models its ``models`` list matches (names or glob patterns) plus its default model
+(the router's rule, docs/routing.md). The listing names what is served by name; a model only a pattern
+matches is served all the same.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import ProviderConfig
+from ..config import ProviderConfig, is_pattern
 
 __all__ = ["ModelCatalogue"]
 
@@ -21,22 +22,25 @@ class ModelCatalogue:
     """The models offered by the configured providers."""
 
     def __init__(self, providers: Sequence[ProviderConfig]) -> None:
+        self._providers = tuple(providers)
         self._offered: dict[str, list[str]] = {}  # model -> providers offering it, in config order
         self._defaults: dict[str, str | None] = {}
-        self.open = False  # some provider takes any model name
+        #: Some provider takes any model name (``models = ["*"]``).
+        self.open = any("*" in provider.models for provider in providers)
         for provider in providers:
             self._defaults[provider.name] = provider.default_model
-            listed = (*provider.models, *((provider.default_model,) if provider.default_model else ()))
-            if not listed:
-                self.open = True
-            for model in listed:
+            named = [m for m in (*provider.models, provider.model) if not is_pattern(m)]
+            for model in named:
                 owners = self._offered.setdefault(model, [])
-                if provider.name not in owners:
-                    owners.append(provider.name)
+                for other in providers:  # a name listed by one provider may match another's pattern
+                    if other.name not in owners and other.serves(model):
+                        owners.append(other.name)
 
     def unknown(self, model: str | None) -> bool:
-        """True when no provider offers ``model`` (so no agent could ever serve it)."""
-        return model is not None and not self.open and model not in self._offered
+        """True when no provider serves ``model`` (so no agent could ever serve it)."""
+        if model is None or model in self._offered:
+            return False
+        return not any(provider.serves(model) for provider in self._providers)
 
     def default_for(self, provider: str) -> str | None:
         """The default model of a provider agent, if it has one."""

@@ -130,7 +130,7 @@ class ChatEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            self._guard.check(scope, "request")
+            principal = self._guard.check(scope, "request")
             if self._in_flight.closed:
                 raise ApiError(503, ErrorKind.SHUTDOWN.value, "the server is shutting down")
             body = await self._read_body(scope, receive)
@@ -150,7 +150,7 @@ class ChatEndpoint:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
-                await _Exchange(self._router, self._catalogue, request, send).run()
+                await _Exchange(self._router, self._catalogue, request, send, principal.token).run()
                 nursery.cancel_scope.cancel()
         finally:
             self._in_flight.leave()
@@ -221,9 +221,16 @@ class _Exchange:
     """One chat request's way through the router and back to the client."""
 
     def __init__(
-        self, router: ChatRouter, catalogue: ModelCatalogue, request: ChatRequest, send: Send
+        self,
+        router: ChatRouter,
+        catalogue: ModelCatalogue,
+        request: ChatRequest,
+        send: Send,
+        principal: str | None = None,
     ) -> None:
         self.router = router
+        #: The name of the token the request came with (per-token budgets), never the token.
+        self.principal = principal
         self.catalogue = catalogue
         self.request = request
         self.send = send
@@ -260,6 +267,7 @@ class _Exchange:
         return self.request.messages, {
             "model": self.request.model,
             "request_id": self.request_id,
+            "principal": self.principal,
             **self.request.options,
         }
 

@@ -28,6 +28,7 @@ KIND_STATUS: dict[str, int] = {
     "not_found": 404,
     "rate_limited": 429,
     "quota_exceeded": 429,
+    "budget_exceeded": 429,  # a spending budget of this server (docs/routing.md): like an exhausted quota
     "timeout": 504,
     "upstream_5xx": 502,
     "network": 502,
@@ -43,6 +44,7 @@ _CODES: dict[str, str] = {
     "context_length": "context_length_exceeded",
     "rate_limited": "rate_limit_exceeded",
     "quota_exceeded": "insufficient_quota",
+    "budget_exceeded": "insufficient_quota",
     "not_found": "model_not_found",
 }
 #: Longest retry-after announced (a day): an upstream's absurd hint is not passed on as is.
@@ -99,6 +101,9 @@ def from_provider_error(error: ProviderError, *, unknown_model: str | None = Non
     kind = error.kind.value
     if kind == "no_provider" and unknown_model is not None:
         message = f"The model {unknown_model!r} does not exist or is not served here (see GET /v1/models)."
+        suggestion = error.message.find("(did you mean")
+        if suggestion >= 0:  # the router's closest served name
+            message += " " + error.message[suggestion:].split(")", 1)[0] + ")"
         return ApiError(404, kind, message, code="model_not_found", param="model")
     status = KIND_STATUS.get(kind, 500)
     message = error.message

@@ -31,7 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..bus import Overflow, SignalBus, SignalFilter, Subscription
-from ..config import ProviderConfig
+from ..config import ProviderConfig, is_pattern
 from ..errors import BusClosed
 from ..router import DISPATCH, SOURCE
 from ..signals import (
@@ -135,12 +135,13 @@ class Metrics:
         self.in_flight = in_flight
         #: Set when a gateway runs in the same process: ``() -> GatewayStats``.
         self.gateway_stats: Callable[[], Any] | None = None
-        self._prices = {p.name: (p.cost_per_1k_input, p.cost_per_1k_output) for p in providers}
+        self._prices = {p.name: (p.cost_per_1k_input or 0.0, p.cost_per_1k_output or 0.0) for p in providers}
         self._providers = tuple(p.name for p in providers)
-        listed = [(*p.models, *((p.default_model,) if p.default_model else ())) for p in providers]
-        #: Models the configuration offers; None when some provider takes any name.
+        listed = [(p.model, *p.models) for p in providers]
+        #: Models the configuration offers by name; None when a pattern makes the names open-ended.
         self._offered: frozenset[str] | None = (
-            None if any(not names for names in listed) else frozenset(m for names in listed for m in names)
+            None if any(is_pattern(m) for names in listed for m in names)
+            else frozenset(m for names in listed for m in names)
         )
         self._sub: Subscription | None = None
         self._started: dict[str, int] = {}  # request id -> intake time (us)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
@@ -494,3 +495,28 @@ async def test_a_client_that_leaves_a_json_request_cancels_it() -> None:
         with trio.fail_after(10):  # far less than the mock's 30 s: the request was cancelled, not answered
             await until(cancelled)
         assert tree.router.in_flight == 0 and server.door.in_flight.count == 0
+
+
+async def test_a_tokens_chat_requests_spend_its_budget_and_a_typo_gets_the_closest_model() -> None:
+    from duckagents.costs import Budget
+
+    tokens = (TokenConfig(env="TOKEN_BOTH", name="both", budget=Budget(0.004, "day")),)
+    # $1 per 1,000 output tokens: each 8-character mock answer (2 tokens) costs $0.002.
+    priced = ProviderConfig(
+        name="mock", kind="mock", default_model="mock-1", cost_per_1k_input=0.0, cost_per_1k_output=1.0
+    )
+    config = attrs.evolve(mock_config(priced), gateway=GatewayConfig(tokens=tokens))
+    mock = MockProvider(replies=["abcdefgh"] * 3)
+    auth = {"authorization": f"Bearer {ENV['TOKEN_BOTH']}"}
+    async with running_door(config, environ=ENV, providers={"mock": mock}) as (tree, _, client):
+        answers = [
+            await client.post("/v1/chat/completions", json=chat_body("hi", max_tokens=2), headers=auth)
+            for _ in range(3)
+        ]
+        typo = await client.post("/v1/chat/completions", json=chat_body("hi", model="mock1"), headers=auth)
+        [spend] = await tree.router.spend()
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    refused = answers[2].json()["error"]
+    assert refused["type"] == "budget_exceeded" and "token:both" in refused["message"]
+    assert mock.calls == 2 and (spend.account, spend.spent) == ("token:both", 0.004)
+    assert typo.status_code == 404 and "(did you mean 'mock-1'?)" in typo.json()["error"]["message"]
