@@ -153,6 +153,11 @@ class GatewayError(DuckAgentsError):
     """The WebSocket gateway refused a message or a connection."""
 
 
+class GatewayUnreachable(GatewayError):
+    """The gateway could not be reached (refused, DNS, timeout), refused the handshake (401, 403, 503),
+    or went away; the message says which."""
+
+
 class Secret:
     """A secret string (API key, token) whose repr and str never show the value.
 

@@ -1,7 +1,7 @@
 """The WebSocket gateway: outside clients watch the signal stream and submit requests (docs/gateway.md)."""
 
 from ._auth import SCOPES, Gatekeeper, Principal, is_loopback_host, origin_allowed
-from ._client import ask, connect, format_signal, watch
+from ._client import ask, connect, format_event, format_signal, watch
 from ._outbox import SlowConsumer
 from ._protocol import PROTOCOL_VERSION, ErrorCode
 from ._server import Gateway, GatewayStats, open_gateway, serve_gateway
@@ -17,6 +17,7 @@ __all__ = [
     "SlowConsumer",
     "ask",
     "connect",
+    "format_event",
     "format_signal",
     "is_loopback_host",
     "open_gateway",

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import socket
 import sys
 import urllib.parse
+from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, TextIO
@@ -20,7 +22,7 @@ import trio_websocket
 from trio_websocket import WebSocketConnection
 
 from ..codec import signal_from_dict
-from ..errors import GatewayError, Secret, redact
+from ..errors import GatewayError, GatewayUnreachable, Secret, redact
 from ..signals import (
     ProgressEvent,
     ProviderChunk,
@@ -110,10 +112,40 @@ def _public(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
+def _why_unreachable(exc: BaseException, url: str) -> str:
+    """Why a connection attempt failed, from the exception and what caused it: DNS, refused, timeout."""
+    parts = urllib.parse.urlsplit(url)
+    where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'wss' else 80)}"
+    seen: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < 32:
+        current = todo.pop()
+        seen.append(current)
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+        if isinstance(current, BaseExceptionGroup):
+            todo += list(current.exceptions)
+    for cause in seen:
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve host {parts.hostname!r} (DNS: {cause.strerror or cause})"
+    for cause in seen:
+        if isinstance(cause, ConnectionRefusedError):
+            return (
+                f"connection refused: nothing listens on {where} (is `duckagents serve --gateway` running?)"
+            )
+    for cause in seen:
+        if isinstance(cause, trio.TooSlowError | trio_websocket.ConnectionTimeout):
+            return f"timed out after {CONNECT_TIMEOUT:g} s: {where} did not complete a WebSocket handshake"
+    for cause in seen:
+        if isinstance(cause, OSError):
+            return f"{where}: {cause.strerror or cause}"
+    return f"{where}: the WebSocket handshake failed ({type(exc).__name__}: {exc or 'no reason given'})"
+
+
 @asynccontextmanager
 async def connect(url: str, token: str | Secret | None = None) -> AsyncIterator[WebSocketConnection]:
     """Open a WebSocket to the gateway at ``url``; refusals and network failures become
-    :class:`~duckagents.errors.GatewayError` with a clear, token-free message."""
+    :class:`~duckagents.errors.GatewayUnreachable` with a clear, token-free message saying why (HTTP 401,
+    connection refused, DNS, timeout)."""
     secret = token.reveal() if isinstance(token, Secret) else token
     headers = [(b"Authorization", f"Bearer {secret}".encode())] if secret else []
     try:
@@ -122,14 +154,18 @@ async def connect(url: str, token: str | Secret | None = None) -> AsyncIterator[
         ) as ws:
             yield ws
     except trio_websocket.ConnectionRejected as exc:
-        hint = {401: " (missing or wrong token)", 403: " (origin not allowed)", 503: " (gateway full)"}
-        raise GatewayError(
+        hint = {
+            401: " (missing or wrong token: set the variable --token-env names, default DUCKAGENTS_TOKEN)",
+            403: " (origin not allowed)",
+            503: " (gateway full or shutting down)",
+        }
+        raise GatewayUnreachable(
             f"gateway at {_public(url)} refused the connection: HTTP {exc.status_code}"
-            f"{hint.get(exc.status_code, '')}"
+            f"{hint.get(exc.status_code, ' (is this a duckagents gateway?)')}"
         ) from None
     except (trio_websocket.HandshakeError, OSError, trio.TooSlowError) as exc:
-        message = redact(f"cannot connect to {_public(url)}: {type(exc).__name__} {exc}", [secret])
-        raise GatewayError(message) from None
+        message = redact(f"cannot connect to {_public(url)}: {_why_unreachable(exc, url)}", [secret])
+        raise GatewayUnreachable(message) from None
 
 
 async def watch(
@@ -191,6 +227,11 @@ async def watch(
     return printed
 
 
+#: Signals an ``ask(..., attempts=[...])`` holds while it does not know its request id yet.
+ATTEMPT_BUFFER = 4096
+_ATTEMPT_TYPES = ("provider_request", "provider_response", "provider_error")
+
+
 async def ask(
     url: str,
     prompt: str,
@@ -200,10 +241,16 @@ async def ask(
     request_timeout: float | None = None,
     options: dict[str, Any] | None = None,
     out: TextIO | None = None,
+    attempts: list[Signal] | None = None,
 ) -> ProviderResponse:
     """Submit one prompt through the gateway at ``url``, write the streamed answer to ``out`` as it
     arrives, and return the final response; a failed request raises its
-    :class:`~duckagents.errors.ProviderError`."""
+    :class:`~duckagents.errors.ProviderError`.
+
+    With ``attempts`` (a list), the client also subscribes to the attempt-level signals and appends those
+    of this request (subject ``<request id>#<k>``: each attempt's ``provider_request`` and terminal) to
+    it, complete when ``ask`` returns or raises the request's error (the ``ping`` barrier guarantees it).
+    """
     out = sys.stdout if out is None else out
     message: dict[str, Any] = {
         "type": "request",
@@ -216,26 +263,57 @@ async def ask(
         message["model"] = model
     if request_timeout is not None:  # the server-side deadline of the request, in seconds
         message["timeout"] = request_timeout
+    seen: deque[Signal] = deque(maxlen=ATTEMPT_BUFFER)
+    request_id: str | None = None
+    final: ProviderResponse | ProviderErrorData | None = None
+
+    def keep(signal: Signal) -> None:
+        if request_id is None:
+            seen.append(signal)  # before the ack: it may be ours
+        elif attempts is not None and (signal.subject or "").startswith(request_id + "#"):
+            attempts.append(signal)
+
     try:
         async with connect(url, token) as ws:
+            if attempts is not None:
+                subscribe = {"type": "subscribe", "id": "ask-attempts", "v": PROTOCOL_VERSION,
+                             "filter": {"types": list(_ATTEMPT_TYPES)}}
+                await ws.send_message(json.dumps(subscribe))
             await ws.send_message(json.dumps(message, allow_nan=False))
             while True:
                 frame = json.loads(await ws.get_message())
-                if frame.get("type") == "error":
+                kind = frame.get("type")
+                if kind == "error":
+                    what = "subscription" if frame.get("id") == "ask-attempts" else "request"
                     raise GatewayError(
-                        f"gateway refused the request: {frame.get('code')}: {frame.get('message')}"
+                        f"gateway refused the {what}: {frame.get('code')}: {frame.get('message')}"
                     )
-                if frame.get("type") != "signal" or frame.get("request") != "ask":
-                    continue
-                data = signal_from_dict(frame["event"]).data
-                if isinstance(data, ProviderChunk):
-                    out.write(data.delta)
-                    out.flush()
-                elif isinstance(data, ProviderResponse):
-                    return data
-                elif isinstance(data, ProviderErrorData):
-                    raise data.to_error()
+                if kind == "ack" and frame.get("id") == "ask":
+                    request_id = str(frame.get("request_id"))
+                    for signal in seen:
+                        keep(signal)
+                    seen.clear()
+                elif kind == "ack" and frame.get("id") == "ask-barrier":
+                    break
+                elif kind == "signal" and frame.get("subscription") == "ask-attempts":
+                    keep(signal_from_dict(frame["event"]))
+                elif kind == "signal" and frame.get("request") == "ask":
+                    data = signal_from_dict(frame["event"]).data
+                    if isinstance(data, ProviderChunk):
+                        out.write(data.delta)
+                        out.flush()
+                    elif isinstance(data, ProviderResponse | ProviderErrorData):
+                        final = data
+                        if attempts is None:
+                            break
+                        # Every attempt signal was published before the final: a ping is answered
+                        # after all of them reached this connection.
+                        await ws.send_message(json.dumps({"type": "ping", "id": "ask-barrier"}))
     except trio_websocket.ConnectionClosed as exc:
         reason = exc.reason
         detail = "" if reason is None else f": {reason.code} {reason.reason or reason.name}"
-        raise GatewayError(f"gateway closed the connection before the answer{detail}") from None
+        raise GatewayUnreachable(f"gateway closed the connection before the answer{detail}") from None
+    if isinstance(final, ProviderErrorData):
+        raise final.to_error()
+    assert final is not None
+    return final

@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import select
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-CLI = [sys.executable, "-m", "duckagents.cli"]
-# No stray config from the developer's shell; a port nothing listens on, so the Ollama probe fails fast.
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("DUCKAGENTS_")}
-
-
-def run(
-    *args: str, timeout: float = 60, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env or ENV, check=False
-    )
+from .support import Process, one_line_error, run, serve
 
 
 def test_ask_streams_the_mock_answer_with_no_config_and_no_keys() -> None:
@@ -32,9 +17,9 @@ def test_ask_streams_the_mock_answer_with_no_config_and_no_keys() -> None:
     assert "[mock/mock-1]" in result.stderr and "finish=stop" in result.stderr
 
 
-def test_ask_for_a_misspelt_model_exits_2_with_the_suggestion() -> None:
+def test_ask_for_a_misspelt_model_exits_3_with_the_suggestion() -> None:
     result = run("ask", "--model", "mock1", "hello", "-v")
-    assert result.returncode == 2
+    assert result.returncode == 3  # the request failed (no_provider)
     assert "[no_provider" in result.stderr and "did you mean 'mock-1'?" in result.stderr
     assert result.stdout.strip() == ""  # no other model answered in its place
 
@@ -49,21 +34,21 @@ def test_status_and_providers_print_tables() -> None:
     status = run("status")
     assert status.returncode == 0, status.stderr
     header, rule, row = status.stdout.splitlines()[:3]
-    assert header.split()[:3] == ["provider", "health", "breaker"] and set(rule) <= {"-", " "}
-    assert row.split()[:3] == ["mock", "1.00", "closed"]
+    assert header.split()[:4] == ["provider", "state", "health", "breaker"] and set(rule) <= {"-", " "}
+    assert row.split()[:4] == ["mock", "up", "1.00", "closed"]
     providers = run("providers")
     assert providers.returncode == 0, providers.stderr
     assert providers.stdout.splitlines()[2].split()[:2] == ["mock", "mock-1"]
 
 
-def test_failed_request_exits_2_with_the_error_kind(tmp_path: Path) -> None:
+def test_failed_request_exits_3_with_the_error_kind(tmp_path: Path) -> None:
     config = tmp_path / "failing.toml"
     config.write_text(
         '[router]\nmax_attempts = 1\n[[providers]]\nname = "flaky"\nkind = "mock"\n'
         'options = { failures = [{ kind = "upstream_5xx", count = 5 }] }\n'
     )
     result = run("--config", str(config), "ask", "hi")
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert "request failed" in result.stderr and "upstream_5xx" in result.stderr
 
 
@@ -77,73 +62,27 @@ def test_bad_config_exits_1_naming_the_key(tmp_path: Path) -> None:
     assert result.returncode == 1 and "not found" in result.stderr
 
 
-def _read_line_with(proc: subprocess.Popen[str], needle: str, timeout: float = 30) -> str:
-    assert proc.stdout is not None
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if ready:
-            line = proc.stdout.readline()
-            if needle in line:
-                return line
-            if not line and proc.poll() is not None:
-                break
-    raise AssertionError(f"no line containing {needle!r} (exit {proc.poll()})")
-
-
 def test_serve_gateway_watch_and_ask_see_each_other() -> None:
     """The README's three-terminal demo: serve --gateway, watch, and ask --url flowing by."""
-    serve = subprocess.Popen(
-        [*CLI, "serve", "--gateway", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
+    server, url = serve()
     try:
-        url = _read_line_with(serve, "gateway listening on").split()[-1]
-        watch = subprocess.Popen(
-            [
-                *CLI,
-                "watch",
-                "--url",
-                url,
-                "--type",
-                "provider_request",
-                "--type",
-                "provider_response",
-                "--limit",
-                "3",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=ENV,
-        )
+        types = ["--type", "provider_request", "--type", "provider_response"]
+        watch = Process(["watch", "--url", url, *types, "--limit", "2"])
         try:
-            deadline = time.monotonic() + 30
-            asked = None
-            # The watcher subscribes asynchronously: ask until it has seen three signals (usually once).
-            while watch.poll() is None and time.monotonic() < deadline:
-                asked = run("ask", "--url", url, "ducks in a row", "-v")
-                assert asked.returncode == 0, asked.stderr
-                time.sleep(0.3)
-            out, err = watch.communicate(timeout=10)
+            watch.line_with("watching", stderr=True)
+            asked = run("ask", "--url", url, "ducks in a row", "-v")
+            assert asked.returncode == 0, asked.stderr
+            assert "You said: ducks in a row" in asked.stdout
+            lines = watch.rest()
+            assert watch.stop() == 0
         finally:
-            watch.kill()
-        assert asked is not None and "You said: ducks in a row" in asked.stdout
-        assert watch.returncode == 0, err
-        lines = out.splitlines()
-        assert len(lines) == 3
-        assert any("provider_request" in line and "ducks in a row" in line for line in lines)
-        assert any("provider_response" in line for line in lines)
+            watch.stop(signal.SIGKILL)
+        # Each request once: its intake and its final result, not the attempt's own signals.
+        assert len(lines) == 2, lines
+        assert "provider_request" in lines[0] and "ducks in a row" in lines[0]
+        assert "provider_response" in lines[1] and "#" not in lines[1]
     finally:
-        serve.send_signal(signal.SIGINT)
-        try:
-            serve.wait(timeout=15)
-        finally:
-            serve.kill()
-    assert serve.returncode in (0, 130)
+        assert server.stop() in (0, 130)
 
 
 @pytest.mark.parametrize(
@@ -151,8 +90,9 @@ def test_serve_gateway_watch_and_ask_see_each_other() -> None:
 )
 def test_unreachable_gateway_is_a_clear_error(args: list[str]) -> None:
     result = run(*args)
-    assert result.returncode == 1
-    assert "cannot connect" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 4
+    assert "cannot connect" in result.stderr and "connection refused" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_pull_shows_progress_from_a_loopback_ollama(tmp_path: Path) -> None:
@@ -189,7 +129,7 @@ def test_pull_without_a_local_provider_is_a_clear_error() -> None:
 def test_serve_http_rejects_a_bad_address_with_a_usage_error(value: str, message: str) -> None:
     result = run("serve", f"--http={value}", timeout=30)
     assert result.returncode == 2
-    assert "--http" in result.stderr and message in result.stderr and "Traceback" not in result.stderr
+    assert "--http" in result.stderr and message in one_line_error(result)
 
 
 def test_serve_http_on_a_busy_port_says_so(tmp_path: Path) -> None:
@@ -201,32 +141,22 @@ def test_serve_http_on_a_busy_port_says_so(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         result = run("serve", "--http", f"127.0.0.1:{port}", timeout=30)
     assert result.returncode == 1
-    assert f"http: cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+    assert f"http: cannot listen on 127.0.0.1:{port}" in one_line_error(result)
 
 
 def test_serve_http_answers_curl_and_stops_on_sigint() -> None:
     import httpx
 
-    serve = subprocess.Popen(
-        [*CLI, "serve", "--http", "127.0.0.1:0", "--gateway", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
+    serve = Process(["serve", "--http", "127.0.0.1:0", "--gateway", "--port", "0"])
     try:
-        url = _read_line_with(serve, "http listening on").split()[-1]
+        url = serve.line_with("http listening on").split()[-1]
         assert url.startswith("http://127.0.0.1:")
-        _read_line_with(serve, "gateway listening on")
+        serve.line_with("gateway listening on")
         assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
         body = {"model": "mock-1", "messages": [{"role": "user", "content": "curl me"}]}
         answer = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=20).json()
         assert "You said: curl me" in answer["choices"][0]["message"]["content"]
         assert "duckagents_gateway_connections" in httpx.get(f"{url}/metrics").text
     finally:
-        serve.send_signal(signal.SIGINT)
-        try:
-            serve.wait(timeout=15)
-        finally:
-            serve.kill()
-    assert serve.returncode in (0, 130)
+        code = serve.stop()
+    assert code in (0, 130)

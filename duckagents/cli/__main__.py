@@ -1,0 +1,7 @@
+"""``python -m duckagents.cli``: the ``duckagents`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,219 @@
+"""``duckagents serve``: run the tree (and the WebSocket gateway, the HTTP front door) until interrupted.
+
+It prints each provider's health as soon as it is known, then only when it changes (state, breaker,
+reason), plus errors, supervisor events and progress as they happen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import errno
+import signal
+from contextlib import AsyncExitStack
+from typing import Any, TextIO
+
+import attrs
+import trio
+
+from ..bus import Overflow, SignalFilter
+from ..config import Config
+from ..signals import ProviderStatus
+from ._base import CommandError, Commands, ExitCode, port_number, resolve_config
+from ._status import health_state
+
+#: Signals ``serve`` prints besides provider health changes.
+_EVENTS = frozenset({"provider_error", "supervisor_event", "progress"})
+
+
+def add_commands(commands: Commands) -> None:
+    """``serve``."""
+    serve = commands.add(
+        "serve", run_serve, help="run the supervision tree (and the WebSocket gateway)",
+        description="Run the supervision tree until Ctrl-C. Prints each provider's health when it is first "
+        "known and whenever it changes, and errors, restarts and progress as they happen.",
+    )
+    serve.add_argument("--gateway", action="store_true", help="start the WebSocket gateway")
+    serve.add_argument("--host", default=None, help="gateway bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=port_number, default=None,
+                       help="gateway port, 0 to 65535; 0 picks a free one (default 8765)")
+    serve.add_argument(
+        "--http", type=http_address, default=None, metavar="[HOST:]PORT",
+        help="start the HTTP front door (OpenAI-compatible API, /healthz, /readyz, /metrics); "
+        "host default 127.0.0.1",
+    )
+
+
+def http_address(text: str) -> tuple[str | None, int]:
+    """``--http`` value ``[HOST:]PORT`` (IPv6 hosts in brackets) as (host or None, port)."""
+    usage = "expected [HOST:]PORT, e.g. 8080, 0.0.0.0:8080 or [::1]:8080"
+    text = text.strip()
+    host: str | None = None
+    port_text = text
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1 : end + 2] != ":":
+            raise argparse.ArgumentTypeError(f"invalid address {text!r}: {usage}")
+        host, port_text = text[1:end], text[end + 2 :]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif ":" in text:
+        raise argparse.ArgumentTypeError(f"invalid address {text!r}: IPv6 hosts go in brackets ({usage})")
+    if host is not None and (not host or any(c.isspace() for c in host)):
+        raise argparse.ArgumentTypeError(f"invalid host in {text!r}: {usage}")
+    if not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {port_text!r}: a port is 0 to 65535 ({usage})")
+    return host, int(port_text)
+
+
+async def run_serve(args: argparse.Namespace, out: TextIO) -> int:
+    """Run the tree (and the gateway) until interrupted."""
+    from ..app import open_router
+
+    config = await resolve_config(args)
+    if args.gateway or args.port is not None or args.host is not None:
+        if args.host is not None and not args.host.strip():
+            raise CommandError("--host must name an address, e.g. 127.0.0.1", ExitCode.USAGE)
+        gateway = attrs.evolve(
+            config.gateway,
+            enabled=True,
+            host=args.host or config.gateway.host,
+            port=config.gateway.port if args.port is None else args.port,
+        )
+        config = attrs.evolve(config, gateway=gateway)
+    if args.http is not None:
+        host, port = args.http
+        http = attrs.evolve(config.http, enabled=True, host=host or config.http.host, port=port)
+        config = attrs.evolve(config, http=http)
+    async with open_router(config) as router:
+        names = ", ".join(p.name for p in config.providers)
+        out.write(f"duckagents serving providers: {names}\n")
+        out.flush()
+        watched = SignalFilter(types=_EVENTS | {ProviderStatus.TYPE})
+        # Subscribed before the first statuses are read, so no change falls between the two.
+        with router.bus.subscribe(watched, buffer=256, overflow=Overflow.DROP_OLDEST) as signals:
+            health = HealthLines(out)
+            for status in await router.status():
+                health.show(status)
+            async with AsyncExitStack() as doors:
+                front_door = None
+                # The front door first: its metrics count from the bus before any client can send a request.
+                if config.http.enabled:
+                    front_door = await doors.enter_async_context(_http_door()(router, config))
+                    out.write(f"http listening on {front_door.url}\n")
+                if config.gateway.enabled:
+                    gw = await _open_gateway(doors, router, config)
+                    if front_door is not None:
+                        front_door.metrics.gateway_stats = gw.stats
+                    out.write(f"gateway listening on {gw.url}\n")
+                out.flush()
+                interrupted = await _until_interrupted(signals, health, out)
+    return ExitCode.INTERRUPTED if interrupted else ExitCode.OK
+
+
+async def _until_interrupted(signals: Any, health: HealthLines, out: TextIO) -> bool:
+    """Print events until Ctrl-C (True), or until the bus closes (False).
+
+    SIGINT is taken as a signal here rather than as a KeyboardInterrupt: that exception lands in
+    whichever task runs when the signal comes, and a server framework's request task may swallow it
+    (hypercorn logs and drops it), which would leave the process running. Leaving normally lets the
+    doors drain and the tree answer every request still open; a second Ctrl-C, after this returned,
+    interrupts at once.
+    """
+    interrupted = False
+    with trio.open_signal_receiver(signal.SIGINT) as received:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                nonlocal interrupted
+                async for _ in received:
+                    interrupted = True
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+            await _print_events(signals, health, out)
+            nursery.cancel_scope.cancel()
+    return interrupted
+
+
+def _http_door() -> Any:
+    """``duckagents.http.open_http``, or a clear error when the ``server`` extra is not installed."""
+    try:
+        from ..http import open_http
+    except ImportError as exc:
+        raise CommandError(
+            f"the HTTP front door needs the server extra (missing {exc.name}): "
+            "pip install 'duckagents[server]'"
+        ) from None
+    return open_http
+
+
+async def _open_gateway(doors: AsyncExitStack, router: Any, config: Config) -> Any:
+    """The gateway, open in ``doors``; failing to listen is a one-line error (busy port...)."""
+    from ..gateway import open_gateway
+
+    where = config.gateway
+    try:
+        return await doors.enter_async_context(open_gateway(router, where, limits=config.validation))
+    except OSError as exc:
+        raise _listen_error(exc, where.host, where.port) from None
+    except BaseExceptionGroup as group:
+        match, _ = group.split(OSError)
+        if match is None:
+            raise
+        raise _listen_error(_first(match), where.host, where.port) from None
+
+
+def _first(group: BaseExceptionGroup[Any]) -> BaseException:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
+
+
+def _listen_error(exc: BaseException, host: str, port: int) -> CommandError:
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return CommandError(
+            f"cannot listen on {host}:{port}: the address is already in use (another server? choose another "
+            "--port, or 0 for any free one)"
+        )
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRNOTAVAIL:
+        return CommandError(f"cannot listen on {host}:{port}: {host} is not an address of this machine")
+    if isinstance(exc, OSError) and exc.errno == errno.EACCES:
+        return CommandError(f"cannot listen on {host}:{port}: permission denied (ports below 1024 need root)")
+    return CommandError(f"cannot listen on {host}:{port}: {exc}")
+
+
+class HealthLines:
+    """Prints a provider's health when first seen and then only when it changes."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.last: dict[str, tuple[str, str, str]] = {}
+
+    def show(self, status: ProviderStatus) -> None:
+        """Print ``status`` if it says something new about its provider."""
+        state, reason = health_state(status)
+        key = (state, reason, status.breaker_state)
+        if self.last.get(status.provider) == key:
+            return
+        self.last[status.provider] = key
+        because = f": {reason}" if reason else ""
+        when = _dt.datetime.now(_dt.UTC).strftime("%H:%M:%S")
+        self.out.write(
+            f"{when} {status.provider} {state}{because} (health {status.health:.2f}, "
+            f"breaker {status.breaker_state})\n"
+        )
+        self.out.flush()
+
+
+async def _print_events(signals: Any, health: HealthLines, out: TextIO) -> None:
+    from ..gateway import format_signal
+
+    async for event in signals:
+        if isinstance(event.data, ProviderStatus):
+            health.show(event.data)
+        else:
+            out.write(format_signal(event) + "\n")
+            out.flush()
