@@ -5,13 +5,20 @@ API keys are never in the file: a provider names the environment variable that h
 
 A provider's ``limits`` and ``breaker`` tables structure directly into the resilience types they
 configure (:class:`~duckagents.resilience.RateLimits`, :class:`~duckagents.resilience.BreakerConfig`);
-the limits are written per minute in the file (``requests_per_minute``, ``tokens_per_minute``).
+the limits are written per minute in the file (``requests_per_minute``, ``tokens_per_minute``). A provider's
+``options`` table is checked against its kind's schema (:data:`PROVIDER_OPTIONS`). A provider whose
+``api_key_env`` variable is not set is disabled (shown as down, with the reason), not fatal.
 
 Model routing (docs/routing.md): a provider serves the models its ``models`` list matches (glob patterns;
 ``["*"]`` for any name) plus its default model; ``[models."name"]`` tables give a model its fallback
 chains and its price; ``[router] default_model`` names the model of requests that name none. The chains
 are checked when the config is loaded: every model they name must be served, and they must not loop or
 run deeper than ``[router] max_fallbacks``.
+
+:func:`parse_config` rejects, each with the path of the offending key: unknown keys anywhere (with the
+closest known key as a suggestion), non-finite numbers (TOML has ``nan`` and ``inf``), and values out of
+range (negative durations, a port above 65535, an empty provider name...). Every table and key is
+documented in docs/configuration.md (a test walks :func:`tables` to keep it so).
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ import fnmatch
 import math
 import os
 import tomllib
+import types
+import typing
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,14 +66,46 @@ DEFAULT_MODELS: dict[str, str] = {
 OFFICIAL_HOST_KINDS = frozenset({"openai", "anthropic"})
 
 
+# --- validators: one message style, "<key> must be ..., got <value>"; NaN fails every range check ---------
+
+
 def _positive(_: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not value > 0:  # written so that NaN fails too
-        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{attribute.name} must be a finite number > 0, got {value!r}")
 
 
 def _non_negative(_: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not value >= 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+    if value is not None and not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
+
+
+def _port(_: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError(f"{attribute.name} must be a TCP port from 0 to 65535, got {value!r}")
+
+
+def _host(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
+        raise ValueError(f"{attribute.name} must be a host name or address, got {value!r}")
+
+
+#: Longest provider name (it appears in signals, subjects and metric labels).
+MAX_NAME_LENGTH = 128
+
+
+def _name(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{attribute.name} must not be empty")
+    if value != value.strip() or len(value) > MAX_NAME_LENGTH or not value.isprintable():
+        raise ValueError(
+            f"{attribute.name} must be printable, without spaces around it, at most {MAX_NAME_LENGTH} "
+            f"characters; got {value!r}"
+        )
+
+
+def _non_empty(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ValueError(f"{attribute.name} must not be empty")
 
 
 def _model_names(_: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
@@ -103,8 +144,19 @@ def _structure_limits(value: Any, _: Any) -> RateLimits:
     return RateLimits(**fields, period=60.0)
 
 
+def _unstructure_limits(limits: RateLimits) -> dict[str, Any]:
+    per_minute = 60.0 / limits.period
+    out = {}
+    for key, field in PER_MINUTE_LIMITS.items():
+        value = getattr(limits, field)
+        if value is not None:
+            out[key] = round(value * per_minute)
+    return out
+
+
 # The file spells limits per minute; the agent uses them as the RateLimits they are.
 converter.register_structure_hook(RateLimits, _structure_limits)
+converter.register_unstructure_hook(RateLimits, _unstructure_limits)
 # The routing tables reject keys they do not know (a misspelt ``perod`` must not silently mean a month).
 for _strict in (Budget, ModelPrice):
     converter.register_structure_hook(
@@ -112,18 +164,125 @@ for _strict in (Budget, ModelPrice):
     )
 
 
+# --- a provider's options, per kind -----------------------------------------------------------------
+
+
+@attrs.frozen
+class OpenAIOptions:
+    """``options`` of a ``kind = "openai"`` provider (and OpenAI-compatible servers)."""
+
+    #: Sent as the ``OpenAI-Organization`` header.
+    organization: str | None = None
+    #: Sent as the ``OpenAI-Project`` header.
+    project: str | None = None
+    #: Ask for token usage at the end of a stream (``stream_options.include_usage``); some compatible
+    #: servers reject it.
+    stream_usage: bool = True
+
+
+@attrs.frozen
+class AnthropicOptions:
+    """``options`` of a ``kind = "anthropic"`` provider."""
+
+    #: The ``anthropic-version`` header.
+    api_version: str = "2023-06-01"
+    #: ``max_tokens`` sent when a request sets none (the API requires one); default: the model's maximum.
+    default_max_tokens: int | None = attrs.field(default=None, validator=_positive)
+    #: Caps the context window the agent enforces (fail fast or trim), e.g. to bound cost.
+    context_window: int | None = attrs.field(default=None, validator=_positive)
+
+
+def _keep_alive(_: Any, attribute: attrs.Attribute[Any], value: str | float | None) -> None:
+    if isinstance(value, bool) or not (value is None or isinstance(value, str | int | float)):
+        raise TypeError(f"{attribute.name} must be a duration like \"5m\" or a number of seconds")
+    if isinstance(value, int | float) and not math.isfinite(value):
+        raise ValueError(f"{attribute.name} must be finite, got {value!r}")
+
+
+@attrs.frozen
+class OllamaOptions:
+    """``options`` of a ``kind = "ollama"`` provider (a local model server)."""
+
+    #: Pull a missing model when a request needs it (with progress signals), then retry once.
+    auto_pull: bool = False
+    #: Seconds between two polls of the loaded models (``/api/ps``).
+    ps_interval: float = attrs.field(default=15.0, validator=_positive)
+    #: How long Ollama keeps a model loaded after a request: ``"5m"``, seconds, or ``-1`` for ever.
+    keep_alive: Any = attrs.field(default=None, validator=_keep_alive)  # str | float | None
+    #: Context window Ollama allocates per request (``options.num_ctx``); default: the model's.
+    num_ctx: int | None = attrs.field(default=None, validator=_positive)
+
+
+@attrs.frozen
+class TGIOptions:
+    """``options`` of a ``kind = "tgi"`` provider: none (its limits come from the server's ``/info``)."""
+
+
+#: The schema of each kind's ``options`` table. ``mock`` is registered by the providers layer
+#: (:class:`~duckagents.providers.MockOptions`, see :func:`register_options`), which sits above this module.
+PROVIDER_OPTIONS: dict[str, type[Any]] = {
+    "openai": OpenAIOptions,
+    "anthropic": AnthropicOptions,
+    "ollama": OllamaOptions,
+    "tgi": TGIOptions,
+}
+#: Checks of a kind's options beyond structuring into its schema (e.g. the mock's feature names).
+_OPTION_CHECKS: dict[str, Callable[[Mapping[str, Any]], None]] = {}
+
+
+def register_options(
+    kind: str, schema: type[Any], check: Callable[[Mapping[str, Any]], None] | None = None
+) -> None:
+    """Check the ``options`` of providers of ``kind`` against ``schema`` (an attrs class: unknown keys,
+    types, its validators), and with ``check`` instead of structuring when given (it raises ``ValueError``
+    or ``TypeError``)."""
+    PROVIDER_OPTIONS[kind] = schema
+    if check is not None:
+        _OPTION_CHECKS[kind] = check
+
+
+def check_options(kind: str, options: Any) -> None:
+    """Raise ``ValueError`` / ``TypeError`` (or a cattrs validation error) when ``options`` does not fit
+    ``kind``'s schema; paths in the message are relative to the options table (``@ $.latency``)."""
+    if not isinstance(options, Mapping):
+        raise TypeError(f"expected a table, got {type(options).__name__}")
+    schema = PROVIDER_OPTIONS.get(kind)
+    if schema is None:
+        return
+    problems = unknown_keys(options, schema, "")
+    if problems:
+        raise ValueError("; ".join(problems))
+    check = _OPTION_CHECKS.get(kind)
+    if check is not None:
+        check(options)
+    else:
+        converter.structure(dict(options), schema)
+
+
+def _check_options(instance: Any, _: attrs.Attribute[Any], value: dict[str, Any]) -> None:
+    try:
+        check_options(instance.kind, value)
+    except cattrs.BaseValidationError as exc:
+        raise ValueError(f"options: {describe_error(exc)}") from None
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"options: {exc}") from None
+
+
+# --- the configuration ----------------------------------------------------------------------------
+
+
 @attrs.frozen
 class ProviderConfig:
     """One provider agent."""
 
-    name: str
+    name: str = attrs.field(validator=_name)
     kind: ProviderKind
-    base_url: str | None = None
-    api_key_env: str | None = None
+    base_url: str | None = attrs.field(default=None, validator=_non_empty)
+    api_key_env: str | None = attrs.field(default=None, validator=_non_empty)
     #: The models it serves besides its default model: names or glob patterns (``"gpt-4o*"``);
     #: ``["*"]`` serves any name. Empty: the default model only.
     models: tuple[str, ...] = attrs.field(default=(), validator=_model_names)
-    default_model: str | None = None
+    default_model: str | None = attrs.field(default=None, validator=_non_empty)
     priority: int = 0
     #: Share of the traffic under ``round_robin`` (weighted): 2 gets twice the requests of 1.
     weight: float = attrs.field(default=1.0, validator=_positive)
@@ -145,8 +304,8 @@ class ProviderConfig:
     first_chunk_timeout: float = attrs.field(default=60.0, validator=_positive)
     #: A stream silent this many seconds between two chunks fails with ``timeout`` (``partial``).
     idle_chunk_timeout: float = attrs.field(default=30.0, validator=_positive)
-    #: Provider-specific extras (e.g. the mock's scripted behaviour).
-    options: dict[str, Any] = attrs.field(factory=dict)
+    #: Provider-specific extras, checked against the kind's schema (:data:`PROVIDER_OPTIONS`).
+    options: dict[str, Any] = attrs.field(factory=dict, validator=_check_options)
 
     @property
     def url(self) -> str:
@@ -176,6 +335,14 @@ class ProviderConfig:
         """Does this provider serve ``model``: its default model, or one its ``models`` match?"""
         return model == self.model or any(fnmatch.fnmatchcase(model, p) for p in self.models)
 
+    def missing_key(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """Why this provider cannot start for want of its API key (``"OPENAI_API_KEY is not set"``), or
+        None when it has its key or needs none."""
+        if not self.api_key_env:
+            return None
+        env = os.environ if environ is None else environ
+        return None if env.get(self.api_key_env) else f"{self.api_key_env} is not set"
+
     def api_key(self, environ: Mapping[str, str] | None = None) -> Secret | None:
         """The API key from the environment variable named by ``api_key_env``.
 
@@ -183,13 +350,11 @@ class ProviderConfig:
         """
         if not self.api_key_env:
             return None
+        missing = self.missing_key(environ)
+        if missing:
+            raise ConfigError(f"provider {self.name!r}: {missing} (api_key_env)")
         env = os.environ if environ is None else environ
-        value = env.get(self.api_key_env)
-        if not value:
-            raise ConfigError(
-                f"provider {self.name!r}: environment variable {self.api_key_env} (api_key_env) is not set"
-            )
-        return Secret(value)
+        return Secret(env[self.api_key_env])
 
 
 @attrs.frozen
@@ -224,8 +389,8 @@ class RouterConfig:
     strategy: StrategyName = "priority"
     #: Attempts per model of a request (a fallback model gets as many again).
     max_attempts: int = attrs.field(default=3, validator=_positive)
-    backoff_initial: float = 0.05
-    backoff_max: float = 2.0
+    backoff_initial: float = attrs.field(default=0.05, validator=_non_negative)
+    backoff_max: float = attrs.field(default=2.0, validator=_non_negative)
     request_timeout: float = attrs.field(default=120.0, validator=_positive)
     #: The longest wait an upstream may impose (``retry-after``, rate-limit reset headers): longer hints
     #: are clamped to it, NaN, infinite or negative ones ignored.
@@ -235,6 +400,13 @@ class RouterConfig:
     default_model: str | None = None
     #: Fallback models one request may go through at most; deeper chains are refused at load.
     max_fallbacks: int = attrs.field(default=5, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.backoff_initial > self.backoff_max:
+            raise ValueError(
+                f"backoff_initial ({self.backoff_initial:g}) must not exceed "
+                f"backoff_max ({self.backoff_max:g})"
+            )
 
 
 @attrs.frozen
@@ -256,6 +428,11 @@ class SupervisionConfig:
     agent_backoff_max: float = attrs.field(default=5.0, validator=_non_negative)
 
 
+def _scopes(_: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    if not value:
+        raise ValueError(f"{attribute.name} must name at least one of subscribe, request")
+
+
 @attrs.frozen
 class TokenConfig:
     """A gateway bearer token, read from ``env``; ``scopes`` are ``subscribe`` and/or ``request``.
@@ -264,9 +441,11 @@ class TokenConfig:
     and what its ``budget`` is counted against; the token itself never appears anywhere.
     """
 
-    env: str
-    scopes: tuple[Literal["subscribe", "request"], ...] = ("subscribe", "request")
-    name: str | None = None
+    env: str = attrs.field(validator=_name)
+    scopes: tuple[Literal["subscribe", "request"], ...] = attrs.field(
+        default=("subscribe", "request"), validator=_scopes
+    )
+    name: str | None = attrs.field(default=None, validator=_non_empty)
     budget: Budget | None = None
 
     @property
@@ -280,8 +459,8 @@ class GatewayConfig:
     """The optional WebSocket gateway."""
 
     enabled: bool = False
-    host: str = "127.0.0.1"
-    port: int = 8765
+    host: str = attrs.field(default="127.0.0.1", validator=_host)
+    port: int = attrs.field(default=8765, validator=_port)
     tokens: tuple[TokenConfig, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     max_connections: int = attrs.field(default=1000, validator=_positive)
@@ -312,16 +491,6 @@ class GatewayConfig:
             raise ValueError(f"gateway tokens: duplicate token names: {', '.join(dupes)}")
 
 
-def _host(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
-    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
-        raise ValueError(f"{attribute.name} must be a host name or address, got {value!r}")
-
-
-def _port(_: Any, attribute: attrs.Attribute[Any], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
-        raise ValueError(f"{attribute.name} must be a TCP port from 0 to 65535, got {value!r}")
-
-
 @attrs.frozen
 class HttpConfig:
     """The optional HTTP front door: OpenAI-compatible API, health checks, Prometheus metrics.
@@ -339,11 +508,6 @@ class HttpConfig:
     max_in_flight: int = attrs.field(default=1024, validator=_positive)
     #: Seconds an idle keep-alive connection stays open.
     keep_alive_timeout: float = attrs.field(default=5.0, validator=_positive)
-
-    def __attrs_post_init__(self) -> None:
-        for name in ("body_timeout", "keep_alive_timeout"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be a finite number of seconds")
 
 
 @attrs.frozen
@@ -449,33 +613,169 @@ def _check_chains(graph: Mapping[str, list[str]], limit: int) -> None:
         visit(model)
 
 
+# --- the file's tables and keys, for checking and for the docs -------------------------------------
+
+#: Tables whose keys in the file are not their class's field names.
+_FILE_KEYS: dict[type[Any], dict[str, Any]] = {
+    RateLimits: {key: int | None for key in PER_MINUTE_LIMITS},
+}
+
+
+def file_keys(cls: type[Any]) -> dict[str, Any]:
+    """The keys of ``cls``'s table in the file, with their (resolved) types."""
+    if cls in _FILE_KEYS:
+        return _FILE_KEYS[cls]
+    attrs.resolve_types(cls)
+    return {f.name: f.type for f in attrs.fields(cls)}
+
+
+def _attrs_in(type_: Any) -> type[Any] | None:
+    """The attrs class a table of this type structures into (``X``, ``X | None``), or None."""
+    if attrs.has(type_):
+        return type_  # type: ignore[no-any-return]
+    if typing.get_origin(type_) in (typing.Union, types.UnionType):
+        found = [a for a in typing.get_args(type_) if attrs.has(a)]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+def _array_of(type_: Any) -> type[Any] | None:
+    """The attrs class of an array of tables (``tuple[X, ...]``, ``tuple[str | X, ...]``), or None."""
+    if typing.get_origin(type_) in (tuple, list) and typing.get_args(type_):
+        return _attrs_in(typing.get_args(type_)[0])
+    return None
+
+
+def _table_per_name(type_: Any) -> type[Any] | None:
+    """The attrs class of a table of tables by name (``dict[str, X]``, e.g. ``[models."name"]``), or None."""
+    if typing.get_origin(type_) is dict and len(typing.get_args(type_)) == 2:
+        return _attrs_in(typing.get_args(type_)[1])
+    return None
+
+
+def _unknown(key: str, known: Mapping[str, Any], path: str) -> str:
+    if known:
+        hint = did_you_mean(key, known) or f" (the keys here: {', '.join(known)})"
+    else:
+        hint = " (this table takes no keys)"
+    return f"unknown key {key!r}{hint} @ {path or '$'}"
+
+
+def unknown_keys(value: Any, cls: type[Any], path: str = "$") -> list[str]:
+    """Every key in ``value`` (a table for ``cls``) or in the tables under it that ``cls`` does not know,
+    each as ``unknown key 'x' (did you mean 'y'?) @ $.path``. Values of the wrong type are left to
+    structuring, which names them."""
+    if not isinstance(value, Mapping):
+        return []
+    known = file_keys(cls)
+    problems = [_unknown(str(key), known, path) for key in value if key not in known]
+    for key, type_ in known.items():
+        if key not in value:
+            continue
+        child, where = value[key], f"{path}.{key}"
+        if cls is ProviderConfig and key == "options":
+            schema = PROVIDER_OPTIONS.get(str(value.get("kind")))
+            if schema is not None:
+                problems += unknown_keys(child, schema, where)
+        elif (table := _attrs_in(type_)) is not None:
+            problems += unknown_keys(child, table, where)
+        elif (item := _array_of(type_)) is not None and isinstance(child, list):
+            for index, element in enumerate(child):
+                problems += unknown_keys(element, item, f"{where}[{index}]")
+        elif (named := _table_per_name(type_)) is not None and isinstance(child, Mapping):
+            for name, element in child.items():
+                problems += unknown_keys(element, named, f"{where}.{name}")
+    return problems
+
+
+def _non_finite(value: Any, path: str = "$") -> list[str]:
+    """Every ``nan`` / ``inf`` in the data (TOML has both), with its path."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"must be a finite number, got {value!r} @ {path}"]
+    if isinstance(value, Mapping):
+        return [p for k, v in value.items() for p in _non_finite(v, f"{path}.{k}")]
+    if isinstance(value, list | tuple):
+        return [p for i, v in enumerate(value) for p in _non_finite(v, f"{path}[{i}]")]
+    return []
+
+
+@attrs.frozen
+class Table:
+    """One table of the config file, for documentation: its TOML header and the class of its keys."""
+
+    #: ``"top level"``, ``"[router]"``, ``"[[providers]]"``, ``"[providers.limits]"``,
+    #: ``"[providers.options]"`` (with ``kind``), ``"[[providers.options.failures]]"`` ...
+    header: str
+    cls: type[Any]
+    #: For ``[providers.options]`` and the tables under it: the provider kind they belong to.
+    kind: str | None = None
+
+    @property
+    def keys(self) -> dict[str, Any]:
+        """The table's keys and their types."""
+        return file_keys(self.cls)
+
+
+def tables() -> Iterator[Table]:
+    """Every table of the file, top level first (what docs/configuration.md documents)."""
+    yield Table("top level", Config)
+    yield from _tables_under(Config, "", None)
+
+
+def _tables_under(cls: type[Any], prefix: str, kind: str | None) -> Iterator[Table]:
+    for key, type_ in file_keys(cls).items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if cls is ProviderConfig and key == "options":
+            for option_kind, schema in PROVIDER_OPTIONS.items():
+                yield Table(f"[{dotted}]", schema, option_kind)
+                yield from _tables_under(schema, dotted, option_kind)
+        elif (table := _attrs_in(type_)) is not None:
+            yield Table(f"[{dotted}]", table, kind)
+            yield from _tables_under(table, dotted, kind)
+        elif (item := _array_of(type_)) is not None:
+            yield Table(f"[[{dotted}]]", item, kind)
+            yield from _tables_under(item, dotted, kind)
+        elif (named := _table_per_name(type_)) is not None:
+            yield Table(f'[{dotted}."NAME"]', named, kind)
+            yield from _tables_under(named, f'{dotted}."NAME"', kind)
+
+
+# --- reading ----------------------------------------------------------------------------------------
+
+
+def _option_problems(data: Mapping[str, Any]) -> list[str]:
+    """What is wrong in each provider's ``options``, with paths from the top of the file."""
+    providers = data.get("providers")
+    if not isinstance(providers, list):
+        return []
+    problems = []
+    for index, entry in enumerate(providers):
+        if not isinstance(entry, Mapping) or "options" not in entry:
+            continue
+        where = f"$.providers[{index}].options"
+        try:
+            check_options(str(entry.get("kind")), entry["options"])
+        except cattrs.BaseValidationError as exc:
+            problems.append(_rebased(describe_error(exc), where))
+        except (ValueError, TypeError) as exc:
+            problems.append(_rebased(str(exc), where))
+    return problems
+
+
+def _rebased(message: str, where: str) -> str:
+    """``message`` with its ``@ $...`` paths made relative to ``where``, or ``@ where`` appended."""
+    if " @ $" not in message:
+        return f"{message} @ {where}"
+    return message.replace(" @ $", f" @ {where}")
+
+
 def parse_config(data: Mapping[str, Any]) -> Config:
-    """Structure a mapping (e.g. parsed TOML) into a :class:`Config`; raises :class:`ConfigError`."""
-    if "providers" in data and isinstance(data["providers"], list):
-        for index, entry in enumerate(data["providers"]):
-            if isinstance(entry, dict):
-                unknown = set(entry) - set(attrs.fields_dict(ProviderConfig))
-                if unknown:
-                    raise ConfigError(f"providers[{index}]: unknown key(s) {', '.join(sorted(unknown))}")
-    http = data.get("http")
-    if isinstance(http, dict):
-        unknown = set(http) - set(attrs.fields_dict(HttpConfig))
-        if unknown:
-            raise ConfigError(f"http: unknown key(s) {', '.join(sorted(unknown))}")
-    unknown_top = set(data) - set(attrs.fields_dict(Config))
-    if unknown_top:
-        raise ConfigError(f"unknown top-level key(s): {', '.join(sorted(unknown_top))}")
-    models = data.get("models")
-    if isinstance(models, Mapping):
-        keys = list(attrs.fields_dict(ModelConfig))
-        for model, entry in models.items():
-            if isinstance(entry, Mapping):
-                for key in entry:
-                    if key not in keys:
-                        raise ConfigError(
-                            f"models.{model!r}: unknown key {key!r}{did_you_mean(key, keys)}; "
-                            f"the keys are {', '.join(keys)}"
-                        )
+    """Structure a mapping (e.g. parsed TOML) into a :class:`Config`; raises :class:`ConfigError` naming
+    every unknown key (with a suggestion), every non-finite number, or the first invalid value."""
+    problems = unknown_keys(data, Config) + _non_finite(data)
+    problems = problems or _option_problems(data)
+    if problems:
+        raise ConfigError("; ".join(problems))
     try:
         return converter.structure(dict(data), Config)
     except cattrs.BaseValidationError as exc:

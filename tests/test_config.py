@@ -68,8 +68,11 @@ def test_api_key_comes_from_the_named_environment_variable() -> None:
         ({"providers": [{"name": "a", "kind": "nope"}]}, "providers[0].kind"),
         ({"providers": [{"name": "a", "kind": "mock", "limits": {"requests_per_minute": 0}}]}, "> 0"),
         ({"providers": [{"kind": "mock"}]}, "required field missing @ $.providers[0].name"),
-        ({"providers": [{"name": "a", "kind": "mock", "modle": "x"}]}, "unknown key(s) modle"),
-        ({"provider": []}, "unknown top-level key(s): provider"),
+        (
+            {"providers": [{"name": "a", "kind": "mock", "modle": "x"}]},
+            "unknown key 'modle' (did you mean 'models'?) @ $.providers[0]",
+        ),
+        ({"provider": []}, "unknown key 'provider' (did you mean 'providers'?) @ $"),
         ({"providers": [{"name": "a", "kind": "mock"}, {"name": "a", "kind": "mock"}]}, "duplicate"),
         ({"router": {"strategy": "fastest"}}, "router.strategy"),
         (
@@ -86,7 +89,7 @@ def test_api_key_comes_from_the_named_environment_variable() -> None:
         ),
         (
             {"providers": [{"name": "a", "kind": "mock", "limits": {"requests": 5}}]},
-            "unknown key(s) requests; the keys are requests_per_minute and tokens_per_minute"
+            "unknown key 'requests' (the keys here: requests_per_minute, tokens_per_minute)"
             " @ $.providers[0].limits",
         ),
         (
@@ -99,7 +102,7 @@ def test_api_key_comes_from_the_named_environment_variable() -> None:
         ),
         (
             {"providers": [{"name": "a", "kind": "mock", "breaker": {"open_timeout": -1}}]},
-            "open_timeout must be >= 0, got -1.0",
+            "open_timeout must be >= 0, got -1.0 @ $.providers[0].breaker",
         ),
         (
             {"providers": [{"name": "a", "kind": "mock", "breaker": {"tripping_kinds": ["oops"]}}]},
@@ -162,10 +165,11 @@ def test_http_section_is_structured_and_checked() -> None:
         ({"port": -1}, "port must be a TCP port"),
         ({"port": "80"}, "port"),
         ({"host": ""}, "host must be a host name"),
-        ({"body_timeout": float("nan")}, "body_timeout must be > 0, got nan"),
-        ({"keep_alive_timeout": float("inf")}, "keep_alive_timeout must be a finite number"),
-        ({"max_in_flight": 0}, "max_in_flight must be > 0"),
-        ({"prot": 80}, "http: unknown key(s) prot"),
+        ({"body_timeout": float("nan")}, "must be a finite number, got nan @ $.http.body_timeout"),
+        ({"keep_alive_timeout": float("inf")}, "must be a finite number, got inf @ $.http.keep_alive_timeout"),
+        ({"body_timeout": -1}, "body_timeout must be a finite number > 0, got -1"),
+        ({"max_in_flight": 0}, "max_in_flight must be a finite number > 0"),
+        ({"prot": 80}, "unknown key 'prot' (did you mean 'port'?) @ $.http"),
     ):
         with pytest.raises(ConfigError, match=re.escape(message)):
             parse_config({"http": bad})
@@ -274,7 +278,7 @@ def test_kind_default_models_are_the_providers_own() -> None:
          '[models."claude-sonnet-4-6"]\nfallbacks = ["mock-1"]',
          "models.'gpt-4o-mini': its fallback chains go 2 models deep; router.max_fallbacks is 1"),
         ('[models."gpt-4o-mini"]\nfallback = ["mock-1"]',
-         "models.'gpt-4o-mini': unknown key 'fallback' (did you mean 'fallbacks'?)"),
+         "unknown key 'fallback' (did you mean 'fallbacks'?) @ $.models.gpt-4o-mini"),
         ('[models."gpt-5"]\nprice = { input = 1 }', "models.'gpt-5': no provider serves model 'gpt-5'"),
         ('[models."gpt-4o-mini"]\nprice = { input = 1, ouput = 2 }', "ouput"),
         ('[models."gpt-4o-mini"]\nprice = { input = -1 }', "input must be >= 0"),
@@ -300,9 +304,9 @@ def test_routing_mistakes_are_refused_at_load(extra: str, message: str) -> None:
         ({"budget": {"usd": 5, "perod": "day"}}, "perod"),
         ({"budget": {"usd": 5, "period": "week"}}, "budget.period"),
         ({"budget": {"usd": 0}}, "usd must be > 0"),
-        ({"weight": 0}, "weight must be > 0"),
-        ({"first_chunk_timeout": -1}, "first_chunk_timeout must be > 0"),
-        ({"cost_per_1k_input": -0.1}, "cost_per_1k_input must be >= 0"),
+        ({"weight": 0}, "weight must be a finite number > 0"),
+        ({"first_chunk_timeout": -1}, "first_chunk_timeout must be a finite number > 0"),
+        ({"cost_per_1k_input": -0.1}, "cost_per_1k_input must be a finite number >= 0"),
         ({"models": [""]}, "a model name must not be empty"),
     ],
 )
@@ -333,3 +337,170 @@ def test_the_official_host_is_the_vendors_own() -> None:
     assert ProviderConfig(name="a", kind="anthropic").official_host
     assert not ProviderConfig(name="a", kind="anthropic", base_url="https://proxy.example/v1").official_host
     assert not ProviderConfig(name="l", kind="ollama").official_host
+def _provider(**fields: object) -> dict[str, object]:
+    return {"providers": [{"name": "p", "kind": "mock", **fields}]}
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ({"routr": {}}, "unknown key 'routr' (did you mean 'router'?) @ $"),
+        (
+            {"router": {"max_attempt": 2}},
+            "unknown key 'max_attempt' (did you mean 'max_attempts'?) @ $.router",
+        ),
+        ({"router": {"stratgy": "cheapest"}}, "unknown key 'stratgy' (did you mean 'strategy'?) @ $.router"),
+        ({"gateway": {"prot": 1}}, "unknown key 'prot' (did you mean 'port'?) @ $.gateway"),
+        ({"gateway": {"origins": ["*"]}}, "unknown key 'origins'"),
+        (
+            {"gateway": {"tokens": [{"env": "T", "scope": ["request"]}]}},
+            "unknown key 'scope' (did you mean 'scopes'?) @ $.gateway.tokens[0]",
+        ),
+        (
+            _provider(limits={"request_per_minute": 5}),
+            "unknown key 'request_per_minute' (did you mean 'requests_per_minute'?) @ $.providers[0].limits",
+        ),
+        (
+            _provider(breaker={"open_timout": 5}),
+            "unknown key 'open_timout' (did you mean 'open_timeout'?) @ $.providers[0].breaker",
+        ),
+        (
+            _provider(options={"latncy": 0.1}),
+            "unknown key 'latncy' (did you mean 'latency'?) @ $.providers[0].options",
+        ),
+        (
+            _provider(options={"failures": [{"kind": "timeout", "cout": 2}]}),
+            "unknown key 'cout' (did you mean 'count'?) @ $.providers[0].options.failures[0]",
+        ),
+        (
+            _provider(options={"latency": {"kind": "uniform", "lo": 0.1}}),
+            "unknown key 'lo' (did you mean 'low'?) @ $.providers[0].options.latency",
+        ),
+        (
+            {"providers": [{"name": "p", "kind": "openai", "options": {"organisation": "o"}}]},
+            "unknown key 'organisation' (did you mean 'organization'?) @ $.providers[0].options",
+        ),
+        (
+            {"providers": [{"name": "p", "kind": "anthropic", "options": {"context_windw": 9}}]},
+            "unknown key 'context_windw' (did you mean 'context_window'?) @ $.providers[0].options",
+        ),
+        (
+            {"providers": [{"name": "p", "kind": "ollama", "options": {"autopull": True}}]},
+            "unknown key 'autopull' (did you mean 'auto_pull'?) @ $.providers[0].options",
+        ),
+        (
+            {"providers": [{"name": "p", "kind": "tgi", "options": {"anything": 1}}]},
+            "unknown key 'anything' (this table takes no keys) @ $.providers[0].options",
+        ),
+        # An option of one kind is unknown to another.
+        (
+            {"providers": [{"name": "p", "kind": "openai", "options": {"auto_pull": True}}]},
+            "unknown key 'auto_pull'",
+        ),
+    ],
+)
+def test_unknown_keys_anywhere_are_named_with_a_suggestion(data: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert fragment in str(info.value)
+
+
+def test_every_unknown_key_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"router": {"retries": 1}, "gateway": {"bind": "x"}})
+    assert "'retries'" in str(info.value) and "'bind'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ({"health_interval": float("nan")}, "must be a finite number, got nan @ $.health_interval"),
+        ({"health_interval": -5}, "health_interval must be a finite number > 0, got -5"),
+        ({"health_interval": 0}, "health_interval must be a finite number > 0"),
+        (
+            {"router": {"request_timeout": float("inf")}},
+            "must be a finite number, got inf @ $.router.request_timeout",
+        ),
+        ({"router": {"request_timeout": -1}}, "request_timeout must be a finite number > 0, got -1"),
+        (
+            {"router": {"backoff_initial": -0.5}},
+            "backoff_initial must be a finite number >= 0, got -0.5 @ $.router",
+        ),
+        ({"router": {"backoff_max": float("nan")}}, "got nan @ $.router.backoff_max"),
+        (
+            {"router": {"backoff_initial": 3, "backoff_max": 2}},
+            "backoff_initial (3) must not exceed backoff_max (2)",
+        ),
+        (_provider(breaker={"open_timeout": float("nan")}), "got nan @ $.providers[0].breaker.open_timeout"),
+        (_provider(breaker={"open_timeout": -1}), "open_timeout must be >= 0"),
+        (_provider(options={"latency": -0.1}), "latency must be a finite number of seconds >= 0, got -0.1"),
+        (_provider(options={"latency": float("nan")}), "got nan @ $.providers[0].options.latency"),
+        (
+            _provider(options={"chunk_size": 0}),
+            "chunk_size must be a finite number >= 1, got 0 @ $.providers[0].options",
+        ),
+        (_provider(options={"chunk_delay": -1}), "chunk_delay must be a finite number >= 0"),
+        (_provider(timeout=-3), "timeout must be a finite number > 0, got -3"),
+        (_provider(max_concurrency=0), "max_concurrency must be a finite number > 0, got 0"),
+        (_provider(cost_per_1k_input=-1), "cost_per_1k_input must be a finite number >= 0"),
+        ({"providers": [{"name": "", "kind": "mock"}]}, "name must not be empty @ $.providers[0]"),
+        ({"providers": [{"name": "   ", "kind": "mock"}]}, "name must not be empty"),
+        ({"providers": [{"name": " a", "kind": "mock"}]}, "without spaces around it"),
+        (_provider(api_key_env=""), "api_key_env must not be empty"),
+        ({"gateway": {"port": 70000}}, "port must be a TCP port from 0 to 65535, got 70000 @ $.gateway"),
+        ({"gateway": {"port": -1}}, "port must be a TCP port from 0 to 65535, got -1"),
+        ({"gateway": {"host": ""}}, "host must be a host name or address"),
+        ({"gateway": {"tokens": [{"env": "T", "scopes": []}]}}, "scopes must name at least one"),
+        (
+            {"gateway": {"max_messages_per_second": float("inf")}},
+            "got inf @ $.gateway.max_messages_per_second",
+        ),
+        (
+            {"providers": [{"name": "p", "kind": "ollama", "options": {"ps_interval": -1}}]},
+            "ps_interval must be a finite number > 0, got -1.0 @ $.providers[0].options",
+        ),
+        (
+            {"providers": [{"name": "p", "kind": "ollama", "options": {"auto_pull": "yes"}}]},
+            "expected true or false, got str @ $.providers[0].options.auto_pull",
+        ),
+        (
+            {"providers": [{"name": "p", "kind": "anthropic", "options": {"context_window": 0}}]},
+            "context_window must be a finite number > 0, got 0",
+        ),
+        (_provider(options={"replies": [5]}), "a reply is a string or a table"),
+        (_provider(options={"latency": "slow"}), "latency is seconds or a table"),
+        (_provider(options={"failures": [{"kind": "timeout", "count": 0}]}), "count"),
+    ],
+)
+def test_out_of_range_and_non_finite_values_are_refused(data: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert fragment in str(info.value)
+
+
+def test_options_are_checked_in_code_too() -> None:
+    with pytest.raises(ValueError, match="chunk_size"):
+        ProviderConfig(name="p", kind="mock", options={"chunk_size": 0})
+    with pytest.raises(ValueError, match="unknown key 'latncy'"):
+        ProviderConfig(name="p", kind="mock", options={"latncy": 1})
+
+
+def test_a_failure_count_scripts_that_many_failures() -> None:
+    [provider] = parse_config(_provider(options={"failures": [{"kind": "timeout", "count": 3}]})).providers
+    assert provider.options["failures"][0]["count"] == 3
+
+
+def test_a_missing_key_is_reported_not_raised_by_missing_key() -> None:
+    provider = ProviderConfig(name="gpt", kind="openai", api_key_env="OPENAI_API_KEY")
+    assert provider.missing_key({}) == "OPENAI_API_KEY is not set"
+    assert provider.missing_key({"OPENAI_API_KEY": "sk-x"}) is None
+    assert ProviderConfig(name="m", kind="mock").missing_key({}) is None
+
+
+def test_directory_and_non_utf8_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b'name = "\xff\xfe"\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(binary)

@@ -106,12 +106,24 @@ async def test_open_router_from_a_toml_file(tmp_path: Any, monkeypatch: pytest.M
             assert (await router.complete("hi")).content == "configured by file"
 
 
-async def test_missing_api_key_fails_at_start_without_leaking() -> None:
-    config = Config(providers=(http_config("gpt", "openai", "http://127.0.0.1:9", "gpt-4o-mini"),))
-    with pytest.raises(Exception, match="E2E_KEY") as info:
-        async with open_tree(config, environ={}):
-            pass
-    assert KEY not in str(info.value)
+async def test_a_missing_api_key_disables_that_provider_only() -> None:
+    """The provider whose key variable is unset shows as down with the reason and takes no request; the
+    others serve."""
+    config = Config(
+        providers=(
+            http_config("gpt", "openai", "http://127.0.0.1:9", "gpt-4o-mini", priority=0),
+            ProviderConfig(name="backup", kind="mock", priority=5),
+        )
+    )
+    async with open_tree(config, environ={}) as tree:
+        statuses = {s.provider: s for s in await tree.router.status()}
+        assert statuses["gpt"].reachable is False
+        assert statuses["gpt"].detail["disabled"] == "E2E_KEY is not set"
+        reply = await tree.router.complete("hi")
+        assert reply.provider == "backup" and reply.attempt == 1  # never tried on the disabled one
+        with pytest.raises(ProviderError) as info:
+            await tree.router.complete("pinned", provider="gpt")
+    assert info.value.kind is ErrorKind.NO_PROVIDER and "E2E_KEY is not set" in str(info.value)
 
 
 async def test_breaker_opens_on_5xx_fails_over_and_half_open_trial_closes(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
@@ -20,12 +21,13 @@ import httpx
 from ..bus import SignalBus
 from ..config import ProviderConfig
 from ..errors import ConfigError
-from ..providers import MockProvider, Provider
+from ..providers import DisabledProvider, MockProvider, Provider
 from ._agent import ProviderAgent
 
 __all__ = ["Registration", "agent_class", "build_agent", "provider_factory", "register"]
 
 ProviderFactory = Callable[..., Provider]
+log = logging.getLogger("duckagents.agents")
 
 
 @attrs.frozen
@@ -158,8 +160,18 @@ def build_agent(
     **agent_options: Any,
 ) -> ProviderAgent:
     """The agent for ``config``: its kind's agent class around its provider (or ``provider``, if given:
-    then the caller owns it and closes it)."""
+    then the caller owns it and closes it).
+
+    A provider whose API key variable is not set gets a base agent around a
+    :class:`~duckagents.providers.DisabledProvider`: it shows as down with the reason
+    (``"OPENAI_API_KEY is not set"``) and takes no requests, while the other providers serve.
+    """
     cls = agent_class(config.kind)
     if provider is not None:
         return cls(config, bus, provider, **agent_options)
+    missing = config.missing_key(environ)
+    if missing is not None:
+        log.warning("provider %r is disabled: %s", config.name, missing)
+        disabled = DisabledProvider(config.kind, missing, config.default_model)
+        return ProviderAgent(config, bus, disabled, **agent_options)
     return cls(config, bus, provider_factory=provider_factory(config, environ=environ), **agent_options)

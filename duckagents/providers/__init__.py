@@ -29,6 +29,7 @@ from ._base import (
     heuristic_token_count,
 )
 from ._client import HTTPProvider
+from ._disabled import DisabledProvider
 from ._http import (
     DEFAULT_MAX_RETRY_AFTER,
     cap_wait,
@@ -39,7 +40,8 @@ from ._http import (
     parse_retry_after,
 )
 from ._mock import MockProvider
-from ._mock_options import Latency
+from ._mock_options import Latency, MockOptions
+from ._mock_options import parse_options as parse_mock_options
 from ._mock_script import MockFailure, MockReply, mock_answer
 from ._ollama import OllamaProvider
 from ._ollama_models import OllamaModelDetails
@@ -61,11 +63,13 @@ __all__ = [
     "AnthropicModelFamily",
     "AnthropicProvider",
     "Completion",
+    "DisabledProvider",
     "HTTPProvider",
     "HealthProbe",
     "InBandError",
     "Latency",
     "MockFailure",
+    "MockOptions",
     "MockProvider",
     "MockReply",
     "ModelInfo",
@@ -98,6 +102,7 @@ __all__ = [
     "ollama_canonical_model_name",
     "openai_model_family",
     "parse_duration",
+    "parse_mock_options",
     "parse_rate_limit",
     "parse_retry_after",
 ]

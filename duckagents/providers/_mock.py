@@ -125,7 +125,8 @@ class MockProvider(MockScript):
         self.calls = 0
         self.push_reply(*replies)
         for failure in failures:
-            self._queue_outcome(failure)
+            for _ in range(failure.count):
+                self._queue_outcome(failure)
 
     @classmethod
     def from_options(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -15,13 +16,21 @@ from ..messages import Features
 from ._mock_script import MockFailure, MockReply
 
 
+def _at_least(minimum: float) -> Any:
+    def check(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+        if not (value >= minimum and math.isfinite(value)):  # NaN fails too
+            raise ValueError(f"{attribute.name} must be a finite number >= {minimum:g}, got {value!r}")
+
+    return check
+
+
 @attrs.frozen
 class Latency:
     """Delay before each answer: ``fixed`` (``low`` seconds) or ``uniform`` in ``[low, high]``."""
 
     kind: Literal["fixed", "uniform"] = "fixed"
-    low: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
-    high: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
+    low: float = attrs.field(default=0.0, validator=_at_least(0.0))
+    high: float = attrs.field(default=0.0, validator=_at_least(0.0))
 
     def sample(self, rng: random.Random) -> float:
         """One delay in seconds, drawn from ``rng`` (so a seeded provider is reproducible)."""
@@ -34,32 +43,56 @@ def as_latency(value: Any) -> Latency:
     """A :class:`Latency` from itself, a number of seconds (fixed) or a config table."""
     if isinstance(value, Latency):
         return value
-    if isinstance(value, int | float):
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not (0 <= value < math.inf):
+            raise ValueError(f"latency must be a finite number of seconds >= 0, got {value!r}")
         return Latency("fixed", float(value))
+    if not isinstance(value, Mapping):
+        raise TypeError(f"latency is seconds or a table like {{kind = \"uniform\", low = 0.1, high = 0.3}}, "
+                        f"got {type(value).__name__}")
     return converter.structure(value, Latency)
+
+
+def _latency(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float | Latency):
+        raise TypeError(
+            f"{attribute.name} must be seconds or a table like {{kind = \"uniform\", low = 0.1, high = 0.3}}"
+        )
+    if isinstance(value, int | float) and not (0 <= value < math.inf):
+        raise ValueError(f"{attribute.name} must be a finite number of seconds >= 0, got {value!r}")
 
 
 @attrs.frozen
 class MockOptions:
     """The ``options`` table of a ``kind = "mock"`` provider (validated, unknown keys rejected)."""
 
+    #: Scripted answers, in order (a string, or a table like ``MockReply``); then the default answer.
     replies: tuple[str | MockReply, ...] = ()
+    #: Scripted failures of the first calls, in order (``MockFailure`` tables).
     failures: tuple[MockFailure, ...] = ()
-    chunk_size: int = 8
-    chunk_delay: float = 0.0
-    latency: float | Latency = 0.0
+    #: Characters per streamed chunk.
+    chunk_size: int = attrs.field(default=8, validator=_at_least(1))
+    #: Seconds between two streamed chunks.
+    chunk_delay: float = attrs.field(default=0.0, validator=_at_least(0.0))
+    #: Delay before each answer: seconds, or a ``Latency`` table.
+    latency: float | Latency = attrs.field(default=0.0, validator=_latency)
+    #: Seed of the latency draws (reproducible runs).
     seed: int = 0
     #: Overrides of the mock's default features, e.g. ``{vision = false}``.
     features: dict[str, Any] = attrs.field(factory=dict)
     #: Per-model overrides of the provider-wide features.
     model_features: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    #: Model names the mock lists (``list_models``).
     models: tuple[str, ...] = ()
+    #: What its health probe says.
     healthy: bool = True
 
 
 def _structure_reply(value: Any, _: Any) -> str | MockReply:
     if isinstance(value, str):
         return value
+    if not isinstance(value, Mapping):
+        raise TypeError(f"a reply is a string or a table like {{text = \"...\"}}, got {type(value).__name__}")
     return converter.structure(value, MockReply)
 
 
@@ -69,8 +102,18 @@ def _structure_latency(value: Any, _: Any) -> float | Latency:
 
 # Scoped to this module's types (a copy of the shared converter), so the global one stays untouched.
 _options_converter = converter.copy()
-_options_converter.register_structure_hook(str | MockReply, _structure_reply)
-_options_converter.register_structure_hook(float | Latency, _structure_latency)
+def _structure_replies(value: Any, _: Any) -> tuple[str | MockReply, ...]:
+    if not isinstance(value, list | tuple):
+        raise TypeError(f"expected an array, got {type(value).__name__}")
+    return tuple(_structure_reply(item, None) for item in value)
+
+
+# Predicate hooks: a plain registration of a union loses to cattrs' union passthrough (and the shared
+# converter's array hook would structure the elements without this converter's hooks).
+_options_converter.register_structure_hook_func(
+    lambda t: t == tuple[str | MockReply, ...], _structure_replies
+)
+_options_converter.register_structure_hook_func(lambda t: t == float | Latency, _structure_latency)
 
 
 def parse_options(

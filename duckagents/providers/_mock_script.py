@@ -45,9 +45,13 @@ class MockFailure:
 
     kind: ErrorKind = attrs.field(converter=ErrorKind)
     message: str = "injected mock failure"
-    retry_after: float | None = None
+    retry_after: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(0.0))
+    )
     status: int | None = None
-    after_chunks: int = 0
+    after_chunks: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    #: How many calls in a row fail this way (in a config's ``failures`` list).
+    count: int = attrs.field(default=1, validator=[attrs.validators.ge(1), attrs.validators.le(MAX_SCRIPT)])
 
 
 @attrs.frozen

@@ -59,7 +59,7 @@ def _kinds(value: Iterable[ErrorKind | str]) -> frozenset[ErrorKind]:
 def _at_least(minimum: float) -> Callable[[object, attrs.Attribute[Any], float], None]:
     # attrs' own ge() says "'x' must be >= 1: 0"; a config file's reader gets "x must be >= 1, got 0".
     def check(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-        if value < minimum:
+        if not value >= minimum:  # written so that NaN fails too
             raise ValueError(f"{attribute.name} must be >= {minimum:g}, got {value!r}")
 
     return check

@@ -127,8 +127,15 @@ class AgentView:
         """Known features of ``model`` (falling back to the default model's), or None before a reply."""
         return self.features.get(model, self.features.get(None))
 
+    @property
+    def disabled(self) -> str | None:
+        """Why the agent can never serve (its status' ``detail.disabled``, e.g. a missing API key)."""
+        return None if self.status is None else self.status.detail.get("disabled")
+
     def eligibility(self, needs: Needs, model: str, now: float) -> Eligibility:
         """May a request with ``needs`` for ``model`` go to this agent at ``now``?"""
+        if self.disabled:
+            return Eligibility(False, reason=f"{self.name}: disabled ({self.disabled})")
         if not self.serves(model):
             return Eligibility(False, reason=f"{self.name}: does not serve model {model}")
         if model in self.missing:

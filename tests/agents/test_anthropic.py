@@ -87,8 +87,13 @@ async def test_default_limits_per_family_and_bad_option() -> None:
     assert default_limits_for("not-claude") == RateLimits()
     async with AnthropicProvider(base_url="http://127.0.0.1:9") as provider:
         assert AnthropicAgent(config(), SignalBus(), provider).limits == RateLimits(50, 38_000, 60.0)
+        # The config refuses it (ValueError), and so does the agent given a config that skipped the check.
+        with pytest.raises(ValueError, match="context_window"):
+            config(context_window="big")
+        unchecked = attrs.evolve(config(), options={})
+        object.__setattr__(unchecked, "options", {"context_window": "big"})
         with pytest.raises(ConfigError, match="context_window"):
-            AnthropicAgent(config(context_window="big"), SignalBus(), provider)
+            AnthropicAgent(unchecked, SignalBus(), provider)
 
 
 def test_trim_units_keep_tool_use_with_its_result() -> None:

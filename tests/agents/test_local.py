@@ -78,8 +78,12 @@ async def test_registry_and_single_gpu_concurrency_default() -> None:
     explicit = LocalAgent(attrs.evolve(config(), max_concurrency=5), SignalBus(), agent.provider)
     assert explicit.config.max_concurrency == 5
     for bad in ({"auto_pull": "yes"}, {"ps_interval": 0}):
+        with pytest.raises(ValueError):
+            config(**bad)  # refused by the config already
+        unchecked = config()
+        object.__setattr__(unchecked, "options", bad)
         with pytest.raises(ConfigError):
-            LocalAgent(config(**bad), SignalBus(), agent.provider)
+            LocalAgent(unchecked, SignalBus(), agent.provider)
     await agent.provider.aclose()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -54,12 +55,29 @@ def test_failed_request_exits_3_with_the_error_kind(tmp_path: Path) -> None:
 
 def test_bad_config_exits_1_naming_the_key(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
-    config.write_text('[[providers]]\nname = "x"\nkind = "openai"\napi_key_env = "NOPE_NOT_SET"\n')
+    config.write_text('[[providers]]\nname = "x"\nkind = "mock"\nmax_concurency = 2\n')
     result = run("--config", str(config), "ask", "hi")
     assert result.returncode == 1
-    assert "NOPE_NOT_SET" in result.stderr and "Traceback" not in result.stderr
+    assert "unknown key 'max_concurency' (did you mean 'max_concurrency'?)" in one_line_error(result)
     result = run("--config", str(tmp_path / "absent.toml"), "status")
-    assert result.returncode == 1 and "not found" in result.stderr
+    assert result.returncode == 1 and "not found" in one_line_error(result)
+
+
+def test_a_missing_api_key_disables_only_that_provider(tmp_path: Path) -> None:
+    config = tmp_path / "keys.toml"
+    config.write_text(
+        '[[providers]]\nname = "gpt"\nkind = "openai"\napi_key_env = "NOPE_NOT_SET"\npriority = 0\n'
+        '[[providers]]\nname = "backup"\nkind = "mock"\npriority = 5\n'
+    )
+    asked = run("--config", str(config), "ask", "hi", "-v")
+    assert asked.returncode == 0, asked.stderr
+    assert "[backup/" in asked.stderr
+    assert "provider 'gpt' is disabled: NOPE_NOT_SET is not set" in asked.stderr
+    status = run("--config", str(config), "status", "--json", "--check")
+    assert status.returncode == 5, status.stderr
+    agents = {a["provider"]: a for a in json.loads(status.stdout)}
+    assert agents["gpt"]["state"] == "down" and agents["gpt"]["reason"] == "NOPE_NOT_SET is not set"
+    assert agents["backup"]["state"] == "up" and agents["backup"]["breaker_state"] == "closed"
 
 
 def test_serve_gateway_watch_and_ask_see_each_other() -> None:
