@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import socket
 import sys
 import urllib.parse
@@ -148,24 +149,44 @@ async def connect(url: str, token: str | Secret | None = None) -> AsyncIterator[
     connection refused, DNS, timeout)."""
     secret = token.reveal() if isinstance(token, Secret) else token
     headers = [(b"Authorization", f"Bearer {secret}".encode())] if secret else []
+    connected = False
+    # trio-websocket's own connect_timeout does not end a handshake the server never answers (its
+    # reader task keeps the connection's nursery open), so the handshake runs under this deadline.
+    handshake = trio.CancelScope(deadline=trio.current_time() + CONNECT_TIMEOUT)
     try:
-        async with trio_websocket.open_websocket_url(
-            url, extra_headers=headers, connect_timeout=CONNECT_TIMEOUT
-        ) as ws:
-            yield ws
+        with handshake:
+            async with trio_websocket.open_websocket_url(
+                url, extra_headers=headers, connect_timeout=CONNECT_TIMEOUT
+            ) as ws:
+                connected = True
+                handshake.deadline = math.inf
+                yield ws
     except trio_websocket.ConnectionRejected as exc:
+        if connected:
+            raise
         hint = {
             401: " (missing or wrong token: set the variable --token-env names, default DUCKAGENTS_TOKEN)",
             403: " (origin not allowed)",
             503: " (gateway full or shutting down)",
         }
+        if exc.status_code in hint:
+            raise GatewayUnreachable(
+                f"gateway at {_public(url)} refused the connection: "
+                f"HTTP {exc.status_code}{hint[exc.status_code]}"
+            ) from None
         raise GatewayUnreachable(
-            f"gateway at {_public(url)} refused the connection: HTTP {exc.status_code}"
-            f"{hint.get(exc.status_code, ' (is this a duckagents gateway?)')}"
+            f"{_public(url)} answered HTTP {exc.status_code} instead of a WebSocket handshake "
+            "(is this a duckagents gateway? `duckagents serve --gateway` prints its URL)"
         ) from None
     except (trio_websocket.HandshakeError, OSError, trio.TooSlowError) as exc:
+        if connected:
+            raise
         message = redact(f"cannot connect to {_public(url)}: {_why_unreachable(exc, url)}", [secret])
         raise GatewayUnreachable(message) from None
+    if handshake.cancelled_caught and not connected:
+        raise GatewayUnreachable(
+            f"cannot connect to {_public(url)}: {_why_unreachable(trio.TooSlowError(), url)}"
+        )
 
 
 async def watch(

@@ -73,6 +73,19 @@ class Process:
             if needle in line:
                 return line
 
+    def available(self) -> list[str]:
+        """The stdout lines already read and not yet taken (without waiting); also kept in :attr:`seen`."""
+        taken = []
+        while True:
+            try:
+                line = self.lines.get_nowait()
+            except queue.Empty:
+                return taken
+            if line is None:
+                return taken
+            taken.append(line)
+            self.seen.append(line)
+
     def rest(self, *, stderr: bool = False, timeout: float = 15) -> list[str]:
         """The remaining lines of stdout (or stderr), once the process closed it."""
         lines = self.errors if stderr else self.lines
@@ -94,9 +107,11 @@ class Process:
 
 
 
-def serve(config: Path | None = None, *extra: str) -> tuple[Process, str]:
+def serve(
+    config: Path | None = None, *extra: str, env: dict[str, str] | None = None
+) -> tuple[Process, str]:
     """``duckagents serve --gateway --port 0`` and its ws:// URL."""
     args = [*(["--config", str(config)] if config else []), "serve", "--gateway", "--port", "0", *extra]
-    process = Process(args)
+    process = Process(args, env=env)
     url = process.line_with("gateway listening on").split()[-1]
     return process, url
