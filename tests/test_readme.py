@@ -43,33 +43,53 @@ def test_embedding_example_runs_on_the_embedded_default(capsys) -> None:  # type
     assert "FinishReason.STOP" in out or "stop" in out
 
 
-async def test_testing_example_fault_reaches_a_duckagents_router() -> None:
-    """README 'Testing your own application': inject a 429 and see it come back through the router."""
+def test_testing_example_runs_as_written_and_its_fault_reaches_the_call() -> None:
+    """README 'Testing your own application': the example is a test; run it as written. It passes only if
+    the injected 429 reaches the chat call (not the agent's startup health probe)."""
+    code = _block("python", "## Testing your own application")
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    trio.run(namespace["test_my_app_sees_the_rate_limit"])  # type: ignore[arg-type]
+
+
+def test_testing_example_would_fail_if_the_fault_missed_the_call() -> None:
+    """The example's check has teeth: the fault as the README used to inject it (before the router starts,
+    for any path) is consumed by the agent's startup health probe, the call succeeds, the example fails."""
     import pytest
 
-    from duckagents import ErrorKind, ProviderError, open_router
-    from duckagents.config import Config, ProviderConfig, RouterConfig
-    from duckagents.testing import Fault, ScriptedReply, open_openai_server
+    code = _block("python", "## Testing your own application")
+    fault = 'Fault(status=429, headers={"retry-after": "2"}'
+    inject = f'            upstream.inject({fault}, path="/v1/chat/completions"))\n'
+    assert inject in code
+    opening = "        async with open_router("
+    old_way = code.replace(inject, "").replace(opening, f"        upstream.inject({fault}))\n{opening}")
+    namespace: dict[str, object] = {}
+    exec(compile(old_way, "README.md", "exec"), namespace)
+    with pytest.raises(BaseException) as failed:  # pytest's Failed, inside a nursery's exception group
+        trio.run(namespace["test_my_app_sees_the_rate_limit"])  # type: ignore[arg-type]
+    leaf = failed.value
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    assert isinstance(leaf, pytest.fail.Exception) and "DID NOT RAISE" in str(leaf)
 
-    async with open_openai_server() as upstream:
-        config = Config(
-            providers=(
-                ProviderConfig(
-                    name="gpt", kind="openai", base_url=upstream.base_url, api_key_env="TEST_KEY",
-                    default_model="gpt-4o-mini",
-                ),
-            ),
-            router=RouterConfig(max_attempts=1),
-        )
-        async with open_router(config, environ={"TEST_KEY": "sk-test-0123456789abcdef"}) as router:
-            upstream.inject(Fault(status=429, headers={"retry-after": "1"}))
-            with pytest.raises(ProviderError) as info:
-                await router.complete("hi")
-            assert info.value.kind is ErrorKind.RATE_LIMITED and info.value.retry_after == 1.0
-            upstream.script.push(ScriptedReply(text="scripted!"))
-            await trio.sleep(1.2)  # the limiter honours retry-after before admitting again
-            assert (await router.complete("hi")).content == "scripted!"
-        assert any(r.path == "/v1/chat/completions" for r in upstream.requests)
+
+def test_quick_start_has_a_venv_step_and_the_ci_test_command() -> None:
+    quick = README[README.index("## Quick start") : README.index("## What you get")]
+    assert "Python 3.11 or newer" in quick
+    commands = re.findall(r"```bash\n(.*?)```", quick, re.S)
+    assert commands[0].startswith("python3 -m venv .venv && . .venv/bin/activate")
+    assert commands[1].strip() == 'python3 -m pip install -e . && duckagents ask "hello"'
+    assert commands[2].strip() == "python3 -m pip install nox && nox -s tests"
+    ci = (Path(__file__).parent.parent / ".ci" / "run").read_text()
+    assert "python3 -m pip install --quiet --disable-pip-version-check nox" in ci
+    assert ci.rstrip().endswith("nox -s tests")
+
+
+def test_config_example_shows_the_models_key() -> None:
+    import tomllib
+
+    config = parse_config(tomllib.loads(_block("toml", "## Configuration")))
+    assert config.providers[0].models == ("gpt-4o*", "gpt-4.1*")
 
 
 def test_http_front_door_examples_run_against_serve_http() -> None:
@@ -85,7 +105,7 @@ def test_http_front_door_examples_run_against_serve_http() -> None:
     section = "## The HTTP front door"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DUCKAGENTS_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "duckagents.cli", "serve", "--http", "127.0.0.1:0"],
+        [sys.executable, "-m", "duckagents", "serve", "--http", "127.0.0.1:0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
     )  # fmt: skip
     try:
