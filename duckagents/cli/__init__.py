@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(
         title="commands", dest="command", metavar="COMMAND", required=True, parser_class=Parser
     )
-    commands = Commands(subparsers)
+    commands = Commands(subparsers, parser)
     for group in COMMAND_GROUPS:
         group.add_commands(commands)
     return parser

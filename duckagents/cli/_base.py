@@ -120,8 +120,12 @@ class Commands:
     """The subcommand table. Each command group's module adds its commands with ``add_commands(commands)``
     (see ``duckagents/cli/__init__.py``); :meth:`group` makes a command with subcommands of its own."""
 
-    def __init__(self, subparsers: Any, parent: argparse.ArgumentParser | None = None) -> None:
+    def __init__(
+        self, subparsers: Any, root: argparse.ArgumentParser, parent: argparse.ArgumentParser | None = None
+    ) -> None:
         self._subparsers = subparsers
+        #: The parser of the whole command (``duckagents``).
+        self.root = root
         #: The parser of the group these commands belong to (None at the top level).
         self.parent = parent
 
@@ -148,7 +152,7 @@ class Commands:
         )
         if default is not None:
             parser.set_defaults(run=default)
-        return Commands(subparsers, parser)
+        return Commands(subparsers, self.root, parser)
 
 
 # --- checked flag values (argparse types: a bad value is a usage error naming the flag) ------------

@@ -25,14 +25,13 @@ def add_commands(commands: Commands) -> None:
         "directory of your $fpath.",
     )
     completion.add_argument("shell", choices=SHELLS)
+    completion.set_defaults(root_parser=commands.root)
 
 
 async def run_completion(args: argparse.Namespace, out: TextIO) -> int:
     """Write the completion script of the whole ``duckagents`` parser for ``args.shell``."""
     import shtab
 
-    from . import build_parser
-
-    out.write(shtab.complete(build_parser(), shell=args.shell))
+    out.write(shtab.complete(args.root_parser, shell=args.shell))
     out.write("\n")
     return ExitCode.OK

@@ -41,7 +41,6 @@ from ._http import (
 )
 from ._mock import MockProvider
 from ._mock_options import Latency, MockOptions
-from ._mock_options import parse_options as parse_mock_options
 from ._mock_script import MockFailure, MockReply, mock_answer
 from ._ollama import OllamaProvider
 from ._ollama_models import OllamaModelDetails
@@ -102,7 +101,6 @@ __all__ = [
     "ollama_canonical_model_name",
     "openai_model_family",
     "parse_duration",
-    "parse_mock_options",
     "parse_rate_limit",
     "parse_retry_after",
 ]

@@ -11,6 +11,7 @@ import attrs
 import cattrs
 
 from ..codec import converter, describe_error
+from ..config import register_options
 from ..errors import ConfigError
 from ..messages import Features
 from ._mock_script import MockFailure, MockReply
@@ -141,3 +142,15 @@ def _evolve_features(base: Features, overrides: Mapping[str, Any], where: str) -
         raise ValueError(f"{where}: unknown feature(s) {', '.join(sorted(unknown))}")
     merged = converter.unstructure(base) | dict(overrides)
     return converter.structure(merged, Features)
+
+
+def check_options(options: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` when ``options`` is not a valid mock ``options`` table (paths relative to it)."""
+    try:
+        parse_options(options, Features())
+    except ConfigError as exc:
+        raise ValueError(str(exc).removeprefix("mock provider: invalid options: ")) from None
+
+
+# The config checks a mock provider's options with this schema (config sits below providers).
+register_options("mock", MockOptions, check_options)
