@@ -126,3 +126,47 @@ def test_watch_lists_the_known_types_when_one_is_unknown() -> None:
     message = one_line_error(run("watch", "--type", "nope"))
     for known in ("provider_request", "provider_response", "provider_status", "supervisor_event"):
         assert known in message
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ('[[providers]]\nname = "m"\nkind = "mock"\nbreaker = { open_timeout = nan }\n',
+         "must be a finite number, got nan @ $.providers[0].breaker.open_timeout"),
+        ("health_interval = -1\n", "health_interval must be a finite number > 0, got -1"),
+        ("[router]\nrequest_timeout = -1\n", "request_timeout must be a finite number > 0, got -1"),
+        ("[router]\nbackoff_initial = -0.5\n", "backoff_initial must be a finite number >= 0, got -0.5"),
+        ("[router]\nbackoff_max = inf\n", "must be a finite number, got inf @ $.router.backoff_max"),
+        ('[[providers]]\nname = "m"\nkind = "mock"\noptions = { latency = -2 }\n',
+         "latency must be a finite number of seconds >= 0, got -2"),
+        ('[[providers]]\nname = "m"\nkind = "mock"\noptions = { chunk_size = 0 }\n',
+         "chunk_size must be a finite number >= 1, got 0 @ $.providers[0].options"),
+        ('[[providers]]\nname = ""\nkind = "mock"\n', "name must not be empty @ $.providers[0]"),
+        ("[gateway]\nport = 70000\n", "port must be a TCP port from 0 to 65535, got 70000"),
+        ("[gateway]\nprot = 8000\n", "unknown key 'prot' (did you mean 'port'?) @ $.gateway"),
+    ],
+)
+def test_bad_config_values_are_one_line_exit_1(tmp_path: Path, content: str, fragment: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(content)
+    result = run("--config", str(config), "status")
+    assert result.returncode == 1, result.stderr
+    assert fragment in one_line_error(result)
+
+
+def test_a_directory_or_a_binary_file_as_config_is_one_line(tmp_path: Path) -> None:
+    as_dir = run("--config", str(tmp_path), "ask", "hi")
+    assert as_dir.returncode == 1 and f"{tmp_path} is a directory" in one_line_error(as_dir)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    as_binary = run("ask", "hi", env={**ENV, "DUCKAGENTS_CONFIG": str(binary)})
+    assert as_binary.returncode == 1 and "not UTF-8 text" in one_line_error(as_binary)
+
+
+def test_models_and_providers_of_the_embedded_default() -> None:
+    models = run("models")
+    assert models.returncode == 0, models.stderr
+    assert models.stdout.splitlines()[2].split() == ["mock", "mock-1", "default"]
+    assert run("models", "list", "--json").stdout.count('"provider": "mock"') == 1
+    providers = json.loads(run("providers", "--json").stdout)
+    assert providers[0]["provider"] == "mock" and providers[0]["features"]["streaming"] is True
