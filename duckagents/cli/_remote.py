@@ -186,6 +186,8 @@ def _status_from(item: Any) -> ProviderStatus:
     if not isinstance(item, dict):
         raise CommandError(f"the server sent a status that is not an object: {str(item)[:80]}")
     data = dict(item)
+    if data.get("down"):  # the front door says why the supervisor marked the agent down
+        data["detail"] = {**(data.get("detail") or {}), "down": str(data["down"])}
     headroom = dict(data.get("headroom") or {})
     headroom.pop("retry_after", None)  # the front door's relative form of retry_at
     data["headroom"] = headroom
@@ -221,10 +223,13 @@ def _why(exc: BaseException, url: str) -> str:
     """Why an HTTP connection failed: DNS, refused, or the OS's reason."""
     parts = urllib.parse.urlsplit(url)
     chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and len(chain) < 16:
+    todo: list[BaseException] = [exc]
+    while todo and len(chain) < 32:  # causes, contexts, and the attempts inside an exception group
+        current = todo.pop()
         chain.append(current)
-        current = current.__cause__ or current.__context__
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+        if isinstance(current, BaseExceptionGroup):
+            todo += list(current.exceptions)
     for cause in chain:
         if isinstance(cause, socket.gaierror):
             return f"cannot resolve host {parts.hostname!r} (DNS: {cause.strerror or cause})"

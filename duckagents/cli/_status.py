@@ -65,6 +65,8 @@ def health_state(status: ProviderStatus) -> tuple[str, str]:
     disabled = status.detail.get("disabled")
     if disabled:
         return "down", disabled
+    if status.detail.get("down"):
+        return "down", f"agent {status.detail['down']}"
     if status.breaker_state in _NOT_SERVING:
         return "down", f"circuit breaker {status.breaker_state}"
     if not status.reachable:

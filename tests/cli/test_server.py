@@ -28,6 +28,7 @@ backoff_max = 0
 [[providers]]
 name = "flaky"
 kind = "mock"
+default_model = "mock-1"
 priority = 0
 breaker = { failure_threshold = 1, open_timeout = 600 }
 options = { failures = [{ kind = "upstream_5xx", count = 1 }] }
@@ -35,6 +36,8 @@ options = { failures = [{ kind = "upstream_5xx", count = 1 }] }
 [[providers]]
 name = "backup"
 kind = "mock"
+default_model = "mock-1"
+models = ["mock-1", "mock-2"]
 priority = 5
 
 [gateway]
@@ -46,13 +49,18 @@ CLIENT = {**ENV, "DUCKAGENTS_TOKEN": TOKEN}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, str]]:
+    """The server and its gateway's ws:// URL; the HTTP front door's http:// URL is :data:`HTTP_URL`."""
     config = tmp_path_factory.mktemp("server") / "duck.toml"
     config.write_text(CONFIG)
-    process, url = serve(config, env={**ENV, "CLI_TEST_TOKEN": TOKEN})
+    process, url = serve(config, "--http", "127.0.0.1:0", env={**ENV, "CLI_TEST_TOKEN": TOKEN})
+    HTTP_URL[:] = [next(line for line in process.seen if "http listening on" in line).split()[-1]]
     try:
         yield process, url
     finally:
         process.stop()
+
+
+HTTP_URL: list[str] = []
 
 
 def test_failover_is_visible_end_to_end(server: tuple[Process, str]) -> None:
@@ -104,6 +112,27 @@ def test_failover_is_visible_end_to_end(server: tuple[Process, str]) -> None:
     process.available()
     health = [line.split()[1:3] for line in process.seen if " up (" in line or " down: " in line]
     assert health == [["flaky", "up"], ["backup", "up"], ["flaky", "down:"]], process.seen
+
+
+def test_status_and_models_through_the_http_front_door(server: tuple[Process, str]) -> None:
+    _, url = server
+    http = HTTP_URL[0]
+    run("ask", "--url", url, "make", "sure", "the", "breaker", "opened", env=CLIENT)  # if run alone
+    status = run("status", "--url", http, "--json", env=CLIENT)
+    assert status.returncode == 0, status.stderr
+    agents = {a["provider"]: a for a in json.loads(status.stdout)}
+    assert agents["flaky"]["breaker_state"] == "open" and agents["flaky"]["state"] == "down"
+    assert agents["backup"]["state"] == "up"
+    assert run("status", "--url", http, "--check", env=CLIENT).returncode == 5
+    models = run("models", "--url", http, "--json", env=CLIENT)
+    assert models.returncode == 0, models.stderr
+    listed = {(m["provider"], m["model"]) for m in json.loads(models.stdout)}
+    assert listed == {("flaky", "mock-1"), ("backup", "mock-1"), ("backup", "mock-2")}
+    wrong = run("status", "--url", http, env={**ENV, "DUCKAGENTS_TOKEN": "not-the-token-4711"})
+    assert wrong.returncode == 4 and "HTTP 401 (missing or wrong token" in one_line_error(wrong)
+    refused = run("status", "--url", "http://127.0.0.1:9/")
+    assert refused.returncode == 4
+    assert "connection refused: nothing listens on 127.0.0.1:9" in one_line_error(refused)
 
 
 def test_in_process_ask_verbose_shows_the_attempts(tmp_path: Path) -> None:
