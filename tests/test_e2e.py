@@ -112,7 +112,7 @@ async def test_a_missing_api_key_disables_that_provider_only() -> None:
     config = Config(
         providers=(
             http_config("gpt", "openai", "http://127.0.0.1:9", "gpt-4o-mini", priority=0),
-            ProviderConfig(name="backup", kind="mock", priority=5),
+            ProviderConfig(name="backup", kind="mock", priority=5, models=("*",)),
         )
     )
     async with open_tree(config, environ={}) as tree:

@@ -124,6 +124,7 @@ class Commands:
         self, subparsers: Any, root: argparse.ArgumentParser, parent: argparse.ArgumentParser | None = None
     ) -> None:
         self._subparsers = subparsers
+        self._groups: dict[str, Commands] = {}
         #: The parser of the whole command (``duckagents``).
         self.root = root
         #: The parser of the group these commands belong to (None at the top level).
@@ -140,7 +141,12 @@ class Commands:
         return parser
 
     def group(self, name: str, *, help: str, default: Runner | None = None) -> Commands:
-        """A command with subcommands (``duckagents config check``); ``default`` runs when none is given."""
+        """A command with subcommands (``duckagents config check``); ``default`` runs when none is given.
+
+        Asking again for a group already made returns it, so another module can add subcommands to it
+        (``models load`` next to ``models list``)."""
+        if name in self._groups:
+            return self._groups[name]
         parser: Parser = self._subparsers.add_parser(
             name, help=help, description=help, epilog=EXIT_CODES_HELP,
             formatter_class=HelpFormatter,
@@ -152,7 +158,8 @@ class Commands:
         )
         if default is not None:
             parser.set_defaults(run=default)
-        return Commands(subparsers, self.root, parser)
+        group = self._groups[name] = Commands(subparsers, self.root, parser)
+        return group
 
 
 # --- checked flag values (argparse types: a bad value is a usage error naming the flag) ------------

@@ -67,7 +67,7 @@ def test_a_missing_api_key_disables_only_that_provider(tmp_path: Path) -> None:
     config = tmp_path / "keys.toml"
     config.write_text(
         '[[providers]]\nname = "gpt"\nkind = "openai"\napi_key_env = "NOPE_NOT_SET"\npriority = 0\n'
-        '[[providers]]\nname = "backup"\nkind = "mock"\npriority = 5\n'
+        '[[providers]]\nname = "backup"\nkind = "mock"\npriority = 5\nmodels = ["*"]\n'
     )
     asked = run("--config", str(config), "ask", "hi", "-v")
     assert asked.returncode == 0, asked.stderr

@@ -50,3 +50,4 @@ def test_text_lines_redact_too() -> None:
     learn_secrets([Secret(SECRET)])
     logging.getLogger("duckagents.test").warning("key %s", SECRET)
     assert stream.getvalue().rstrip().endswith("WARNING duckagents.test: key ***")
+
