@@ -153,6 +153,10 @@ class GatewayError(DuckAgentsError):
     """The WebSocket gateway refused a message or a connection."""
 
 
+class FleetUnavailable(DuckAgentsError):
+    """Redis (fleet mode) did not answer within the bound, or failed; the caller falls back locally."""
+
+
 class Secret:
     """A secret string (API key, token) whose repr and str never show the value.
 
