@@ -12,8 +12,6 @@ to the machine that admitted the call even when the fleet changed state in betwe
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import attrs
 
 from ..errors import ErrorKind, FleetUnavailable
@@ -24,6 +22,7 @@ from ..resilience import (
     BreakerState,
     CircuitBreaker,
     RateLimiter,
+    RateLimitInfo,
     RateLimits,
     Reservation,
 )
@@ -31,9 +30,6 @@ from ..signals import Headroom
 from ._breaker import SharedBreaker
 from ._fleet import Fleet
 from ._ratelimit import SharedRateLimiter
-
-if TYPE_CHECKING:
-    from ..providers import RateLimitInfo
 
 __all__ = ["BreakerPermit", "FleetBreaker", "FleetRateLimiter", "FleetReservation", "local_share"]
 

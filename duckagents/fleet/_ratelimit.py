@@ -7,15 +7,9 @@ machine, atomically. docs/fleet.md has the design.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from ..resilience import Admission, RateLimits, Reservation
+from ..resilience import Admission, RateLimitInfo, RateLimits, Reservation
 from ..signals import Headroom
 from ._fleet import Fleet, number
-
-if TYPE_CHECKING:
-    # Type-only, as in resilience: providers sit above the fleet layer.
-    from ..providers import RateLimitInfo
 
 __all__ = ["SharedRateLimiter"]
 

@@ -17,8 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from duckagents.fleet import SharedRateLimiter, open_fleet
-from duckagents.providers import RateLimitInfo
-from duckagents.resilience import RateLimiter, RateLimits
+from duckagents.resilience import RateLimiter, RateLimitInfo, RateLimits
 from duckagents.testing import RedisServer
 
 from .support import fleet_config

@@ -8,8 +8,7 @@ import pytest
 import trio
 
 from duckagents.fleet import FleetKeys, SharedRateLimiter, open_fleet
-from duckagents.providers import RateLimitInfo
-from duckagents.resilience import Admission, RateLimits
+from duckagents.resilience import Admission, RateLimitInfo, RateLimits
 from duckagents.testing import RedisServer
 
 from .support import fleet_config
