@@ -35,8 +35,8 @@ __all__ = ["BreakerPermit", "FleetBreaker", "FleetRateLimiter", "FleetReservatio
 
 
 def local_share(limits: RateLimits, replicas: int) -> RateLimits:
-    """One replica's share of fleet-wide limits: each limit divided by ``replicas``, rounded down
-    (so the shares never add up to more than the limit), at least 1."""
+    """One replica's share of fleet-wide limits: each limit divided by ``replicas``, rounded down so
+    that the shares never add up to more than the limit (except that a share is at least 1)."""
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
 

@@ -148,8 +148,16 @@ class Fleet:
         """Return once the notice subscription is active (tests; notices before it are not seen)."""
         await self._listening.wait()
 
+    async def run(self) -> None:
+        """The fleet's background work, until cancelled: the reconnection probe and the notice
+        subscription (:func:`open_fleet` runs it)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._probe)
+            nursery.start_soon(self._listen)
+
     async def _listen(self) -> None:
-        # Our own reconnect loop (coredis' would retry forever inside the subscription, unbounded).
+        # Our own reconnect loop, at the probe's pace (coredis' backs off up to 16 s, a long time to miss
+        # breaker notices after Redis came back).
         while True:
             try:
                 async with PubSub(
@@ -221,7 +229,6 @@ async def open_fleet(
                 await fleet.ping()
             except FleetUnavailable:
                 pass  # degraded from the start; the probe re-joins
-            nursery.start_soon(fleet._probe)
-            nursery.start_soon(fleet._listen)
+            nursery.start_soon(fleet.run)
             yield fleet
             nursery.cancel_scope.cancel()

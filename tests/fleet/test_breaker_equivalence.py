@@ -8,6 +8,9 @@ redis-server, through two replicas taking turns on one shared breaker. Every ans
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -15,13 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from duckagents.errors import ErrorKind
-from duckagents.fleet import SharedBreaker, open_fleet
+from duckagents.fleet import Fleet, SharedBreaker, open_fleet
 from duckagents.resilience import DEFAULT_TRIPPING_KINDS, BreakerConfig, CircuitBreaker
 from duckagents.testing import RedisServer
 
 from .support import fleet_config
 
-BOUND = 120.0  # per example; a guard against a hang, not a timing assertion
+BOUND = 60.0  # per example; a guard against a hang, not a timing assertion
 
 config_strategy = st.builds(
     BreakerConfig,
@@ -72,64 +75,81 @@ async def end_call(python: CircuitBreaker, shared: SharedBreaker, now: float, ho
         await shared.release(now)
 
 
+_examples = itertools.count()
+
+
+@asynccontextmanager
+async def two_replicas(server: RedisServer) -> AsyncIterator[tuple[Fleet, Fleet]]:
+    """Two connections (replicas) to one fleet."""
+    config = fleet_config(server.url)
+    async with open_fleet(config) as one, open_fleet(config) as two:
+        yield one, two
+
+
 async def run_both(
-    server: RedisServer, config: BreakerConfig, start: float, ops: list[tuple[Any, ...]]
+    fleets: tuple[Fleet, Fleet], config: BreakerConfig, start: float, ops: list[tuple[Any, ...]]
 ) -> None:
-    fleet = fleet_config(server.url)
+    """Run ``ops`` against a fresh Python breaker and a fresh shared one, comparing every step."""
+    provider = f"example-{next(_examples)}"
     python = CircuitBreaker(config)
-    async with open_fleet(fleet) as one, open_fleet(fleet) as two:
-        replicas = [SharedBreaker(f, "provider", config, server_clock=False) for f in (one, two)]
-        now = start
-        long_calls = 0  # admitted and not ended: the protocol gives each exactly one ending
-        for step, op in enumerate(ops):
-            name = op[0]
-            shared = replicas[op[1]] if name != "advance" else replicas[0]
-            shared.latest = None  # so that only a call made in this step can be compared below
-            if name == "advance":
-                now += op[1]
-            elif name in ("call", "start"):
-                allowed = python.allow(now)
-                assert await shared.allow(now) is allowed, (step, op)
-                if allowed and name == "call":
-                    await end_call(python, shared, now, op[2])
-                long_calls += allowed and name == "start"
-            elif name == "end" and long_calls:
-                long_calls -= 1
-                await end_call(python, shared, now, op[2])
-            elif name == "force_open":
-                python.force_open(now)
-                await shared.force_open(now)
-            elif name == "reset":
-                python.reset(now)
-                await shared.reset(now)
-            if name == "advance" or shared.latest is None:
-                # Read through the other connection: both replicas see one breaker.
-                other = replicas[step % 2]
-                assert await other.snapshot(now) == python.snapshot(now), (step, op)
-                assert await other.retry_at(now) == python.retry_at(now), (step, op)
-            else:
-                # Every script call answers with the state it left: compare without another round trip.
-                assert shared.latest == python.snapshot(now), (step, op)
-        assert not one.health.degraded and not two.health.degraded
-
-
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    config=config_strategy,
-    start=st.one_of(st.just(1000.0), st.floats(0, 1e6), st.floats(1.7e9, 1.8e9)),
-    ops=st.lists(operation, min_size=20, max_size=80),
-)
-def test_lua_breaker_decides_exactly_like_the_python_machine(
-    redis_server: RedisServer, config: BreakerConfig, start: float, ops: list[tuple[Any, ...]]
-) -> None:
-    async def example() -> None:
+    replicas = [SharedBreaker(f, provider, config, server_clock=False) for f in fleets]
+    now = start
+    long_calls = 0  # admitted and not ended: the protocol gives each exactly one ending
+    try:
         with trio.fail_after(BOUND):
-            await run_both(redis_server, config, start, ops)
+            for step, op in enumerate(ops):
+                name = op[0]
+                shared = replicas[op[1]] if name != "advance" else replicas[0]
+                shared.latest = None  # so that only a call made in this step can be compared below
+                if name == "advance":
+                    now += op[1]
+                elif name in ("call", "start"):
+                    allowed = python.allow(now)
+                    assert await shared.allow(now) is allowed, (step, op)
+                    if allowed and name == "call":
+                        await end_call(python, shared, now, op[2])
+                    long_calls += allowed and name == "start"
+                elif name == "end" and long_calls:
+                    long_calls -= 1
+                    await end_call(python, shared, now, op[2])
+                elif name == "force_open":
+                    python.force_open(now)
+                    await shared.force_open(now)
+                elif name == "reset":
+                    python.reset(now)
+                    await shared.reset(now)
+                if name == "advance" or shared.latest is None:
+                    # Read through the other connection: both replicas see one breaker.
+                    other = replicas[step % 2]
+                    assert await other.retry_at(now) == python.retry_at(now), (step, op)
+                    assert other.latest == python.snapshot(now), (step, op)  # from that same call
+                else:
+                    # Every script call answers with the state it left: compare without another call.
+                    assert shared.latest == python.snapshot(now), (step, op)
+    finally:
+        for shared in replicas:
+            shared.close()
+    assert not any(fleet.health.degraded for fleet in fleets)
 
-    trio.run(example)
+
+async def test_lua_breaker_decides_exactly_like_the_python_machine(redis_server: RedisServer) -> None:
+    async with two_replicas(redis_server) as fleets:
+
+        @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(
+            config=config_strategy,
+            start=st.one_of(st.just(1000.0), st.floats(0, 1e6), st.floats(1.7e9, 1.8e9)),
+            ops=st.lists(operation, min_size=20, max_size=60),
+        )
+        def check(config: BreakerConfig, start: float, ops: list[tuple[Any, ...]]) -> None:
+            trio.from_thread.run(run_both, fleets, config, start, ops)
+
+        # Hypothesis runs in a worker thread; every example runs on this Trio loop over the same two
+        # connections (a fresh breaker each), which spares a connection setup per example.
+        await trio.to_thread.run_sync(check)
 
 
-def test_pinned_cycle_matches(redis_server: RedisServer) -> None:
+async def test_pinned_cycle_matches(redis_server: RedisServer) -> None:
     """Open on the threshold, refuse, half-open with two trials, a late call, trial failure, reopen,
     close; a not-counted failure in half-open; force and reset."""
     config = BreakerConfig(failure_threshold=2, open_timeout=10.0, half_open_trials=2)
@@ -158,8 +178,5 @@ def test_pinned_cycle_matches(redis_server: RedisServer) -> None:
         ("call", 1, ("failure", None)),
     ]
 
-    async def example() -> None:
-        with trio.fail_after(BOUND):
-            await run_both(redis_server, config, 1000.0, ops)
-
-    trio.run(example)
+    async with two_replicas(redis_server) as fleets:
+        await run_both(fleets, config, 1000.0, ops)
