@@ -43,7 +43,7 @@ def local_share(limits: RateLimits, replicas: int) -> RateLimits:
     def share(limit: int | None) -> int | None:
         return None if limit is None else max(1, limit // replicas)
 
-    return RateLimits(requests=share(limits.requests), tokens=share(limits.tokens), period=limits.period)
+    return attrs.evolve(limits, requests=share(limits.requests), tokens=share(limits.tokens))
 
 
 @attrs.frozen

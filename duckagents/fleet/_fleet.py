@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -46,7 +47,11 @@ def number(value: float | int | None) -> str:
         return ""
     if isinstance(value, bool):
         raise TypeError("a boolean is not a number here")
-    return str(value) if isinstance(value, int) else repr(float(value))
+    if isinstance(value, int):
+        return str(value)
+    if not math.isfinite(value):
+        raise ValueError(f"the scripts take finite numbers only, got {value!r}")
+    return repr(float(value))
 
 
 def _only_trouble(group: BaseExceptionGroup[BaseException]) -> bool:

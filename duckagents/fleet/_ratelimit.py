@@ -7,6 +7,8 @@ machine, atomically. docs/fleet.md has the design.
 
 from __future__ import annotations
 
+import math
+
 from ..resilience import Admission, RateLimitInfo, RateLimits, Reservation
 from ..signals import Headroom
 from ._fleet import Fleet, number
@@ -19,14 +21,19 @@ def observe_args(info: RateLimitInfo | None) -> list[str]:
     if info is None:
         return [""] * 7
     return [
-        number(info.retry_after),
+        _wait(info.retry_after),
         number(info.remaining_requests),
         number(info.limit_requests),
-        number(info.reset_requests),
+        _wait(info.reset_requests),
         number(info.remaining_tokens),
         number(info.limit_tokens),
-        number(info.reset_tokens),
+        _wait(info.reset_tokens),
     ]
+
+
+def _wait(seconds: float | None) -> str:
+    # The Python machine ignores a NaN or infinite wait like a missing one; the script clamps the rest.
+    return "" if seconds is None or not math.isfinite(seconds) else number(seconds)
 
 
 class SharedRateLimiter:
@@ -60,7 +67,12 @@ class SharedRateLimiter:
         self.server_clock = server_clock
         #: The headroom after the latest call (at that call's ``now``), None before the first.
         self.latest: Headroom | None = None
-        self._limit_args = [number(limits.requests), number(limits.tokens), number(limits.period)]
+        self._limit_args = [
+            number(limits.requests),
+            number(limits.tokens),
+            number(limits.period),
+            number(limits.max_wait),
+        ]
 
     async def admit(self, now: float, tokens: int = 0) -> Admission:
         """Admit one request estimated at ``tokens`` tokens, or say when it could be admitted."""

@@ -9,7 +9,8 @@
 -- ARGV[1]  op: admit | settle | cancel | observe | headroom
 -- ARGV[2]  now in seconds, or "" to use the server's TIME (production)
 -- ARGV[3]  requests limit, "" = unlimited;  ARGV[4] tokens limit, "" = unlimited;  ARGV[5] period (s)
--- ARGV[6..] the op's arguments (see each op below)
+-- ARGV[6]  max_wait (s): the cap on waits an upstream imposes through observe
+-- ARGV[7..] the op's arguments (see each op below)
 --
 -- Reply: { code, retry_at, requests, tokens, headroom_retry_at, now } as strings, "" standing for None:
 -- code and retry_at answer an admit; the next three are the headroom after the op (what headroom() at
@@ -27,6 +28,7 @@ else
   now = tonumber(ARGV[2])
 end
 local period = tonumber(ARGV[5])
+local max_wait = tonumber(ARGV[6])
 local NEG_INF = -math.huge
 
 local function fmt(x)
@@ -123,20 +125,27 @@ local function limiter_ready_at(t, need)
   return ready
 end
 
+-- RateLimiter._wait: a wait from outside, ignored when negative, capped at max_wait. (NaN and infinite
+-- ones are ignored too: the caller sends them as "", which is None already.)
+local function wait(seconds)
+  if seconds == nil or seconds < 0 then return nil end
+  return math.min(seconds, max_wait)
+end
+
 local function observe(base)
   -- ARGV[base..base+6]: retry_after, remaining_requests, limit_requests, reset_requests,
   --                     remaining_tokens, limit_tokens, reset_tokens
-  local retry_after = opt(ARGV[base])
+  local retry_after = wait(opt(ARGV[base]))
   if retry_after ~= nil and retry_after > 0 then
     blocked_until = math.max(blocked_until, now + retry_after)
   end
   local remaining_requests = opt(ARGV[base + 1])
   if requests and remaining_requests ~= nil then
-    lower(requests, now, math.max(0, remaining_requests), opt(ARGV[base + 2]), opt(ARGV[base + 3]))
+    lower(requests, now, math.max(0, remaining_requests), opt(ARGV[base + 2]), wait(opt(ARGV[base + 3])))
   end
   local remaining_tokens = opt(ARGV[base + 4])
   if tokens and remaining_tokens ~= nil then
-    lower(tokens, now, math.max(0, remaining_tokens), opt(ARGV[base + 5]), opt(ARGV[base + 6]))
+    lower(tokens, now, math.max(0, remaining_tokens), opt(ARGV[base + 5]), wait(opt(ARGV[base + 6])))
   end
 end
 
@@ -170,8 +179,8 @@ local function reply(code, retry_at)
 end
 
 if op == 'admit' then
-  -- ARGV[6]: tokens (>= 0, checked by the caller). Reply code: admitted "1"/"0", with retry_at.
-  local need = tonumber(ARGV[6])
+  -- ARGV[7]: tokens (>= 0, checked by the caller). Reply code: admitted "1"/"0", with retry_at.
+  local need = tonumber(ARGV[7])
   if tokens and need > tokens.capacity then return reply('0', nil) end
   local ready = limiter_ready_at(now, need)
   if ready > now then return reply('0', ready) end
@@ -180,27 +189,27 @@ if op == 'admit' then
   save()
   return reply('1', nil)
 elseif op == 'settle' then
-  -- ARGV[6]: reserved tokens, ARGV[7]: actual tokens, ARGV[8..14]: an optional observe (all "" = none),
+  -- ARGV[7]: reserved tokens, ARGV[8]: actual tokens, ARGV[9..15]: an optional observe (all "" = none),
   -- applied after the settle in the same call (settle first, then observe).
   if tokens then
-    local difference = tonumber(ARGV[7]) - tonumber(ARGV[6])
+    local difference = tonumber(ARGV[8]) - tonumber(ARGV[7])
     if difference > 0 then
       take(tokens, now, difference)
     elseif difference < 0 then
       give(tokens, now, -difference)
     end
   end
-  if ARGV[8] ~= nil then observe(8) end
+  if ARGV[9] ~= nil then observe(9) end
   save()
   return reply('1', nil)
 elseif op == 'cancel' then
-  -- ARGV[6]: reserved tokens.
+  -- ARGV[7]: reserved tokens.
   if requests then give(requests, now, 1) end
-  if tokens then give(tokens, now, tonumber(ARGV[6])) end
+  if tokens then give(tokens, now, tonumber(ARGV[7])) end
   save()
   return reply('1', nil)
 elseif op == 'observe' then
-  observe(6)
+  observe(7)
   save()
   return reply('1', nil)
 elseif op == 'headroom' then

@@ -60,7 +60,7 @@ def test_the_local_share_divides_and_rounds_down() -> None:
     assert local_share(RateLimits(requests=600, tokens=100_000, period=60.0), 3) == RateLimits(
         requests=200, tokens=33_333, period=60.0
     )
-    assert local_share(RateLimits(requests=2), 5) == RateLimits(requests=1)
+    assert local_share(RateLimits(requests=2, max_wait=9.0), 5) == RateLimits(requests=1, max_wait=9.0)
     assert local_share(RateLimits(), 4) == RateLimits()
 
 

@@ -10,6 +10,7 @@ the script repeats the Python arithmetic in the same order.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,7 +33,11 @@ limits_strategy = st.builds(
     requests=st.one_of(st.none(), st.integers(1, 20)),
     tokens=st.one_of(st.none(), st.integers(1, 5000)),
     period=st.sampled_from([0.1, 1.0, 7.0, 60.0, 3600.0]),
+    max_wait=st.sampled_from([300.0, 45.0, 5.0]),
 )
+# Waits from outside: usual ones, and the ones RateLimiter.observe ignores (negative, NaN, infinite) or
+# clamps to max_wait.
+odd_wait = st.sampled_from([-1.0, -0.0, math.nan, math.inf, -math.inf, 1e9, 301.0])
 
 # Upstream numbers around ours: below, equal and above our limits, so that observe() lowers our count
 # and the upstream's limit and reset decide how long our refill is held back.
@@ -40,7 +45,7 @@ maybe_count = st.one_of(st.none(), st.integers(-5, 30))
 maybe_tokens = st.one_of(st.none(), st.integers(-100, 6000))
 maybe_limit_requests = st.one_of(st.none(), st.integers(1, 60))
 maybe_limit_tokens = st.one_of(st.none(), st.integers(1, 10_000))
-maybe_seconds = st.one_of(st.none(), st.sampled_from([0.0, 1.0, 60.0, 120.0]), st.floats(0, 150))
+maybe_seconds = st.one_of(st.none(), st.sampled_from([0.0, 1.0, 60.0, 120.0]), st.floats(0, 150), odd_wait)
 
 info_strategy = st.builds(
     RateLimitInfo,
@@ -50,7 +55,7 @@ info_strategy = st.builds(
     limit_tokens=maybe_limit_tokens,
     remaining_tokens=maybe_tokens,
     reset_tokens=maybe_seconds,
-    retry_after=st.one_of(st.none(), st.floats(0, 30)),
+    retry_after=st.one_of(st.none(), st.floats(0, 30), odd_wait),
 )
 
 
@@ -87,7 +92,7 @@ relative_info = st.builds(
     remaining=fraction,
     limit=st.one_of(st.none(), st.floats(0.05, 4.0)),
     reset=st.one_of(st.none(), st.sampled_from([0.0, 1.0, 2.0]), st.floats(0, 3.0)),
-    retry_after=st.one_of(st.none(), st.floats(0, 30)),
+    retry_after=st.one_of(st.none(), st.floats(0, 30), odd_wait),
 )
 any_info = st.one_of(info_strategy, relative_info)
 
