@@ -79,7 +79,8 @@ class SignalStream:
         self.max_entry_bytes = max_entry_bytes
 
     async def publish(self, signal: Signal) -> str:
-        """Append one signal; returns its stream id. ``ValueError`` when it exceeds ``max_entry_bytes``."""
+        """Append one signal; returns its stream id. ``ValueError`` when its JSON exceeds
+        ``max_entry_bytes`` or cannot be encoded (a non-finite number: see ``codec.dumps_signal``)."""
         fields = self._fields(signal)
         return str(
             await self.fleet.call(
