@@ -71,7 +71,6 @@ class FleetRateLimiter:
 
     def __init__(self, fleet: Fleet, provider: str, limits: RateLimits, *, bucket: str = "default") -> None:
         self.fleet = fleet
-        self.limits = limits
         self.shared = SharedRateLimiter(fleet, provider, limits, bucket=bucket)
         self.local = RateLimiter(local_share(limits, fleet.config.expected_replicas))
 
@@ -88,24 +87,56 @@ class FleetRateLimiter:
                 return _tagged(answer, shared=True)
         return _tagged(self.local.admit(now, tokens), shared=False)
 
+    @property
+    def limits(self) -> RateLimits:
+        """The fleet-wide limits (the config's, plus any adopted from the upstream)."""
+        return self.shared.limits
+
+    def adopt(self, info: RateLimitInfo, period: float = 60.0) -> bool:
+        """Start limiting a dimension left unlimited at the limit the upstream states (the local
+        fallback at its share of it); see ``RateLimiter.adopt``."""
+        self.local.adopt(self._share(info), period)
+        return self.shared.adopt(info, period)
+
     async def settle(
-        self, reservation: Reservation, actual_tokens: int, now: float, observed: RateLimitInfo | None = None
+        self,
+        reservation: Reservation,
+        actual_tokens: int,
+        now: float,
+        observed: RateLimitInfo | None = None,
+        *,
+        adopt: bool = False,
     ) -> None:
-        """Correct a reservation by the tokens actually used, then adopt ``observed`` (one round trip)."""
+        """Correct a reservation by the tokens actually used, then take in ``observed`` (adopting its
+        limits first when ``adopt``): one round trip, see :meth:`SharedRateLimiter.settle`."""
         if actual_tokens < 0:
             raise ValueError(f"actual token usage cannot be negative ({actual_tokens})")
-        if _is_shared(reservation):
-            if not self.fleet.health.degraded:
-                try:
-                    await self.shared.settle(reservation, actual_tokens, now, observed)
-                except FleetUnavailable:
-                    pass
-        else:
+        if not _is_shared(reservation):
             self.local.settle(reservation, actual_tokens, now)
+        if _is_shared(reservation) and not self.fleet.health.degraded:
+            try:
+                await self.shared.settle(reservation, actual_tokens, now, observed, adopt=adopt)
+            except FleetUnavailable:
+                pass
+        elif observed is not None and adopt:
+            self.shared.adopt(observed)  # the limits only: Redis learns them with the next call
         if observed is not None:
             # The upstream's word applies locally too: a replica that degrades in the middle of a 429
             # block keeps honouring it.
+            if adopt:
+                self.local.adopt(self._share(observed))
             self.local.observe(now, observed)
+
+    def _share(self, info: RateLimitInfo) -> RateLimitInfo:
+        # What the local fallback adopts: this replica's share of the limits the upstream states.
+        replicas = self.fleet.config.expected_replicas
+
+        def share(limit: int | None) -> int | None:
+            return None if limit is None or limit <= 0 else max(1, limit // replicas)
+
+        return attrs.evolve(
+            info, limit_requests=share(info.limit_requests), limit_tokens=share(info.limit_tokens)
+        )
 
     async def cancel(self, reservation: Reservation, now: float) -> None:
         """Refund a reservation whose request never reached the upstream."""

@@ -67,12 +67,31 @@ class SharedRateLimiter:
         self.server_clock = server_clock
         #: The headroom after the latest call (at that call's ``now``), None before the first.
         self.latest: Headroom | None = None
-        self._limit_args = [
-            number(limits.requests),
-            number(limits.tokens),
-            number(limits.period),
-            number(limits.max_wait),
-        ]
+        # (limit, period) per bucket, as RateLimiter's _Bucket objects hold them: after adopt() the two
+        # may refill over different periods.
+        self._requests = None if limits.requests is None else (limits.requests, limits.period)
+        self._tokens = None if limits.tokens is None else (limits.tokens, limits.period)
+
+    def adopt(self, info: RateLimitInfo, period: float = 60.0) -> bool:
+        """Start limiting a dimension left unlimited at the limit the upstream states, exactly as
+        ``RateLimiter.adopt`` does (a local change: the calls carry the limits; a new bucket starts full,
+        which is how Redis sees a bucket it holds no state for). Returns True when a limit was adopted."""
+        adopted = False
+        if self._requests is None and info.limit_requests is not None and info.limit_requests > 0:
+            self._requests = (info.limit_requests, period)
+            adopted = True
+        if self._tokens is None and info.limit_tokens is not None and info.limit_tokens > 0:
+            self._tokens = (info.limit_tokens, period)
+            adopted = True
+        if adopted:
+            self.limits = RateLimits(
+                requests=None if self._requests is None else self._requests[0],
+                tokens=None if self._tokens is None else self._tokens[0],
+                period=period
+                if self.limits.requests is None and self.limits.tokens is None
+                else self.limits.period,
+            )
+        return adopted
 
     async def admit(self, now: float, tokens: int = 0) -> Admission:
         """Admit one request estimated at ``tokens`` tokens, or say when it could be admitted."""
@@ -84,12 +103,30 @@ class SharedRateLimiter:
         return Admission(admitted=False, retry_at=self._caller_time(reply[1], reply[5], now))
 
     async def settle(
-        self, reservation: Reservation, actual_tokens: int, now: float, observed: RateLimitInfo | None = None
+        self,
+        reservation: Reservation,
+        actual_tokens: int,
+        now: float,
+        observed: RateLimitInfo | None = None,
+        *,
+        adopt: bool = False,
     ) -> None:
-        """Correct a reservation by the tokens actually used; then adopt ``observed``, in the same call."""
+        """Correct a reservation by the tokens actually used; then, in the same call, take in what the
+        upstream said (``observed``), the order ``RateLimiter`` requires: settle, (``adopt``,) observe.
+
+        With ``adopt=True`` a dimension left unlimited takes the upstream's limit first (see
+        :meth:`adopt`); the rare response that adopts one costs two calls (settle, then observe under the
+        new limits).
+        """
         if actual_tokens < 0:
             raise ValueError(f"actual token usage cannot be negative ({actual_tokens})")
         args = [number(reservation.tokens), number(actual_tokens)]
+        if observed is not None and adopt:
+            settled_under = self._limit_args()
+            if self.adopt(observed):
+                await self._run("settle", now, args + observe_args(None), limits=settled_under)
+                await self._run("observe", now, observe_args(observed))
+                return
         await self._run("settle", now, args + observe_args(observed))
 
     async def cancel(self, reservation: Reservation, now: float) -> None:
@@ -106,12 +143,17 @@ class SharedRateLimiter:
         assert self.latest is not None
         return self.latest
 
-    async def _run(self, op: str, now: float, args: list[str]) -> list[str]:
+    def _limit_args(self) -> list[str]:
+        out = []
+        for bucket in (self._requests, self._tokens):
+            out += ["", ""] if bucket is None else [number(bucket[0]), number(bucket[1])]
+        return [*out, number(self.limits.max_wait)]
+
+    async def _run(self, op: str, now: float, args: list[str], limits: list[str] | None = None) -> list[str]:
         clock = "" if self.server_clock else number(now)
         what = f"rate limit {op} ({self.provider})"
-        reply = await self.fleet.run_script(
-            "ratelimit", [self.key], [op, clock, *self._limit_args, *args], what, reply_length=6
-        )
+        argv = [op, clock, *(limits or self._limit_args()), *args]
+        reply = await self.fleet.run_script("ratelimit", [self.key], argv, what, reply_length=6)
         try:
             self.latest = Headroom(
                 requests=float(reply[2]) if reply[2] else None,

@@ -8,9 +8,10 @@
 --          bu = blocked_until. An absent since is -inf (a fresh, full bucket); absent bu is -inf.
 -- ARGV[1]  op: admit | settle | cancel | observe | headroom
 -- ARGV[2]  now in seconds, or "" to use the server's TIME (production)
--- ARGV[3]  requests limit, "" = unlimited;  ARGV[4] tokens limit, "" = unlimited;  ARGV[5] period (s)
--- ARGV[6]  max_wait (s): the cap on waits an upstream imposes through observe
--- ARGV[7..] the op's arguments (see each op below)
+-- ARGV[3]  requests limit, "" = unlimited;  ARGV[4] its period (s)
+-- ARGV[5]  tokens limit, "" = unlimited;  ARGV[6] its period (s) (periods differ only after an adopt)
+-- ARGV[7]  max_wait (s): the cap on waits an upstream imposes through observe
+-- ARGV[8..] the op's arguments (see each op below)
 --
 -- Reply: { code, retry_at, requests, tokens, headroom_retry_at, now } as strings, "" standing for None:
 -- code and retry_at answer an admit; the next three are the headroom after the op (what headroom() at
@@ -27,8 +28,7 @@ if server_clock then
 else
   now = tonumber(ARGV[2])
 end
-local period = tonumber(ARGV[5])
-local max_wait = tonumber(ARGV[6])
+local max_wait = tonumber(ARGV[7])
 local NEG_INF = -math.huge
 
 local function fmt(x)
@@ -52,10 +52,10 @@ end
 
 local stored = redis.call('HMGET', key, 'rl', 'rs', 'tl', 'ts', 'bu')
 
-local function new_bucket(limit, level, since)
+local function new_bucket(limit, period, level, since)
   if limit == '' then return nil end
   local capacity = tonumber(limit)
-  local b = { capacity = capacity, rate = capacity / period, level = capacity, since = NEG_INF }
+  local b = { capacity = capacity, rate = capacity / tonumber(period), level = capacity, since = NEG_INF }
   if since then
     b.level = tonumber(level)
     b.since = tonumber(since)
@@ -63,8 +63,8 @@ local function new_bucket(limit, level, since)
   return b
 end
 
-local requests = new_bucket(ARGV[3], stored[1], stored[2])
-local tokens = new_bucket(ARGV[4], stored[3], stored[4])
+local requests = new_bucket(ARGV[3], ARGV[4], stored[1], stored[2])
+local tokens = new_bucket(ARGV[5], ARGV[6], stored[3], stored[4])
 local blocked_until = NEG_INF
 if stored[5] then blocked_until = tonumber(stored[5]) end
 
@@ -179,8 +179,8 @@ local function reply(code, retry_at)
 end
 
 if op == 'admit' then
-  -- ARGV[7]: tokens (>= 0, checked by the caller). Reply code: admitted "1"/"0", with retry_at.
-  local need = tonumber(ARGV[7])
+  -- ARGV[8]: tokens (>= 0, checked by the caller). Reply code: admitted "1"/"0", with retry_at.
+  local need = tonumber(ARGV[8])
   if tokens and need > tokens.capacity then return reply('0', nil) end
   local ready = limiter_ready_at(now, need)
   if ready > now then return reply('0', ready) end
@@ -189,27 +189,27 @@ if op == 'admit' then
   save()
   return reply('1', nil)
 elseif op == 'settle' then
-  -- ARGV[7]: reserved tokens, ARGV[8]: actual tokens, ARGV[9..15]: an optional observe (all "" = none),
-  -- applied after the settle in the same call (settle first, then observe).
+  -- ARGV[8]: reserved tokens, ARGV[9]: actual tokens, ARGV[10..16]: an optional observe (all "" =
+  -- none), applied after the settle in the same call (settle first, then observe).
   if tokens then
-    local difference = tonumber(ARGV[8]) - tonumber(ARGV[7])
+    local difference = tonumber(ARGV[9]) - tonumber(ARGV[8])
     if difference > 0 then
       take(tokens, now, difference)
     elseif difference < 0 then
       give(tokens, now, -difference)
     end
   end
-  if ARGV[9] ~= nil then observe(9) end
+  if ARGV[10] ~= nil then observe(10) end
   save()
   return reply('1', nil)
 elseif op == 'cancel' then
-  -- ARGV[7]: reserved tokens.
+  -- ARGV[8]: reserved tokens.
   if requests then give(requests, now, 1) end
-  if tokens then give(tokens, now, tonumber(ARGV[7])) end
+  if tokens then give(tokens, now, tonumber(ARGV[8])) end
   save()
   return reply('1', nil)
 elseif op == 'observe' then
-  observe(7)
+  observe(8)
   save()
   return reply('1', nil)
 elseif op == 'headroom' then

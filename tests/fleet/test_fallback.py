@@ -18,7 +18,7 @@ from duckagents.fleet import (
     local_share,
     open_fleet,
 )
-from duckagents.resilience import BreakerConfig, BreakerState, RateLimits
+from duckagents.resilience import BreakerConfig, BreakerState, RateLimitInfo, RateLimits
 from duckagents.testing import RedisServer, redis_server_path
 
 from .support import NO_REDIS, fleet_config
@@ -181,3 +181,19 @@ async def test_a_fleet_started_without_redis_runs_locally_and_joins_later() -> N
                 assert [r.shared for r in await admit_all(limiter, 7)] == [True] * 6
     finally:
         server.close()
+
+
+async def test_limits_learned_from_the_upstream_are_shared_and_split(redis_server: RedisServer) -> None:
+    config = fleet_config(redis_server.url, expected_replicas=3)
+    with trio.fail_after(BOUND):
+        async with open_fleet(config) as fleet:
+            limiter = FleetRateLimiter(fleet, "openai", RateLimits(requests=600))  # tokens: unlimited
+            answer = await limiter.admit(trio.current_time(), 500)
+            assert answer.reservation is not None
+            headers = RateLimitInfo(limit_tokens=90_000, remaining_tokens=80_000)
+            await limiter.settle(answer.reservation, 400, trio.current_time(), headers, adopt=True)
+            assert limiter.limits == RateLimits(requests=600, tokens=90_000)
+            assert limiter.local.limits == RateLimits(requests=200, tokens=30_000)
+            # The shared bucket was created full by the adoption, then lowered to the upstream's count.
+            assert limiter.shared.latest is not None and limiter.shared.latest.tokens == 80_000.0
+            assert not limiter.adopt(headers)  # nothing left to adopt

@@ -102,7 +102,11 @@ operation = st.one_of(
     st.tuples(st.just("admit"), replica, st.integers(0, 6000)),
     st.tuples(st.just("admit"), replica, st.integers(0, 50)),
     st.tuples(st.just("settle"), replica, st.integers(0, 1000), st.integers(0, 6000), st.none()),
-    st.tuples(st.just("settle"), replica, st.integers(0, 1000), st.integers(0, 6000), any_info),
+    st.tuples(
+        st.just("settle"), replica, st.integers(0, 1000), st.integers(0, 6000), any_info, st.booleans()
+    ),
+    # A dimension left unlimited takes the upstream's stated limit (RateLimiter.adopt), on every replica.
+    st.tuples(st.just("adopt"), replica, any_info, st.sampled_from([60.0, 60.0, 1.0, 7.0])),
     st.tuples(st.just("cancel"), replica, st.integers(0, 1000)),
     st.tuples(st.just("observe"), replica, any_info),
     st.tuples(st.just("advance"), st.floats(0, 2.0).map(lambda f: f * 60.0)),
@@ -149,10 +153,20 @@ async def run_both(
             elif kind == "settle" and outstanding:
                 reservation = outstanding.pop(op[2] % len(outstanding))
                 info = concrete(op[4], limits)
+                adopt = len(op) > 5 and op[5]
                 python.settle(reservation, op[3], now)
                 if info is not None:
+                    if adopt:
+                        python.adopt(info)
                     python.observe(now, info)  # settle first, then observe: one script call does both
-                await shared.settle(reservation, op[3], now, info)
+                await shared.settle(reservation, op[3], now, info, adopt=adopt)
+                if info is not None and adopt:
+                    replicas[1 - op[1]].adopt(info)  # every replica hears the same upstream
+            elif kind == "adopt":
+                info = concrete(op[2], limits)
+                assert info is not None
+                adopted = python.adopt(info, op[3])
+                assert [r.adopt(info, op[3]) for r in replicas] == [adopted, adopted], (step, op)
             elif kind == "cancel" and outstanding:
                 reservation = outstanding.pop(op[2] % len(outstanding))
                 python.cancel(reservation, now)
@@ -162,6 +176,7 @@ async def run_both(
                 assert info is not None
                 python.observe(now, info)
                 await shared.observe(now, info)
+            assert all(r.limits == python.limits for r in replicas), (step, op)
             if shared.latest is None:
                 # Time moved (or nothing was called): read through the other connection, both replicas
                 # see one bucket.
