@@ -64,7 +64,7 @@ async def test_scripts_are_shipped_and_a_bad_call_is_an_error_not_a_hang(redis_s
                 assert "redis.call" in fleet.script_source(name)
             with pytest.raises(FleetUnavailable, match="unknown op"):
                 await fleet.run_script(
-                    "ratelimit", ["{x}:k"], ["sideways", "1", "", "", "60"], "test", reply_length=6
+                    "ratelimit", ["{x}:k"], ["sideways", "1", "", "", "", "", "300"], "test", reply_length=6
                 )
             # Any failure degrades; the probe re-joins at once since Redis itself is fine.
             assert fleet.health.degraded
