@@ -2,12 +2,13 @@
 
 from .app import open_router, open_tree
 from .bus import Overflow, SignalBus, SignalFilter, Subscription
-from .config import Config, ProviderConfig, load_config, parse_config
+from .config import Config, FleetConfig, ProviderConfig, load_config, parse_config
 from .errors import (
     BusClosed,
     ConfigError,
     DuckAgentsError,
     ErrorKind,
+    FleetUnavailable,
     GatewayError,
     GatewayUnreachable,
     ProviderError,
@@ -57,6 +58,8 @@ __all__ = [
     "FeatureReply",
     "Features",
     "FinishReason",
+    "FleetConfig",
+    "FleetUnavailable",
     "GatewayError",
     "GatewayUnreachable",
     "ImagePart",

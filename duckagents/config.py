@@ -26,6 +26,8 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
+import re
+import socket
 import tomllib
 import types
 import typing
@@ -33,6 +35,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 import cattrs
@@ -510,6 +513,116 @@ class HttpConfig:
     keep_alive_timeout: float = attrs.field(default=5.0, validator=_positive)
 
 
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+# Names that go into Redis keys: no braces (they would break the Cluster hash tags), no whitespace.
+_KEY_NAME = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (userinfo, or a ``password=`` query argument) replaced by ``***``.
+
+    A userinfo without ``:`` is masked whole: some clients read a lone userinfo as the password.
+    """
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hostport = netloc.rpartition("@")
+            user, colon, _ = userinfo.partition(":")
+            netloc = f"{user}:***@{hostport}" if colon else f"***@{hostport}"
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return "<unparseable URL>"
+
+
+def _redis_url(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    shown = mask_url(value)
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises ValueError when not a number in 0..65535
+    except ValueError:
+        raise ValueError(f"fleet.redis_url {shown!r} is not a valid URL") from None
+    if parts.scheme not in _REDIS_SCHEMES:
+        raise ValueError(
+            f"fleet.redis_url {shown!r} must start with redis://, rediss:// or unix:// "
+            f"(got scheme {parts.scheme!r})"
+        )
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"fleet.redis_url {shown!r} names no socket path")
+        return
+    if not parts.hostname:
+        raise ValueError(f"fleet.redis_url {shown!r} names no host")
+    if port == 0:
+        raise ValueError(f"fleet.redis_url {shown!r}: port 0 is not a server port")
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        raise ValueError(f"fleet.redis_url {shown!r}: the path must be a database number, got {database!r}")
+
+
+def _key_name(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not _KEY_NAME.fullmatch(value):
+        raise ValueError(
+            f"fleet.{attribute.name} must be 1 to 64 characters among letters, digits and _ . : @ - "
+            f"(it goes into Redis keys), got {value!r}"
+        )
+
+
+def _default_instance() -> str:
+    # Unique per process on a host, readable in a status view; hostnames are letters, digits, '.', '-'.
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}"
+
+
+@attrs.frozen
+class FleetConfig:
+    """Fleet mode: several processes share rate limits, breakers and one signal stream through Redis.
+
+    Absent (``Config.fleet is None``), everything stays in-process. The password may be in ``redis_url``
+    (it is masked in every repr, log line and error) or, better, in the environment variable named by
+    ``password_env``.
+    """
+
+    redis_url: str = attrs.field(validator=_redis_url, repr=lambda url: repr(mask_url(url)))
+    #: Prefix of every Redis key and channel duckagents uses (several fleets can share one Redis).
+    key_prefix: str = attrs.field(default="duckagents", validator=_key_name)
+    #: Name of this replica, shown in the fleet's status and stream; unique within the fleet.
+    instance: str = attrs.field(factory=_default_instance, validator=_key_name)
+    #: Replicas sharing the quotas: while Redis is unreachable, each uses 1/expected_replicas of a limit.
+    expected_replicas: int = attrs.field(default=1, validator=_positive)
+    #: Approximate cap (``XADD MAXLEN ~``) of the fleet's signal stream: the window a client can resume in.
+    stream_maxlen: int = attrs.field(default=10_000, validator=_positive)
+    #: Bound (seconds) on every Redis operation on a request's path; beyond it, the local fallback decides.
+    timeout: float = attrs.field(default=0.2, validator=[_positive, attrs.validators.le(10.0)])
+    #: Seconds between reconnection probes while degraded (Redis unreachable).
+    probe_interval: float = attrs.field(default=1.0, validator=_positive)
+    #: Environment variable holding the Redis password (instead of putting it in ``redis_url``).
+    password_env: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.password_env and urlsplit(self.redis_url).password:
+            raise ValueError("fleet: give the Redis password in redis_url or in password_env, not both")
+
+    @property
+    def masked_url(self) -> str:
+        """``redis_url`` with its password masked, for logs and status."""
+        return mask_url(self.redis_url)
+
+    def password(self, environ: Mapping[str, str] | None = None) -> Secret | None:
+        """The password from the variable named by ``password_env``; ``ConfigError`` when it is unset."""
+        if not self.password_env:
+            return None
+        env = os.environ if environ is None else environ
+        value = env.get(self.password_env)
+        if not value:
+            raise ConfigError(f"fleet: environment variable {self.password_env} (password_env) is not set")
+        return Secret(value)
+
+
 @attrs.frozen
 class Config:
     """The whole configuration."""
@@ -523,6 +636,8 @@ class Config:
     health_interval: float = attrs.field(default=30.0, validator=_positive)
     #: Per model name: fallback chains and price (``[models."gpt-4o-mini"]``).
     models: dict[str, ModelConfig] = attrs.field(factory=dict)
+    #: Fleet mode over Redis; ``None`` keeps every limiter, breaker and signal in this process.
+    fleet: FleetConfig | None = None
 
     def __attrs_post_init__(self) -> None:
         names = [p.name for p in self.providers]

@@ -158,6 +158,10 @@ class GatewayUnreachable(GatewayError):
     or went away; the message says which."""
 
 
+class FleetUnavailable(DuckAgentsError):
+    """Redis (fleet mode) did not answer within the bound, or failed; the caller falls back locally."""
+
+
 class Secret:
     """A secret string (API key, token) whose repr and str never show the value.
 

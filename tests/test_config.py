@@ -8,9 +8,11 @@ import pytest
 from duckagents.config import (
     Config,
     ConfigError,
+    FleetConfig,
     ProviderConfig,
     default_config,
     load_config,
+    mask_url,
     parse_config,
 )
 from duckagents.errors import ErrorKind, Secret
@@ -504,3 +506,84 @@ def test_directory_and_non_utf8_files_are_clear_errors(tmp_path: Path) -> None:
     binary.write_bytes(b'name = "\xff\xfe"\n')
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(binary)
+
+
+# --- fleet ---------------------------------------------------------------------------------------
+
+
+def test_fleet_is_absent_by_default_and_parsed_when_given(tmp_path: Path) -> None:
+    assert parse_config({}).fleet is None
+    path = tmp_path / "fleet.toml"
+    path.write_text(
+        '[fleet]\nredis_url = "redis://127.0.0.1:6379/0"\nkey_prefix = "prod"\ninstance = "eu-1"\n'
+        "expected_replicas = 3\nstream_maxlen = 5000\ntimeout = 0.05\n"
+    )
+    fleet = load_config(path).fleet
+    assert fleet == FleetConfig(
+        redis_url="redis://127.0.0.1:6379/0",
+        key_prefix="prod",
+        instance="eu-1",
+        expected_replicas=3,
+        stream_maxlen=5000,
+        timeout=0.05,
+    )
+    default = FleetConfig(redis_url="unix:///run/redis.sock")
+    assert default.key_prefix == "duckagents" and default.expected_replicas == 1 and default.instance
+
+
+@pytest.mark.parametrize(
+    ("fleet", "fragment"),
+    [
+        ({}, "required field missing @ $.fleet.redis_url"),
+        ({"redis_url": "http://h"}, "must start with redis://"),
+        ({"redis_url": "redis://"}, "names no host"),
+        ({"redis_url": "redis://h:70000"}, "not a valid URL"),
+        ({"redis_url": "redis://h/zero"}, "database number"),
+        ({"redis_url": "unix://"}, "no socket path"),
+        ({"redis_url": "redis://h", "key_prefix": "a{b}"}, "fleet.key_prefix"),
+        ({"redis_url": "redis://h", "instance": "has space"}, "fleet.instance"),
+        ({"redis_url": "redis://h", "expected_replicas": 0}, "expected_replicas must be a finite number > 0"),
+        ({"redis_url": "redis://h", "stream_maxlen": 0}, "stream_maxlen must be a finite number > 0"),
+        ({"redis_url": "redis://h", "timeout": 0}, "timeout must be a finite number > 0"),
+        ({"redis_url": "redis://h", "timeout": 30}, "<= 10.0"),
+        ({"redis_url": "redis://h", "timeout": "1"}, "expected a number"),
+        (
+            {"redis_url": "redis://h", "pasword_env": "X"},
+            "unknown key 'pasword_env' (did you mean 'password_env'?) @ $.fleet",
+        ),
+        ({"redis_url": "redis://:pw@h", "password_env": "X"}, "not both"),
+    ],
+)
+def test_bad_fleet_config_names_the_problem(fleet: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"fleet": fleet})
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("redis://:s3cret-pw@10.0.0.1:6380/2", "redis://:***@10.0.0.1:6380/2"),
+        ("rediss://app:s3cret-pw@cache.example:6380/0", "rediss://app:***@cache.example:6380/0"),
+        ("redis://s3cret-pw@h/0", "redis://***@h/0"),
+        ("redis://h:6379/0?password=s3cret-pw&db=1", "redis://h:6379/0?password=***&db=1"),
+        ("redis://h:6379/0", "redis://h:6379/0"),
+    ],
+)
+def test_the_redis_password_is_masked_everywhere(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+    config = parse_config({"fleet": {"redis_url": url}})
+    assert config.fleet is not None and config.fleet.masked_url == masked
+    assert "s3cret" not in repr(config) and "s3cret" not in str(config.fleet)
+    with pytest.raises(ConfigError) as info:
+        parse_config({"fleet": {"redis_url": url.replace("/0", "/x").replace("/2", "/x"), "timeout": 1}})
+    assert "s3cret" not in str(info.value)
+
+
+def test_the_fleet_password_can_come_from_the_environment() -> None:
+    fleet = FleetConfig(redis_url="redis://h", password_env="REDIS_PW")
+    secret = fleet.password({"REDIS_PW": "s3cret-pw"})
+    assert secret is not None and secret.reveal() == "s3cret-pw" and "s3cret" not in repr(secret)
+    assert FleetConfig(redis_url="redis://h").password({}) is None
+    with pytest.raises(ConfigError, match="REDIS_PW"):
+        fleet.password({})

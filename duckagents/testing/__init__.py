@@ -4,13 +4,14 @@
 ``open_ollama_server``, ``open_tgi_server``) yields a server with ``.url``, ``.requests`` (recorded),
 ``.script`` (:class:`ReplyScript` of :class:`ScriptedReply`) and ``.inject(Fault(...))`` for fault
 injection. Our own test suite uses them; so can yours. :class:`ThreadedServer` runs one in a thread, for
-synchronous clients.
+synchronous clients. :class:`RedisServer` runs a real ``redis-server`` on a free loopback port (fleet tests).
 """
 
 from ._anthropic import AnthropicServer, open_anthropic_server
 from ._common import WireServer
 from ._ollama import OllamaServer, open_ollama_server
 from ._openai import OpenAIRateLimits, OpenAIServer, open_openai_server
+from ._redis import RedisServer, redis_server_path
 from ._script import ReplyScript, ScriptedReply
 from ._server import Fault, HTTPRequest, LoopbackServer, Reply, StreamReply, ndjson, serve_loopback, sse
 from ._tgi import TGIServer, open_tgi_server
@@ -24,6 +25,7 @@ __all__ = [
     "OllamaServer",
     "OpenAIRateLimits",
     "OpenAIServer",
+    "RedisServer",
     "Reply",
     "ReplyScript",
     "ScriptedReply",
@@ -36,6 +38,7 @@ __all__ = [
     "open_ollama_server",
     "open_openai_server",
     "open_tgi_server",
+    "redis_server_path",
     "serve_loopback",
     "sse",
 ]

@@ -1,0 +1,169 @@
+-- duckagents fleet circuit breaker: the transitions of duckagents.resilience.CircuitBreaker, step for step,
+-- shared by every replica (tests/fleet/test_breaker_equivalence.py checks it against the Python class).
+--
+-- KEYS[1]  the breaker's hash: st = state (closed | open | half_open; absent = closed), f = consecutive
+--          failures, oa = opened_at (absent = None), fo = "1" when forced open, tr = trials in flight,
+--          ot = other calls in flight, ta = when the latest trial slot was taken (for the lease).
+-- ARGV[1]  op: allow | success | failure | release | force_open | reset | snapshot
+-- ARGV[2]  now in seconds, or "" to use the server's TIME (production)
+-- ARGV[3]  failure_threshold, ARGV[4] open_timeout, ARGV[5] half_open_trials
+-- ARGV[6]  trial lease in seconds, "" = none (see below)
+-- ARGV[7]  notice channel, "" = publish nothing;  ARGV[8] provider, ARGV[9] instance (for the notice)
+-- ARGV[10] for failure: "1" when the failure's kind counts (the caller knows the tripping kinds)
+--
+-- Reply: { result "1"/"0", state, failures, opened_at, trials, forced "1"/"0", now } as strings.
+--
+-- The lease is the one addition to the Python machine, off when ARGV[6] is "": a replica that dies (or
+-- times out) while holding a half-open trial slot would hold it forever, and the whole fleet would stay
+-- half-open with no slot free. With a lease, slots still taken a lease after the latest one was taken
+-- are retired (moved to the other calls, as the Python machine does when an episode ends).
+
+local key = KEYS[1]
+local op = ARGV[1]
+local now
+if ARGV[2] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+else
+  now = tonumber(ARGV[2])
+end
+local threshold = tonumber(ARGV[3])
+local open_timeout = tonumber(ARGV[4])
+local half_open_trials = tonumber(ARGV[5])
+local lease = nil
+if ARGV[6] ~= '' then lease = tonumber(ARGV[6]) end
+
+local function fmt(x)
+  if x == nil then return '' end
+  return string.format('%.17g', x)
+end
+
+local h = redis.call('HMGET', key, 'st', 'f', 'oa', 'fo', 'tr', 'ot', 'ta')
+local state = h[1] or 'closed'
+local failures = tonumber(h[2] or '0')
+local opened_at = h[3] and tonumber(h[3]) or nil
+local forced = h[4] == '1'
+local trials = tonumber(h[5] or '0')
+local others = tonumber(h[6] or '0')
+local trial_at = h[7] and tonumber(h[7]) or nil
+local before = { state, opened_at, forced }
+
+local function retire_trials()
+  others = others + trials
+  trials = 0
+end
+
+local function advance()
+  if state == 'open' and not forced and opened_at ~= nil and now >= opened_at + open_timeout then
+    state = 'half_open'
+    retire_trials()
+  end
+  if lease ~= nil and state == 'half_open' and trials > 0 and trial_at ~= nil and now >= trial_at + lease then
+    retire_trials()
+  end
+end
+
+local function open()
+  state = 'open'
+  opened_at = now
+  forced = false
+  retire_trials()
+end
+
+local function close()
+  state = 'closed'
+  failures = 0
+  opened_at = nil
+  forced = false
+  retire_trials()
+end
+
+local function end_call()
+  if others > 0 then
+    others = others - 1
+  elseif trials > 0 then
+    trials = trials - 1
+  end
+end
+
+local result = true
+if op == 'allow' then
+  advance()
+  if state == 'closed' then
+    others = others + 1
+  elseif state == 'half_open' and trials < half_open_trials then
+    trials = trials + 1
+    trial_at = now
+  else
+    result = false
+  end
+elseif op == 'success' then
+  advance()
+  end_call()
+  if state == 'closed' then
+    failures = 0
+  elseif state == 'half_open' then
+    close()
+  end
+elseif op == 'failure' then
+  advance()
+  end_call()
+  if ARGV[10] ~= '1' then
+    result = false
+  elseif state == 'closed' then
+    failures = failures + 1
+    if failures >= threshold then open() end
+  elseif state == 'half_open' then
+    failures = failures + 1
+    open()
+  end
+elseif op == 'release' then
+  advance()
+  end_call()
+elseif op == 'force_open' then
+  open()
+  forced = true
+elseif op == 'reset' then
+  close()
+elseif op == 'snapshot' then
+  advance()
+else
+  return redis.error_reply('breaker.lua: unknown op ' .. tostring(op))
+end
+-- The reply (and the stored state) is what a query at `now` sees after the op, as if the Python
+-- machine's snapshot(now) followed it: with open_timeout 0 an opening is already half-open. The next op
+-- would make the same lazy transition first, so storing it now changes no later decision.
+advance()
+
+-- Write back only what differs from a fresh breaker, so that a closed, idle breaker holds no key.
+redis.call('DEL', key)
+if not (state == 'closed' and failures == 0 and trials == 0 and others == 0) then
+  local fields = { 'st', state, 'f', tostring(failures), 'tr', tostring(trials), 'ot', tostring(others) }
+  if opened_at ~= nil then
+    table.insert(fields, 'oa')
+    table.insert(fields, fmt(opened_at))
+  end
+  if forced then
+    table.insert(fields, 'fo')
+    table.insert(fields, '1')
+  end
+  if trial_at ~= nil and state == 'half_open' then
+    table.insert(fields, 'ta')
+    table.insert(fields, fmt(trial_at))
+  end
+  redis.call('HSET', key, unpack(fields))
+end
+
+if ARGV[7] ~= '' and (state ~= before[1] or opened_at ~= before[2] or forced ~= before[3]) then
+  -- A notice per change of state, opening time or forcing; the shared hash stays the truth.
+  redis.call('PUBLISH', ARGV[7], cjson.encode({
+    provider = ARGV[8], instance = ARGV[9], state = state, opened_at = fmt(opened_at),
+    forced = forced, failures = failures, trials = trials, now = fmt(now),
+  }))
+end
+
+local flag = '0'
+if result then flag = '1' end
+local forced_flag = '0'
+if forced then forced_flag = '1' end
+return { flag, state, tostring(failures), fmt(opened_at), tostring(trials), forced_flag, fmt(now) }
