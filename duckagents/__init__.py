@@ -4,6 +4,7 @@ from .app import open_router, open_tree
 from .bus import Overflow, SignalBus, SignalFilter, Subscription
 from .config import Config, FleetConfig, ProviderConfig, load_config, parse_config
 from .errors import (
+    AgentFault,
     BusClosed,
     ConfigError,
     DuckAgentsError,
@@ -48,6 +49,7 @@ ProviderFailure = ProviderErrorData
 __version__ = "0.1.0"
 
 __all__ = [
+    "AgentFault",
     "BusClosed",
     "ChildSpec",
     "Config",

@@ -18,6 +18,17 @@ the bus never waits on the agent for long, and a steady stream of requests costs
 → the provider → classify → a verdict, all within the request's deadline; its terminal goes out through
 ``SignalBus.deliver`` (no scheduler turn unless a subscriber is full).
 
+**Containment.** An unexpected exception while handling one request (from ``prepare`` to the verdict:
+an encoding or parsing failure, a provider bug) fails *that request* with ``internal`` (not retryable),
+logs one full traceback with the request id (logger ``duckagents.agents``) and leaves the agent serving.
+Only a fault of the agent's own machinery crashes it: an exception in its inbox, health or broadcast
+tasks, or an :class:`~duckagents.errors.AgentFault` raised by the provider.
+
+**A crash** cancels the agent's tasks; before its run ends, the agent answers every attempt it held or
+had queued with ``agent_crashed`` (shielded, bounded by ``publish_timeout``): retryable (the router may try
+another agent), except for the attempt whose own handling raised the crash, which may carry a poison
+input. What it could not answer, the router answers on its behalf when the supervisor reports the crash.
+
 **Health reports.** A task probes the provider every ``health_interval`` seconds (at once on start) and
 publishes a ``provider_status`` after each probe, whenever the agent pokes it (a breaker change, an
 upstream rate-limit block) and when an open breaker's timeout passes (the breaker's open -> half-open
@@ -27,6 +38,7 @@ move is lazy, so nothing else would report it).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +49,16 @@ import trio
 from ..bus import Overflow, SignalBus, SignalFilter, Subscription
 from ..config import ProviderConfig
 from ..costs import ModelPrice, PriceTable
-from ..errors import BusClosed, ErrorKind, ProviderError, StreamProtocolError, redact
+from ..errors import (
+    AgentFault,
+    BusClosed,
+    ErrorKind,
+    ProviderError,
+    StreamProtocolError,
+    describe_exception,
+    format_exception_text,
+    redact,
+)
 from ..messages import FEATURE_NAMES, Features, Usage, implied_features
 from ..providers import Completion, HealthProbe, Provider, StreamEnd, heuristic_token_count
 from ..resilience import BreakerState, CircuitBreaker, RateLimiter, RateLimits
@@ -73,6 +94,8 @@ IDLE_WORKERS = 16
 #: Model prices an agent keeps looked up (a ``models = ["*"]`` agent may see any number of names).
 PRICE_CACHE = 256
 
+log = logging.getLogger("duckagents.agents")
+
 
 @attrs.define(eq=False)
 class ActiveRequest:
@@ -92,6 +115,13 @@ class ActiveRequest:
     chunks: int = 0
     answered: bool = False
     published: bool = False
+
+
+def _is_agent_fault(exc: BaseException) -> bool:
+    """True for an :class:`AgentFault`, or an exception group holding one (a provider's own nursery)."""
+    if isinstance(exc, AgentFault):
+        return True
+    return isinstance(exc, BaseExceptionGroup) and exc.subgroup(AgentFault) is not None
 
 
 class ProviderAgent(Actor):
@@ -172,6 +202,9 @@ class ProviderAgent(Actor):
         self._reported_breaker: BreakerState | None = None
         #: Set to make the health task publish a status now (see :meth:`poke_status`).
         self._status_wakeup = trio.Event()
+        #: Attempts a crash of this run left without a terminal, by key: (request, suspected of causing
+        #: the crash). Answered with ``agent_crashed`` before the run ends (see :meth:`_report_crash`).
+        self._casualties: dict[tuple[str, int], tuple[ActiveRequest, bool]] = {}
 
     # --- identity ----------------------------------------------------------------------------------
 
@@ -246,6 +279,7 @@ class ProviderAgent(Actor):
         if self.incarnation > 1 and self._owns_provider and self._factory is not None:
             self.provider = self._factory()  # the previous run closed it
         self._owns_provider = self._factory is not None
+        self._casualties = {}
         inbox_filter = SignalFilter(types=INBOX_TYPES, providers=frozenset({self.name}))
         broadcast_filter = SignalFilter(types=frozenset({"feature_check", "token_estimate"}))
         try:
@@ -255,14 +289,19 @@ class ProviderAgent(Actor):
             ):
                 self._inbox = inbox
                 self._followers = trio.lowlevel.ParkingLot()
-                # A crash (an unexpected exception in any task) leaves the terminals of the other tasks'
-                # requests, now cancelled, to the router: see ``crashed``.
-                async with self._serving() as nursery:
-                    nursery.start_soon(self._guard, self._report_health)
-                    nursery.start_soon(self._guard, self.background)
-                    nursery.start_soon(self._guard, self._serve_broadcasts, broadcast)
-                    task_status.started()
-                    await self._guard(self._serve_inbox, inbox)
+                try:
+                    async with self._serving() as nursery:
+                        nursery.start_soon(self._guard, self._report_health)
+                        nursery.start_soon(self._guard, self.background)
+                        nursery.start_soon(self._guard, self._serve_broadcasts, broadcast)
+                        task_status.started()
+                        await self._guard(self._serve_inbox, inbox)
+                finally:
+                    if self.crashed:
+                        # Before the supervisor hears of the crash (so before the router answers on our
+                        # behalf): our own answers, which say whether each attempt may be retried.
+                        with trio.CancelScope(shield=True):
+                            await self._report_crash(inbox)
         finally:
             self._inbox = None
             if self._owns_provider:
@@ -314,7 +353,12 @@ class ProviderAgent(Actor):
         """Take one inbox signal into account; a request to answer is returned, not started."""
         data = signal.data
         if isinstance(data, ProviderRequest):
-            return self._accept(data, signal.subject)
+            try:
+                return self._accept(data, signal.subject)
+            except Exception as exc:  # one odd request fails alone, the inbox goes on
+                failed = ActiveRequest(data, trio.current_time(), trio.CancelScope(), signal.subject)
+                self._spawn(self._publish_terminal, self._internal_failure(failed, exc), signal.subject)
+                return None
         if isinstance(data, FeatureCheck):
             self._spawn(self._reply_features, data)
         elif isinstance(data, TokenEstimate):
@@ -368,11 +412,20 @@ class ProviderAgent(Actor):
                 active.published = True
                 await self._publish_terminal(terminal, active.subject)
         except trio.Cancelled:
-            # Shutdown: answer for the request ourselves. A crash: stay silent, the router answers for
-            # every attempt of a crashed agent (it sees the supervisor's event), so nothing is doubled.
-            if not self.crashed and not active.answered and not active.published:
-                error = ProviderError(ErrorKind.SHUTDOWN, "the provider agent shut down")
-                await self._publish_terminal(self.failure(active, error), active.subject)
+            # Shutdown: answer for the request ourselves. A crash (another task's): the answer waits for
+            # the end of the run (_report_crash), when every task has stopped.
+            if not active.answered and not active.published:
+                if self.crashed:
+                    self._casualties.setdefault(key, (active, False))
+                else:
+                    error = ProviderError(ErrorKind.SHUTDOWN, "the provider agent shut down")
+                    await self._publish_terminal(self.failure(active, error), active.subject)
+            raise
+        except Exception as exc:
+            # This request's own handling crashed the agent (past the containment of _outcome): unless
+            # the provider declared its machinery broken, the request itself may be the cause.
+            if not active.answered and not active.published:
+                self._casualties[key] = (active, not _is_agent_fault(exc))
             raise
         finally:
             self.active_requests.pop(key, None)
@@ -389,6 +442,10 @@ class ProviderAgent(Actor):
                 return await self._perform(active, deadline)
         except ProviderError as error:
             return self.failure(active, error)
+        except Exception as exc:
+            if _is_agent_fault(exc):
+                raise  # the agent's own machinery is broken: crash (the supervisor restarts it)
+            return self._internal_failure(active, exc)
         # The scope caught its own cancellation: answered elsewhere, or the deadline passed.
         if active.answered:
             return None
@@ -563,6 +620,55 @@ class ProviderAgent(Actor):
             partial=error.partial or active.chunks > 0,
         )
 
+    def _internal_failure(self, active: ActiveRequest, exc: Exception) -> ProviderErrorData:
+        """The ``internal`` terminal of a request whose handling raised ``exc``; logs its traceback once."""
+        request = active.request
+        secrets = self.provider.secrets
+        log.error(
+            "agent %s: request %s (attempt %d) failed with an internal error; the agent keeps serving\n%s",
+            self.agent_id, request.request_id, request.attempt, format_exception_text(exc, secrets),
+        )
+        message = f"internal error while handling the request: {describe_exception(exc, secrets)}"
+        return self.failure(active, ProviderError(ErrorKind.INTERNAL, message))
+
+    async def _report_crash(self, inbox: Subscription) -> None:
+        """Answer, with ``agent_crashed``, every attempt this crashed run held or had queued (see the
+        module docstring). Runs once every task has stopped; bounded by ``publish_timeout`` overall."""
+        now = trio.current_time()
+        casualties = self._casualties
+        # Accepted but never started (their task never ran), or still unread in the inbox: not the cause.
+        for key, active in self.active_requests.items():
+            casualties.setdefault(key, (active, False))
+        answered: set[tuple[str, int]] = set()
+        while True:
+            try:
+                signal = inbox.receive_nowait()
+            except (trio.WouldBlock, BusClosed):
+                break
+            data = signal.data
+            if isinstance(data, ProviderRequest):
+                key = (data.request_id, data.attempt)
+                unread = ActiveRequest(data, now, trio.CancelScope(), signal.subject)
+                casualties.setdefault(key, (unread, False))
+            elif isinstance(data, ProviderErrorData) and signal.source != self.source:
+                answered.add((data.request_id, data.attempt))  # the router answered it meanwhile
+        self._casualties = {}
+        # Suspects first: their answer (not retryable) matters most if the bus lets only some through.
+        ordered = sorted(casualties.items(), key=lambda item: not item[1][1])
+        give_up = trio.current_time() + self.publish_timeout
+        for key, (active, suspect) in ordered:
+            left = give_up - trio.current_time()
+            if left <= 0:
+                return  # the bus is stalled: the router answers the rest on our behalf
+            if key in answered or active.answered:
+                continue
+            if suspect:
+                message = f"provider agent {self.name} crashed while handling this request"
+            else:
+                message = f"provider agent {self.name} crashed (not because of this request)"
+            error = ProviderError(ErrorKind.AGENT_CRASHED, message, retryable=not suspect)
+            await self._publish_terminal(self.failure(active, error), active.subject, within=left)
+
     def redact(self, text: str) -> str:
         """``text`` with this provider's secrets (and key-shaped tokens) removed."""
         return redact(text, self.provider.secrets)
@@ -571,14 +677,16 @@ class ProviderAgent(Actor):
         """Publish a payload from this agent (waits while a BLOCK subscriber is full)."""
         await self.bus.publish(make_signal(payload, self.source))
 
-    async def _publish_terminal(self, payload: Payload, subject: str | None) -> None:
+    async def _publish_terminal(
+        self, payload: Payload, subject: str | None, *, within: float | None = None
+    ) -> None:
         """Publish the terminal of a request, with the subject of the ``provider_request`` it answers (the
         router gives each attempt its own).
 
         Shielded: a decided terminal must go out whole even when the agent is being stopped; bounded, so
         a stalled subscriber cannot hold a shutdown forever (the router then answers on the agent's
-        behalf). Usually nobody's buffer is full and it goes out at once, with no cancel scope and no
-        scheduler turn.
+        behalf): ``within`` seconds, default ``publish_timeout``. Usually nobody's buffer is full and it goes
+        out at once, with no cancel scope and no scheduler turn.
         """
         signal = Signal(
             payload.TYPE,
@@ -587,7 +695,7 @@ class ProviderAgent(Actor):
             subject=subject if subject is not None else getattr(payload, "request_id", None),
             provider=getattr(payload, "provider", None),
         )
-        await self.bus.deliver(signal, shielded_for=self.publish_timeout)
+        await self.bus.deliver(signal, shielded_for=self.publish_timeout if within is None else within)
 
     async def _reply_features(self, check: FeatureCheck) -> None:
         """Publish what ``check.model`` (default: the agent's model) supports; unknown names are False."""

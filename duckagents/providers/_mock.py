@@ -10,8 +10,10 @@ at run time:
   answer is :func:`mock_answer` of the last user turn;
 * :meth:`~MockProvider.fail_next` makes the next calls raise a :class:`ProviderError` of a given kind
   (optionally after some streamed chunks);
-* :meth:`~MockProvider.crash_next` makes the next calls raise ``RuntimeError`` (a bug, not an upstream
-  failure: the agent running it crashes and its supervisor restarts it);
+* :meth:`~MockProvider.crash_next` makes the next calls raise ``RuntimeError`` (a provider bug, not an
+  upstream failure: the agent fails that request with ``internal`` and keeps serving);
+* :meth:`~MockProvider.crash_agent_next` makes the next calls raise ``AgentFault`` (the agent's own
+  machinery is broken: the agent crashes and its supervisor restarts it);
 * :meth:`~MockProvider.hang_next` makes the next calls ignore cancellation for a while (a wedged call);
 * ``latency`` (fixed or uniform, seeded) delays each answer; ``chunk_delay`` paces streamed chunks;
 * ``features`` (one :class:`Features` or one per model) says what it supports; requests that need what it
@@ -28,7 +30,7 @@ from typing import Any, ClassVar
 
 import trio
 
-from ..errors import ErrorKind, ProviderError, Secret
+from ..errors import AgentFault, ErrorKind, ProviderError, Secret
 from ..messages import Features, FinishReason, Message, TextPart, Usage
 from ..signals import ProviderRequest, ToolCallDelta
 from ._base import (
@@ -44,7 +46,7 @@ from ._base import (
 )
 from ._client import as_secret
 from ._mock_options import Latency, as_latency, parse_options
-from ._mock_script import MAX_SCRIPT, Crash, Hang, MockFailure, MockReply, MockScript, mock_answer
+from ._mock_script import MAX_SCRIPT, AgentCrash, Crash, Hang, MockFailure, MockReply, MockScript, mock_answer
 
 __all__ = [
     "DEFAULT_MOCK_FEATURES",
@@ -70,8 +72,9 @@ DEFAULT_MOCK_FEATURES = Features(
 class MockProvider(MockScript):
     """A scriptable in-process provider implementing the full :class:`~.base.Provider` protocol.
 
-    The scripting methods (:meth:`push_reply`, :meth:`fail_next`, :meth:`crash_next`, :meth:`hang_next`,
-    :meth:`clear_script`) come from :class:`~._mock_script.MockScript`.
+    The scripting methods (:meth:`push_reply`, :meth:`fail_next`, :meth:`crash_next`,
+    :meth:`crash_agent_next`, :meth:`hang_next`, :meth:`clear_script`) come from
+    :class:`~._mock_script.MockScript`.
     """
 
     name = "mock"
@@ -259,6 +262,8 @@ class MockProvider(MockScript):
         await trio.lowlevel.checkpoint()
         if isinstance(outcome, Crash):
             raise RuntimeError(outcome.message)
+        if isinstance(outcome, AgentCrash):
+            raise AgentFault(outcome.message)
         if isinstance(outcome, Hang):
             with trio.CancelScope(shield=True):
                 await trio.sleep(outcome.duration)

@@ -1,7 +1,8 @@
 """What a :class:`~duckagents.providers._mock.MockProvider` is scripted to do next.
 
 Replies and outcomes (failures, crashes, hangs) wait in two bounded queues; :class:`MockScript` holds them
-and is the mock's scripting half (``push_reply``, ``fail_next``, ``crash_next``, ``hang_next``).
+and is the mock's scripting half (``push_reply``, ``fail_next``, ``crash_next``, ``crash_agent_next``,
+``hang_next``).
 """
 
 from __future__ import annotations
@@ -62,13 +63,20 @@ class Crash:
 
 
 @attrs.frozen
+class AgentCrash:
+    """The call raises ``AgentFault(message)``: the agent running the mock crashes."""
+
+    message: str
+
+
+@attrs.frozen
 class Hang:
     """The call sleeps ``duration`` seconds shielded from cancellation before going on."""
 
     duration: float
 
 
-Outcome = MockFailure | Crash | Hang
+Outcome = MockFailure | Crash | AgentCrash | Hang
 
 
 class MockScript:
@@ -100,9 +108,18 @@ class MockScript:
             self._queue_outcome(failure)
 
     def crash_next(self, count: int = 1, message: str = "injected crash in the mock provider") -> None:
-        """Make the next ``count`` completion calls raise ``RuntimeError`` (simulates a bug)."""
+        """Make the next ``count`` completion calls raise ``RuntimeError`` (simulates a provider bug: the
+        agent fails that request with ``internal`` and keeps serving)."""
         for _ in range(count):
             self._queue_outcome(Crash(message))
+
+    def crash_agent_next(
+        self, count: int = 1, message: str = "injected agent fault in the mock provider"
+    ) -> None:
+        """Make the next ``count`` completion calls raise :class:`~duckagents.errors.AgentFault` (a fault of
+        the agent's own machinery: the agent crashes and its supervisor restarts it)."""
+        for _ in range(count):
+            self._queue_outcome(AgentCrash(message))
 
     def hang_next(self, count: int = 1, duration: float = 3600.0) -> None:
         """Make the next ``count`` calls sleep ``duration`` seconds *shielded from cancellation* before

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import attrs
 import pytest
 import trio
@@ -11,7 +14,7 @@ from duckagents.agents import ProviderAgent
 from duckagents.agents._health import RecentOutcomes, headroom_fraction, health_score
 from duckagents.bus import SignalBus
 from duckagents.config import ProviderConfig
-from duckagents.errors import ErrorKind, ProviderError, Secret
+from duckagents.errors import AgentFault, ErrorKind, ProviderError, Secret
 from duckagents.messages import FinishReason, Message
 from duckagents.providers import Completion, HealthProbe, MockProvider
 from duckagents.resilience import BreakerConfig, BreakerState, RateLimits
@@ -245,21 +248,62 @@ async def test_shutdown_answers_every_in_flight_request_once(autojump_clock: obj
         outer.cancel_scope.cancel()
 
 
-async def test_a_bug_crashes_the_agent_and_leaves_terminals_to_the_router(autojump_clock: object) -> None:
-    bus = SignalBus()
-    provider = MockProvider(latency=5.0)
-    provider.crash_next()
-    agent = ProviderAgent(config(), bus, provider)
-    rec = Recorder(bus)
-    with pytest.raises(BaseExceptionGroup) as info:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(rec.run)
-            await nursery.start(agent.run)
+async def test_a_bug_while_handling_a_request_fails_it_with_internal_and_the_agent_keeps_serving(
+    autojump_clock: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider = MockProvider(latency=1.0)
+    provider.crash_next(message="injected crash in the mock provider \ud800 " + "x" * 10_000)
+    with caplog.at_level(logging.ERROR, logger="duckagents.agents"):
+        async with running_agent(provider=provider) as (agent, bus, rec):
             await send(bus, request("boom", provider="m"))
             await send(bus, request("bystander", provider="m"))
-            await trio.sleep(100)
-    assert info.group_contains(RuntimeError, match="injected crash")
-    assert rec.terminals() == []  # neither the crashed request nor its bystander got a (wrong) answer
+            terminals = await rec.wait_for(lambda s: s.is_terminal, count=2)
+            by_id = {t.data.request_id: t.data for t in terminals}  # type: ignore[union-attr]
+            failure = by_id["boom"]
+            assert isinstance(failure, ProviderErrorData) and failure.kind is ErrorKind.INTERNAL
+            assert not failure.retryable and failure.provider == "m" and failure.agent_id == "m#1"
+            # Bounded, and valid Unicode whatever the exception quoted (here a lone surrogate).
+            assert "RuntimeError: injected crash" in failure.message and len(failure.message) < 400
+            failure.message.encode("utf-8")
+            assert isinstance(by_id["bystander"], ProviderResponse)
+            # Still the same incarnation, and it serves the next request.
+            await send(bus, request("after", provider="m"))
+            [after] = await rec.wait_for(lambda s: s.is_terminal and s.data.request_id == "after")  # type: ignore[union-attr]
+            assert isinstance(after.data, ProviderResponse) and agent.incarnation == 1 and agent.running
+            # No verdict on the upstream for our own bug; the call counts as interrupted.
+            assert agent.breaker.state(trio.current_time()) is BreakerState.CLOSED
+            assert agent.metrics.snapshot().in_flight == 0 and not agent.active_requests
+    [record] = [r for r in caplog.records if "boom" in r.getMessage()]
+    text = record.getMessage()
+    assert "agent m#1: request boom (attempt 1) failed with an internal error" in text
+    assert "Traceback (most recent call last)" in text and "RuntimeError: injected crash" in text
+
+
+async def test_an_agent_fault_crashes_the_agent_which_answers_its_attempts_first(autojump_clock: object) -> None:
+    bus = SignalBus()
+    provider = MockProvider(latency=5.0)
+    agent = ProviderAgent(config(), bus, provider)
+    rec = Recorder(bus)
+    async with trio.open_nursery() as outer:
+        outer.start_soon(rec.run)
+        with pytest.raises(BaseExceptionGroup) as info:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(agent.run)
+                await send(bus, request("bystander", provider="m"))
+                await trio.sleep(1)
+                provider.crash_agent_next()
+                await send(bus, request("boom", provider="m"))
+                await trio.sleep(100)
+        await rec.wait_for(lambda s: s.is_terminal, count=2)
+        outer.cancel_scope.cancel()
+    assert info.group_contains(AgentFault, match="injected agent fault")
+    # Each attempt got one answer from the agent before its run ended: agent_crashed, retryable, since the
+    # provider declared its own machinery broken (not the request).
+    terminals = {t.subject: t.data for t in rec.terminals()}
+    assert set(terminals) == {"boom#1", "bystander#1"}
+    for data in terminals.values():
+        assert isinstance(data, ProviderErrorData) and data.kind is ErrorKind.AGENT_CRASHED
+        assert data.retryable and data.agent_id == "m#1"
     # A restart works, and state that describes the upstream survives it.
     rec = Recorder(bus)
     async with trio.open_nursery() as nursery:
@@ -270,6 +314,41 @@ async def test_a_bug_crashes_the_agent_and_leaves_terminals_to_the_router(autoju
         [ok] = await rec.wait_for(lambda s: s.is_terminal)
         assert isinstance(ok.data, ProviderResponse) and ok.data.request_id == "after"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_crash_in_a_requests_own_handling_marks_it_not_retryable(autojump_clock: object) -> None:
+    """Past the containment (here: building its terminal), a request's handling crashes the agent: that
+    request may carry the poison, so its answer says not retryable; its bystander's says retryable."""
+
+    class BrokenFailures(ProviderAgent):
+        def failure(self, active: Any, error: ProviderError) -> ProviderErrorData:
+            if active.request.request_id == "poison" and error.kind is not ErrorKind.AGENT_CRASHED:
+                raise RuntimeError("bug while building the terminal")
+            return super().failure(active, error)
+
+    bus = SignalBus()
+    provider = MockProvider(latency=1.0)
+    provider.hang_next(duration=10.0)  # the bystander is still in flight when the poison crashes the agent
+    agent = BrokenFailures(config(), bus, provider)
+    rec = Recorder(bus)
+    async with trio.open_nursery() as outer:
+        outer.start_soon(rec.run)
+        with pytest.raises(BaseExceptionGroup) as info:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(agent.run)
+                await send(bus, request("bystander", provider="m"))
+                await trio.sleep(0.5)
+                provider.fail_next("upstream_5xx")
+                await send(bus, request("poison", provider="m"))
+                await trio.sleep(100)
+        await rec.wait_for(lambda s: s.is_terminal, count=2)
+        outer.cancel_scope.cancel()
+    assert info.group_contains(RuntimeError, match="bug while building the terminal")
+    terminals = {t.subject: t.data for t in rec.terminals()}
+    assert set(terminals) == {"poison#1", "bystander#1"}
+    assert all(isinstance(d, ProviderErrorData) and d.kind is ErrorKind.AGENT_CRASHED for d in terminals.values())
+    assert not terminals["poison#1"].retryable  # type: ignore[union-attr]
+    assert terminals["bystander#1"].retryable  # type: ignore[union-attr]
 
 
 async def test_feature_check_and_token_estimate_addressed_and_broadcast(autojump_clock: object) -> None:

@@ -7,7 +7,7 @@ import contextlib
 import pytest
 import trio
 
-from duckagents.errors import ConfigError, ErrorKind, ProviderError
+from duckagents.errors import AgentFault, ConfigError, ErrorKind, ProviderError
 from duckagents.messages import Features, FinishReason, ImagePart, Message, RequestOptions, ToolCall, ToolSpec
 from duckagents.providers import Provider, StreamDelta, StreamEnd, StreamEvent, heuristic_token_count
 from duckagents.providers._mock import Latency, MockProvider, MockReply, mock_answer
@@ -96,6 +96,15 @@ async def test_crash_next_raises_a_bug_not_a_provider_error() -> None:
     with pytest.raises(RuntimeError, match="injected crash"):
         await provider.complete(req())
     await provider.complete(req())  # only once
+
+
+async def test_crash_agent_next_raises_an_agent_fault() -> None:
+    provider = MockProvider()
+    provider.crash_agent_next(count=2)
+    for _ in range(2):
+        with pytest.raises(AgentFault, match="injected agent fault"):
+            await provider.complete(req())
+    await provider.complete(req())
 
 
 async def test_hang_ignores_cancellation_for_its_duration(autojump_clock: trio.testing.MockClock) -> None:
