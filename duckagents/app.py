@@ -19,6 +19,10 @@ Shutdown, on leaving the block: the router stops taking requests, then the root 
 (last first), each stopping its agent — which answers its in-flight attempts with ``shutdown`` — and finally
 the router, which answers every request still open. So every outstanding request gets exactly one final
 result.
+
+Graceful stop (what ``duckagents serve`` does on SIGTERM / SIGINT): ``await tree.drain()`` first — intake
+stops, the requests in flight get up to ``Config.drain_timeout`` seconds to finish, the rest end with
+``shutdown`` — then leave the block.
 """
 
 from __future__ import annotations
@@ -77,6 +81,13 @@ def budgets_of(config: Config) -> BudgetLedger | None:
         if token.budget is not None:
             budgets[token_account(token.label)] = token.budget
     return InMemoryBudgets(budgets) if budgets else None
+
+    # Not a deadline for the call: when it passes, the requests still in flight are stopped.
+    async def drain(self, timeout: float | None = None) -> int:  # noqa: ASYNC109
+        """Stop intake and let the requests in flight finish for up to ``timeout`` seconds (default:
+        ``config.drain_timeout``); then stop the rest, each with a ``shutdown`` final result. Returns how
+        many were stopped. Cancelling it stops the rest at once. See :meth:`RouterAgent.drain`."""
+        return await self.router.drain(self.config.drain_timeout if timeout is None else timeout)
 
 
 def resolve_config(config: Config | str | Path | None) -> Config:

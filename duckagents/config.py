@@ -122,6 +122,11 @@ def is_pattern(name: str) -> bool:
     return any(c in name for c in "*?[")
 
 
+def _finite_non_negative(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
+
+
 #: The keys of a provider's ``limits`` table and the :class:`RateLimits` field each one sets.
 PER_MINUTE_LIMITS: dict[str, str] = {"requests_per_minute": "requests", "tokens_per_minute": "tokens"}
 
@@ -638,6 +643,9 @@ class Config:
     models: dict[str, ModelConfig] = attrs.field(factory=dict)
     #: Fleet mode over Redis; ``None`` keeps every limiter, breaker and signal in this process.
     fleet: FleetConfig | None = None
+    #: Graceful stop (SIGTERM / SIGINT, ``Tree.drain``): seconds the requests in flight get to finish
+    #: once intake has stopped, before the rest are stopped with a ``shutdown`` result.
+    drain_timeout: float = attrs.field(default=30.0, validator=_finite_non_negative)
 
     def __attrs_post_init__(self) -> None:
         names = [p.name for p in self.providers]

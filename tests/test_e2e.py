@@ -223,10 +223,10 @@ async def test_429_retry_after_is_honoured_while_another_provider_serves(
 
 
 async def test_agent_crash_mid_request_over_http_stack(autojump_clock: trio.testing.MockClock) -> None:
-    """A bug inside one agent's task (the mock raising RuntimeError) while an HTTP agent serves: the
+    """A fault of one agent's machinery (the mock raising AgentFault) while an HTTP agent serves: the
     supervisor restarts the broken agent, the request is answered once, later requests succeed."""
     buggy = MockProvider()
-    buggy.crash_next()
+    buggy.crash_agent_next()
     async with open_openai_server(api_key=KEY) as server:
         config = Config(
             providers=(
@@ -242,7 +242,7 @@ async def test_agent_crash_mid_request_over_http_stack(autojump_clock: trio.test
             assert (response.provider, response.content, response.attempt) == ("gpt", "saved by http", 2)
             await rec.wait_for(lambda s: s.type == "supervisor_event" and s.data.event == "restarted")
             assert tree.agent_supervisors["buggy"].restarts == 1 and tree.supervisor.restarts == 0
-            assert [s.source for s in rec.terminals("crash#1")] == [DISPATCH]
+            assert [s.source for s in rec.terminals("crash#1")] == ["/agents/buggy"]
             assert len([s for s in rec.signals if is_final(s) and s.subject == "crash"]) == 1
             after = await tree.router.complete("hi", timeout=10_000)
             assert after.provider == "buggy"

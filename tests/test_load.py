@@ -47,7 +47,7 @@ def mocks() -> dict[str, MockProvider]:
     flaky = MockProvider(latency=jitter, seed=2)
     flaky.fail_next(ErrorKind.UPSTREAM_5XX, count=150)
     crashy = MockProvider(latency=jitter, seed=3)
-    crashy.crash_next(count=1)
+    crashy.crash_agent_next(count=1)
     limited = MockProvider(latency=jitter, seed=4)
     limited.fail_next(ErrorKind.RATE_LIMITED, count=40, retry_after=0.05, status=429)
     return {"fast": MockProvider(latency=jitter, seed=1, chunk_size=16), "flaky": flaky, "limited": limited,

@@ -10,11 +10,19 @@ task switch of its own), else in a task of the router. Each attempt waits for th
 signal loop hands over (:meth:`~RoutedRequest.take_terminal`), or answers for a hung agent at the
 attempt's deadline + grace. What a request uses of its router comes in a :class:`RoutingContext`.
 
+**Containment.** An unexpected exception while routing one request (a bug, an input no check foresaw)
+ends that request with an ``internal`` final result and logs its traceback (logger
+``duckagents.router``); the router keeps serving. **Poison requests.** An attempt that ended with
+``agent_crashed`` is retried on another agent only when the crash is not put down to the request (the
+crashed agent says so in its answer: ``retryable``), and at most once per request
+(:data:`MAX_CRASH_RETRIES`), so a request that crashes agents cannot walk through the fleet.
+
 Also here: the sources and subjects of the router's signals (docs/signals.md) and :func:`build_request`.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
@@ -25,7 +33,7 @@ import trio
 from ..bus import SignalBus
 from ..config import RouterConfig
 from ..costs import BudgetHold, BudgetLedger, provider_account, token_account
-from ..errors import ErrorKind, ProviderError
+from ..errors import ErrorKind, ProviderError, describe_exception, format_exception_text
 from ..messages import FinishReason, Message, RequestOptions, ToolSpec
 from ..signals import ProviderChunk, ProviderErrorData, ProviderRequest, ProviderResponse, Signal, new_id
 from ._agent_view import PULLABLE_KINDS, AgentView, Needs
@@ -35,7 +43,8 @@ from ._state import AgentGone, NoneFits, RouterState
 from ._strategies import DEFAULT_OUTPUT_TOKENS, RoutingStrategy
 
 __all__ = [
-    "DISPATCH", "SOURCE", "Final", "RoutedRequest", "RoutingContext", "attempt_subject", "build_request",
+    "DISPATCH", "MAX_CRASH_RETRIES", "SOURCE", "Final", "RoutedRequest", "RoutingContext", "attempt_subject",
+    "build_request",
 ]
 
 #: Source of caller-level signals: the intake request and the final result.
@@ -45,6 +54,11 @@ DISPATCH = "/router/dispatch"
 
 Final = ProviderResponse | ProviderErrorData
 
+#: Attempts ended by ``agent_crashed`` after which a request may still be retried: one. The crashed agent
+#: marks an attempt whose own handling crashed it as not retryable; this bound also holds when it could
+#: not say (its answer did not get through and the router answered for it).
+MAX_CRASH_RETRIES = 1
+
 # Kinds of terminal the router makes up for an agent that may do better on a retry elsewhere.
 _RETRYABLE_ON_BEHALF = frozenset({ErrorKind.AGENT_CRASHED, ErrorKind.TIMEOUT})
 # The agent cannot serve the model (it does not have it): the next agent for the model is tried, never
@@ -52,6 +66,8 @@ _RETRYABLE_ON_BEHALF = frozenset({ErrorKind.AGENT_CRASHED, ErrorKind.TIMEOUT})
 _CANNOT_SERVE = frozenset({ErrorKind.NOT_FOUND})
 # Finish reasons that send a response down the content-policy chain, when the model has one.
 _POLICY_REASONS = frozenset({FinishReason.REFUSAL, FinishReason.CONTENT_FILTER})
+
+log = logging.getLogger("duckagents.router")
 
 
 def attempt_subject(request_id: str, attempt: int) -> str:
@@ -76,8 +92,6 @@ class RoutingContext:
     publish_timeout: float
     #: Where a signal published now falls in the router's inbox (see :attr:`RouterState.position`).
     inbox_position: Callable[[], float]
-    #: Crash the router with a bug met in a caller's own task (as if one of its tasks had raised it).
-    crash: Callable[[Exception], None]
     #: Where spend is held against budgets; None when no budget is configured.
     budgets: BudgetLedger | None = None
 
@@ -91,7 +105,7 @@ class RoutedRequest:
     """
 
     __slots__ = (
-        "_view", "agent", "answered", "attempt", "choice_trigger", "chunks", "chunks_out", "context",
+        "_view", "agent", "answered", "attempt", "choice_trigger", "chunks", "chunks_out", "context", "crashes",
         "deadline", "dispatch_mark", "done", "excluded", "final", "hold", "hold_attempt", "hop_tried",
         "inline",
         "intake_sent", "model", "models", "needs", "no_fallback", "on_behalf_pending", "outstanding",
@@ -152,6 +166,8 @@ class RoutedRequest:
         self.dispatch_mark: float = math.inf
         #: Chunks delivered for this request; > 0 forbids retrying.
         self.chunks = 0
+        #: Attempts that ended with ``agent_crashed`` (see :data:`MAX_CRASH_RETRIES`).
+        self.crashes = 0
         #: The intake is on the bus: from then on a stop cancels :attr:`scope` (before, :meth:`route`
         #: does it once the intake is out, so a final result never answers a request nobody saw).
         self.intake_sent = False
@@ -245,11 +261,8 @@ class RoutedRequest:
             self.cancel()
             raise
         except Exception as exc:
-            if not self.inline:
-                raise  # the router task's crash guard takes it from here
-            # A bug in the caller's task: the router crashes as if it had happened in one of its own
-            # tasks (every request ends, the supervisor restarts it); this caller gets the final result.
-            self.context.crash(exc)
+            # This request fails alone (see the module docstring); its final result goes out below.
+            final = self._internal_failure(exc)
         finally:
             # The final result must go out even when the request was cancelled: _finish publishes
             # shielded and bounded (a stalled subscriber cannot hold the caller or the router's shutdown).
@@ -583,9 +596,14 @@ class RoutedRequest:
 
     def _may_retry(self, failure: ProviderErrorData, now: float) -> bool:
         """Is another attempt allowed after ``failure``? Never once chunks were delivered (a stream is
-        not idempotent) or past the deadline. (Nor while the router is closing: see the caller.)"""
+        not idempotent), past the deadline, or after a crash put down to this request, or a second crash
+        (see :data:`MAX_CRASH_RETRIES`). (Nor while the router is closing: see the caller.)"""
         if self.chunks > 0 or failure.partial or now >= self.deadline:
             return False
+        if failure.kind is ErrorKind.AGENT_CRASHED:
+            self.crashes += 1
+            if self.crashes > MAX_CRASH_RETRIES:
+                return False
         # An agent stopped while the tree keeps running is like a crash: another agent can serve; so can
         # another agent for a model this one does not have.
         return failure.retryable or failure.kind is ErrorKind.SHUTDOWN or failure.kind in _CANNOT_SERVE
@@ -596,6 +614,15 @@ class RoutedRequest:
             return self.result  # its attempt had already ended: that is the answer
         kind = self.stop_kind or ErrorKind.AGENT_CRASHED
         return self._router_failure(kind, self.stop_message or "the router failed while routing the request")
+
+    def _internal_failure(self, exc: Exception) -> ProviderErrorData:
+        """The final result of a request whose routing raised ``exc``; logs its traceback once."""
+        log.error(
+            "router: request %s failed with an internal error; the router keeps serving\n%s",
+            self.request_id, format_exception_text(exc),
+        )
+        message = f"internal error while routing the request: {describe_exception(exc)}"
+        return self._router_failure(ErrorKind.INTERNAL, message)
 
     def _failure_on_behalf(self, kind: ErrorKind, message: str) -> ProviderErrorData:
         """The terminal of the outstanding attempt, made up by the router on the agent's behalf."""
@@ -643,15 +670,16 @@ def build_request(
         raise ProviderError(ErrorKind.INVALID_REQUEST, "a request needs at least one message")
     opts = dict(options)
     request_id = opts.pop("request_id", None) or new_id()
-    for key in ("stop", "tools"):
-        if key in opts and opts[key] is not None:
-            opts[key] = tuple(opts[key])
-    if "tools" in opts:
-        opts["tools"] = tuple(t if isinstance(t, ToolSpec) else ToolSpec(**t) for t in opts["tools"])
     try:
+        for key in ("stop", "tools"):
+            if key in opts and opts[key] is not None:
+                opts[key] = tuple(opts[key])
+        if "tools" in opts:
+            opts["tools"] = tuple(t if isinstance(t, ToolSpec) else ToolSpec(**t) for t in opts["tools"])
         request_options = RequestOptions(stream=stream, **opts)
-    except TypeError as exc:
-        raise ProviderError(ErrorKind.INVALID_REQUEST, f"bad request option: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        message = f"bad request option: {describe_exception(exc)}"
+        raise ProviderError(ErrorKind.INVALID_REQUEST, message) from None
     return ProviderRequest(
         request_id=request_id,
         messages=messages,

@@ -36,7 +36,7 @@ import trio
 from ..bus import Overflow, SignalBus, SignalFilter, Subscription
 from ..config import ModelConfig, ProviderConfig, RouterConfig
 from ..costs import BudgetLedger, BudgetSpend, PriceTable
-from ..errors import BusClosed, ErrorKind, ProviderError
+from ..errors import BusClosed, ErrorKind, ProviderError, describe_exception
 from ..messages import Message
 from ..signals import (
     FeatureReply,
@@ -116,6 +116,10 @@ class RouterAgent(Actor):
         self.ready_timeout = ready_timeout
         self._inbox: Subscription | None = None
         self._requests: dict[str, RoutedRequest] = {}
+        #: Set by :meth:`drain`: new requests are refused (across restarts), those in flight go on.
+        self._draining = False
+        #: Set when a request ends while draining (replaced by the drain each time it waits).
+        self._request_ended = trio.Event()
         self._context = RoutingContext(
             state=self.state,
             bus=bus,
@@ -124,7 +128,6 @@ class RouterAgent(Actor):
             terminal_grace=terminal_grace,
             publish_timeout=publish_timeout,
             inbox_position=self._inbox_position,
-            crash=self._crash,
             budgets=budgets,
         )
 
@@ -162,6 +165,11 @@ class RouterAgent(Actor):
     def in_flight(self) -> int:
         """Requests between intake and final result."""
         return len(self._requests)
+
+    @property
+    def draining(self) -> bool:
+        """True once :meth:`drain` was called: new requests are refused."""
+        return self._draining
 
     @property
     def pending_signals(self) -> int:
@@ -205,7 +213,7 @@ class RouterAgent(Actor):
         try:
             await routed.route()
         finally:
-            self._requests.pop(routed.request_id, None)
+            self._forget(routed)
         # Two scheduler turns, so tasks woken by the final result (bus subscribers) have seen it before
         # the caller goes on, as when another task published it: the final went out without one (see
         # publish_nowait), and the tasks of one turn run in an order Trio chooses at random.
@@ -278,6 +286,36 @@ class RouterAgent(Actor):
         """Refuse new requests and stop retrying: what is in flight ends with what it gets."""
         self.state.closing = True
         self.state.notify()
+
+    # Not a deadline for the call: when it passes, the requests still in flight are stopped.
+    async def drain(self, timeout: float) -> int:  # noqa: ASYNC109
+        """The first half of a graceful stop: refuse new requests (``shutdown``), let those in flight
+        finish (retries and failover included) for up to ``timeout`` seconds, then stop the rest, each
+        with a ``shutdown`` final result. Returns how many were stopped.
+
+        Cancelled (a second signal: stop at once), it stops the rest right away, their final results
+        still go out. The router keeps running and refusing; leaving the tree stops it.
+        """
+        self._draining = True
+        stopped: list[RoutedRequest] = []
+        message = f"the service is stopping: still in flight after the drain timeout ({timeout:g} s)"
+        try:
+            with trio.move_on_after(timeout):
+                while self._requests:
+                    self._request_ended = trio.Event()
+                    await self._request_ended.wait()
+        except trio.Cancelled:
+            message = "the service is stopping at once"
+            raise
+        finally:
+            for routed in list(self._requests.values()):
+                if routed.stop(ErrorKind.SHUTDOWN, message):
+                    stopped.append(routed)
+        # Their final results are on their way (published shielded and bounded by each request).
+        with trio.move_on_after(self.publish_timeout):
+            for routed in stopped:
+                await routed.done.wait()
+        return len(stopped)
 
     async def _wait_for(self, condition: Callable[[], bool], within: float | None = None) -> bool:
         with trio.move_on_after(self.ready_timeout if within is None else within):
@@ -352,7 +390,7 @@ class RouterAgent(Actor):
         """Accept ``request``: routed by a new task in the router's nursery, or by the caller (who then
         awaits :meth:`RoutedRequest.route` itself) when ``inline``. Raises ``ProviderError`` when it is
         refused."""
-        if not self.running or self.state.closing:
+        if not self.running or self.state.closing or self._draining:
             raise ProviderError(ErrorKind.SHUTDOWN, "the router is not accepting requests")
         requests = self._requests
         if request.request_id in requests:
@@ -368,7 +406,7 @@ class RouterAgent(Actor):
         try:
             needs = needs_of(request.messages, request.options, request.required_features, request.model)
         except ValueError as exc:
-            raise ProviderError(ErrorKind.INVALID_REQUEST, str(exc)) from None
+            raise ProviderError(ErrorKind.INVALID_REQUEST, describe_exception(exc)) from None
         deadline = request.deadline
         if deadline is None:
             deadline = trio.current_time() + self.config.request_timeout
@@ -389,7 +427,13 @@ class RouterAgent(Actor):
         try:
             await routed.route()
         finally:
-            self._requests.pop(routed.request_id, None)
+            self._forget(routed)
+
+    def _forget(self, routed: RoutedRequest) -> None:
+        """``routed`` ended: off the table (and a drain waiting for the table to empty looks again)."""
+        self._requests.pop(routed.request_id, None)
+        if self._draining:
+            self._request_ended.set()
 
     # --- the signal loop ---------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from tests.helpers import (
     Recorder,
     assert_one_terminal_per_request,
     mock_config,
+    request,
     running_tree,
 )
 
@@ -155,9 +156,12 @@ async def test_a_stopping_router_waits_for_its_callers_final_results(autojump_cl
     assert_one_terminal_per_request(recorder)
 
 
-async def test_a_bug_met_in_a_callers_task_crashes_the_router_like_before(
-    autojump_clock: object, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("way", ["complete", "submit"])
+async def test_a_bug_met_while_routing_one_request_fails_it_alone_with_internal(
+    way: str, autojump_clock: object, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """In the caller's task (complete) or a task of the router (submit): that request ends with one final
+    ``internal`` result, its traceback is logged, and the router keeps serving (no crash, no restart)."""
     original = RoutedRequest._choose_agent
 
     async def choose_agent(self: RoutedRequest) -> object:
@@ -167,17 +171,23 @@ async def test_a_bug_met_in_a_callers_task_crashes_the_router_like_before(
 
     async with running_tree(mock_config("a")) as (tree, rec):
         monkeypatch.setattr(RoutedRequest, "_choose_agent", choose_agent)
-        with pytest.raises(ProviderError) as info:
-            await tree.router.complete("hi", request_id="boom")
-        assert info.value.kind is ErrorKind.AGENT_CRASHED
-        events = await rec.wait_for(
-            lambda s: s.type == "supervisor_event" and s.data.child == "router"  # type: ignore[union-attr]
-            and s.data.event in ("crashed", "restarted"),  # type: ignore[union-attr]
-            count=2,
-        )
-        assert [e.data.event for e in events] == ["crashed", "restarted"]  # type: ignore[union-attr]
-        assert (await tree.router.complete("hi")).provider == "a"  # the restarted router serves again
+        if way == "complete":
+            with pytest.raises(ProviderError) as info:
+                await tree.router.complete("hi", request_id="boom")
+            failure = info.value
+        else:
+            await tree.router.submit(request("boom"))
+            [final] = await rec.wait_for(lambda s: is_final(s) and s.subject == "boom")
+            assert isinstance(final.data, ProviderErrorData)
+            failure = final.data.to_error()
+        assert failure.kind is ErrorKind.INTERNAL and not failure.retryable
+        assert "RuntimeError: injected routing bug" in failure.message
+        assert (await tree.router.complete("hi")).provider == "a"
+        assert tree.supervisor.event_counts["crashed"] == 0 and tree.router.running
     assert_one_terminal_per_request(rec)
+    [record] = [r for r in caplog.records if r.name == "duckagents.router"]
+    assert "request boom failed with an internal error" in record.getMessage()
+    assert "Traceback (most recent call last)" in record.getMessage()
 
 
 # --- wakeups per request ---------------------------------------------------------------------------

@@ -358,23 +358,77 @@ async def test_when_all_are_rate_limited_it_waits_if_the_deadline_allows(autojum
 
 async def test_agent_crash_is_restarted_and_the_request_answered_once(autojump_clock: object) -> None:
     mocks = {"a": MockProvider(), "b": MockProvider()}
-    mocks["a"].crash_next()
+    mocks["a"].crash_agent_next()
     async with running_tree(mock_config("a"), mock_config("b", priority=1), mocks=mocks) as (tree, rec):
         response = await tree.router.complete("hi", request_id="crash")
         assert (response.provider, response.attempt) == ("b", 2)
         await rec.wait_for(lambda s: s.type == "supervisor_event" and s.data.event == "restarted")
         assert tree.agent_supervisors["a"].restarts == 1 and tree.agents["a"].incarnation == 2
+        # The crashed agent answered its attempt itself: retryable, the provider declared its own fault.
         [lost] = rec.terminals("crash#1")
-        assert lost.source == DISPATCH and lost.data.kind is ErrorKind.AGENT_CRASHED  # type: ignore[union-attr]
+        assert lost.source == "/agents/a" and lost.data.kind is ErrorKind.AGENT_CRASHED  # type: ignore[union-attr]
+        assert lost.data.retryable  # type: ignore[union-attr]
         assert len([s for s in rec.signals if is_final(s) and s.subject == "crash"]) == 1
         # The restarted agent serves again.
         assert (await tree.router.complete("hi", provider="a")).provider == "a"
     assert_one_terminal_per_request(rec)
 
 
+async def test_a_provider_bug_fails_the_request_with_internal_and_is_not_retried(autojump_clock: object) -> None:
+    mocks = {"a": MockProvider(), "b": MockProvider()}
+    mocks["a"].crash_next()
+    async with running_tree(mock_config("a"), mock_config("b", priority=1), mocks=mocks) as (tree, rec):
+        with pytest.raises(ProviderError) as info:
+            await tree.router.complete("hi", request_id="bug")
+        assert info.value.kind is ErrorKind.INTERNAL and info.value.provider == "a"
+        assert mocks["b"].calls == 0  # the same input would meet the same bug elsewhere
+        assert tree.supervisor.event_counts["crashed"] == 0 and tree.agents["a"].incarnation == 1
+        assert (await tree.router.complete("hi", provider="a")).provider == "a"
+    assert_one_terminal_per_request(rec)
+
+
+async def test_a_crash_put_down_to_the_request_is_not_retried(autojump_clock: object) -> None:
+    """The crashed agent marks the attempt whose own handling crashed it as not retryable: a poison
+    request stops there instead of walking through the fleet."""
+    mocks = {"a": MockProvider(), "b": MockProvider()}
+    mocks["a"].fail_next("upstream_5xx")
+    async with running_tree(mock_config("a"), mock_config("b", priority=1), mocks=mocks) as (tree, rec):
+        agent = tree.agents["a"]
+        build_failure = agent.failure
+
+        def failure(active: object, error: ProviderError) -> ProviderErrorData:
+            # A bug past the agent's containment, met only by this request's handling.
+            if error.kind is not ErrorKind.AGENT_CRASHED:
+                raise RuntimeError("bug while building the terminal")
+            return build_failure(active, error)  # type: ignore[arg-type]
+
+        agent.failure = failure  # type: ignore[method-assign]
+        with pytest.raises(ProviderError) as info:
+            await tree.router.complete("hi", request_id="poison")
+        assert info.value.kind is ErrorKind.AGENT_CRASHED and not info.value.retryable
+        assert mocks["b"].calls == 0
+        [answer] = rec.terminals("poison#1")
+        assert answer.source == "/agents/a"
+        await rec.wait_for(lambda s: s.type == "supervisor_event" and s.data.event == "restarted")  # type: ignore[union-attr]
+    assert_one_terminal_per_request(rec)
+
+
+async def test_a_request_is_retried_after_one_crash_at_most(autojump_clock: object) -> None:
+    mocks = {name: MockProvider() for name in "abc"}
+    for mock in mocks.values():
+        mock.crash_agent_next()
+    configs = [mock_config(name, priority=i) for i, name in enumerate("abc")]
+    async with running_tree(*configs, mocks=mocks) as (tree, rec):
+        with pytest.raises(ProviderError) as info:
+            await tree.router.complete("hi", request_id="unlucky")
+        assert info.value.kind is ErrorKind.AGENT_CRASHED and info.value.attempt == 2
+        assert (mocks["a"].calls, mocks["b"].calls, mocks["c"].calls) == (1, 1, 0)
+    assert_one_terminal_per_request(rec)
+
+
 async def test_lone_agent_crash_waits_for_the_restart(autojump_clock: object) -> None:
     mocks = {"a": MockProvider()}
-    mocks["a"].crash_next()
+    mocks["a"].crash_agent_next()
     async with running_tree(mock_config("a"), mocks=mocks) as (tree, rec):
         response = await tree.router.complete("hi")
         assert (response.provider, response.attempt) == ("a", 2)
