@@ -139,7 +139,7 @@ async def open_tree(
     }
     router = RouterAgent(
         signal_bus, cfg.providers, cfg.router, ready_timeout=ready_timeout, models=cfg.models, prices=prices,
-        budgets=ledger,
+        budgets=ledger, limits=cfg.validation,
     )
     sup = cfg.supervision
     budget = agent_intensity or Intensity(max_restarts=sup.agent_max_restarts, period=sup.agent_period)

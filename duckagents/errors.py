@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import enum
 import re
-import traceback
 from collections.abc import Iterable
 
 
@@ -222,44 +221,3 @@ def redact(text: str, secrets: Iterable[Secret | str | None] = ()) -> str:
             text = text.replace(value, REDACTED)
     return _KEY_PATTERNS.sub(REDACTED, text)
 
-
-#: Longest exception text quoted in an error message (``describe_exception``).
-MAX_EXCEPTION_TEXT = 300
-#: Longest traceback logged for one failure (``format_exception_text``); the head and tail are kept.
-MAX_TRACEBACK_TEXT = 32 * 1024
-
-
-def _printable(text: str) -> str:
-    """``text`` as valid Unicode: lone surrogates (which no encoder accepts) become ``\\udXXX`` escapes."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def describe_exception(
-    exc: BaseException, secrets: Iterable[Secret | str | None] = (), limit: int = MAX_EXCEPTION_TEXT
-) -> str:
-    """``Type: message`` of ``exc``, for an error message a client may see: redacted, valid Unicode and at
-    most ``limit`` characters (an exception may quote megabytes of the request that caused it)."""
-    try:
-        text = str(exc)
-    except Exception:  # a broken __str__ must not turn one failure into another
-        text = "(unprintable)"
-    name = type(exc).__name__
-    head = f"{name}: {text}" if text else name
-    head = redact(_printable(head[: limit * 4]), secrets)
-    return head if len(head) <= limit else head[: limit - 1] + "…"
-
-
-def format_exception_text(
-    exc: BaseException, secrets: Iterable[Secret | str | None] = (), limit: int = MAX_TRACEBACK_TEXT
-) -> str:
-    """The full traceback of ``exc`` (exception groups and causes included) for a log line: redacted,
-    valid Unicode, at most about ``limit`` characters (the head and the tail, where the error is)."""
-    try:
-        text = "".join(traceback.format_exception(exc))
-    except Exception:
-        text = describe_exception(exc, secrets)
-    text = redact(_printable(text), secrets)
-    if len(text) > limit:
-        half = limit // 2
-        text = f"{text[:half]}\n... ({len(text) - 2 * half} characters left out) ...\n{text[-half:]}"
-    return text

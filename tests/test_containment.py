@@ -22,7 +22,7 @@ from tests.helpers import Recorder, assert_one_terminal_per_request, mock_config
 
 KEY = "sk-containment-secret-0123456789abcdef"
 CHAT = "/v1/chat/completions"
-CRASH = "injected crash in the mock provider"
+CRASH = "injected agent fault in the mock provider"
 
 
 @asynccontextmanager
@@ -45,7 +45,7 @@ async def test_a_crash_looping_agent_exhausts_its_own_budget_while_the_rest_serv
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     bad, good = MockProvider(), MockProvider()
-    bad.crash_next(count=1000)  # every call crashes the agent running it
+    bad.crash_agent_next(count=1000)  # every call crashes the agent running it
     config = Config(
         providers=(mock_config("bad"), mock_config("good", priority=1)),
         router=RouterConfig(backoff_initial=0.0),
@@ -72,14 +72,14 @@ async def test_a_crash_looping_agent_exhausts_its_own_budget_while_the_rest_serv
         assert tree.agent_supervisors["bad"].restarts == 2
     [gave_up] = events(rec, "gave_up")
     assert (gave_up.supervisor, gave_up.child) == ("agent:bad", "agent:bad")
-    assert (gave_up.error_type, gave_up.error_message) == ("RuntimeError", CRASH)
+    assert (gave_up.error_type, gave_up.error_message) == ("AgentFault", CRASH)
     crashed = [e for e in events(rec, "crashed") if e.supervisor == "agent:bad"]
-    assert len(crashed) == 3 and all(e.reason == f"RuntimeError: {CRASH}" for e in crashed)
+    assert len(crashed) == 3 and all(e.reason == f"AgentFault: {CRASH}" for e in crashed)
     [lost] = [e for e in events(rec, "crashed") if e.supervisor == "duckagents"]
     assert lost.child == "agent:bad" and lost.error_type == "SupervisorGaveUp"
     assert_one_terminal_per_request(rec)
     logged = [r.getMessage() for r in caplog.records]
-    crash_logs = [m for m in logged if "child agent:bad crashed: RuntimeError" in m]
+    crash_logs = [m for m in logged if "child agent:bad crashed: AgentFault" in m]
     assert len(crash_logs) == 3
     assert all("Traceback (most recent call last)" in m and "in _begin" in m for m in crash_logs)
     assert any("gave up" in m and "Traceback" in m for m in logged)

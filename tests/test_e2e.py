@@ -21,7 +21,7 @@ from duckagents.config import Config, ModelConfig, ProviderConfig, RouterConfig
 from duckagents.errors import ErrorKind, ProviderError
 from duckagents.providers import MockProvider
 from duckagents.resilience import BreakerConfig
-from duckagents.router import DISPATCH, is_final
+from duckagents.router import is_final
 from duckagents.signals import ProviderResponse
 from duckagents.testing import (
     Fault,

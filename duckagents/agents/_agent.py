@@ -20,7 +20,8 @@ the bus never waits on the agent for long, and a steady stream of requests costs
 
 **Containment.** An unexpected exception while handling one request (from ``prepare`` to the verdict:
 an encoding or parsing failure, a provider bug) fails *that request* with ``internal`` (not retryable),
-logs one full traceback with the request id (logger ``duckagents.agents``) and leaves the agent serving.
+logs its traceback with the request id (logger ``duckagents.agents``, once per kind of fault and minute:
+see :class:`~duckagents.supervision.FaultLog`) and leaves the agent serving.
 Only a fault of the agent's own machinery crashes it: an exception in its inbox, health or broadcast
 tasks, or an :class:`~duckagents.errors.AgentFault` raised by the provider.
 
@@ -49,16 +50,7 @@ import trio
 from ..bus import Overflow, SignalBus, SignalFilter, Subscription
 from ..config import ProviderConfig
 from ..costs import ModelPrice, PriceTable
-from ..errors import (
-    AgentFault,
-    BusClosed,
-    ErrorKind,
-    ProviderError,
-    StreamProtocolError,
-    describe_exception,
-    format_exception_text,
-    redact,
-)
+from ..errors import AgentFault, BusClosed, ErrorKind, ProviderError, StreamProtocolError, redact
 from ..messages import FEATURE_NAMES, Features, Usage, implied_features
 from ..providers import Completion, HealthProbe, Provider, StreamEnd, heuristic_token_count
 from ..resilience import BreakerState, CircuitBreaker, RateLimiter, RateLimits
@@ -77,7 +69,7 @@ from ..signals import (
     ToolCallDelta,
     make_signal,
 )
-from ..supervision import Actor
+from ..supervision import Actor, FaultLog
 from ._admission import AdmissionControl
 from ._health import RecentOutcomes, headroom_fraction, health_score
 from ._metrics import ProviderMetrics
@@ -205,6 +197,8 @@ class ProviderAgent(Actor):
         #: Attempts a crash of this run left without a terminal, by key: (request, suspected of causing
         #: the crash). Answered with ``agent_crashed`` before the run ends (see :meth:`_report_crash`).
         self._casualties: dict[tuple[str, int], tuple[ActiveRequest, bool]] = {}
+        #: Faults contained in one request each (logged, throttled per kind).
+        self.faults = FaultLog(log)
 
     # --- identity ----------------------------------------------------------------------------------
 
@@ -623,12 +617,9 @@ class ProviderAgent(Actor):
     def _internal_failure(self, active: ActiveRequest, exc: Exception) -> ProviderErrorData:
         """The ``internal`` terminal of a request whose handling raised ``exc``; logs its traceback once."""
         request = active.request
-        secrets = self.provider.secrets
-        log.error(
-            "agent %s: request %s (attempt %d) failed with an internal error; the agent keeps serving\n%s",
-            self.agent_id, request.request_id, request.attempt, format_exception_text(exc, secrets),
-        )
-        message = f"internal error while handling the request: {describe_exception(exc, secrets)}"
+        what = f"agent {self.agent_id}: request {request.request_id} (attempt {request.attempt})"
+        description = self.faults.request_failed(exc, what, self.provider.secrets)
+        message = f"internal error while handling the request: {description}"
         return self.failure(active, ProviderError(ErrorKind.INTERNAL, message))
 
     async def _report_crash(self, inbox: Subscription) -> None:

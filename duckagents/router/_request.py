@@ -12,17 +12,18 @@ attempt's deadline + grace. What a request uses of its router comes in a :class:
 
 **Containment.** An unexpected exception while routing one request (a bug, an input no check foresaw)
 ends that request with an ``internal`` final result and logs its traceback (logger
-``duckagents.router``); the router keeps serving. **Poison requests.** An attempt that ended with
-``agent_crashed`` is retried on another agent only when the crash is not put down to the request (the
-crashed agent says so in its answer: ``retryable``), and at most once per request
-(:data:`MAX_CRASH_RETRIES`), so a request that crashes agents cannot walk through the fleet.
+``duckagents.router``, once per kind of fault and minute); the router keeps serving.
+
+**Poison requests.** An attempt that ended with ``agent_crashed`` is retried on another agent only when
+the crash is not put down to the request (the crashed agent says so in its answer: ``retryable``), and at
+most once per request (:data:`MAX_CRASH_RETRIES`), so a request that crashes agents cannot walk through
+the fleet.
 
 Also here: the sources and subjects of the router's signals (docs/signals.md) and :func:`build_request`.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
@@ -33,9 +34,11 @@ import trio
 from ..bus import SignalBus
 from ..config import RouterConfig
 from ..costs import BudgetHold, BudgetLedger, provider_account, token_account
-from ..errors import ErrorKind, ProviderError, describe_exception, format_exception_text
+from ..errors import ErrorKind, ProviderError
 from ..messages import FinishReason, Message, RequestOptions, ToolSpec
 from ..signals import ProviderChunk, ProviderErrorData, ProviderRequest, ProviderResponse, Signal, new_id
+from ..supervision import FaultLog
+from ..validation import MAX_ERROR_CHARS
 from ._agent_view import PULLABLE_KINDS, AgentView, Needs
 from ._chunk_queue import ChunkQueue
 from ._routes import FALLBACK_KINDS, Trigger
@@ -67,8 +70,6 @@ _CANNOT_SERVE = frozenset({ErrorKind.NOT_FOUND})
 # Finish reasons that send a response down the content-policy chain, when the model has one.
 _POLICY_REASONS = frozenset({FinishReason.REFUSAL, FinishReason.CONTENT_FILTER})
 
-log = logging.getLogger("duckagents.router")
-
 
 def attempt_subject(request_id: str, attempt: int) -> str:
     """The envelope subject of attempt-level signals: ``<request id>#<attempt>``."""
@@ -92,6 +93,8 @@ class RoutingContext:
     publish_timeout: float
     #: Where a signal published now falls in the router's inbox (see :attr:`RouterState.position`).
     inbox_position: Callable[[], float]
+    #: Where faults contained in one request are logged.
+    faults: FaultLog
     #: Where spend is held against budgets; None when no budget is configured.
     budgets: BudgetLedger | None = None
 
@@ -617,11 +620,8 @@ class RoutedRequest:
 
     def _internal_failure(self, exc: Exception) -> ProviderErrorData:
         """The final result of a request whose routing raised ``exc``; logs its traceback once."""
-        log.error(
-            "router: request %s failed with an internal error; the router keeps serving\n%s",
-            self.request_id, format_exception_text(exc),
-        )
-        message = f"internal error while routing the request: {describe_exception(exc)}"
+        description = self.context.faults.request_failed(exc, f"router: request {self.request_id}")
+        message = f"internal error while routing the request: {description}"
         return self._router_failure(ErrorKind.INTERNAL, message)
 
     def _failure_on_behalf(self, kind: ErrorKind, message: str) -> ProviderErrorData:
@@ -678,7 +678,7 @@ def build_request(
             opts["tools"] = tuple(t if isinstance(t, ToolSpec) else ToolSpec(**t) for t in opts["tools"])
         request_options = RequestOptions(stream=stream, **opts)
     except (TypeError, ValueError) as exc:
-        message = f"bad request option: {describe_exception(exc)}"
+        message = f"bad request option: {exc}"[:MAX_ERROR_CHARS]
         raise ProviderError(ErrorKind.INVALID_REQUEST, message) from None
     return ProviderRequest(
         request_id=request_id,

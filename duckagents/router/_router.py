@@ -26,6 +26,7 @@ awaiting anything but the next signal), the feature checks it sends, and the ord
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -36,7 +37,7 @@ import trio
 from ..bus import Overflow, SignalBus, SignalFilter, Subscription
 from ..config import ModelConfig, ProviderConfig, RouterConfig
 from ..costs import BudgetLedger, BudgetSpend, PriceTable
-from ..errors import BusClosed, ErrorKind, ProviderError, describe_exception
+from ..errors import BusClosed, ErrorKind, ProviderError
 from ..messages import Message
 from ..signals import (
     FeatureReply,
@@ -49,7 +50,8 @@ from ..signals import (
     SupervisorEvent,
     make_signal,
 )
-from ..supervision import Actor
+from ..supervision import Actor, FaultLog
+from ..validation import DEFAULT_LIMITS, MAX_ERROR_CHARS, InvalidValue, ValidationLimits, check_request
 from ._agent_view import AgentView, needs_of
 from ._chunk_queue import ChunkQueue
 from ._request import DISPATCH, SOURCE, RoutedRequest, RoutingContext, build_request
@@ -99,9 +101,12 @@ class RouterAgent(Actor):
         models: Mapping[str, ModelConfig] | None = None,
         prices: PriceTable | None = None,
         budgets: BudgetLedger | None = None,
+        limits: ValidationLimits = DEFAULT_LIMITS,
     ) -> None:
         super().__init__()
         self.bus = bus
+        #: What every request must satisfy at intake (``[validation]``): see :func:`check_request`.
+        self.limits = limits
         #: What the router knows about its agents, kept current from signals; and the model routes
         #: (``models``: the config's ``[models."name"]`` tables) and prices.
         self.state = RouterState(
@@ -128,6 +133,7 @@ class RouterAgent(Actor):
             terminal_grace=terminal_grace,
             publish_timeout=publish_timeout,
             inbox_position=self._inbox_position,
+            faults=FaultLog(logging.getLogger("duckagents.router")),
             budgets=budgets,
         )
 
@@ -392,6 +398,10 @@ class RouterAgent(Actor):
         refused."""
         if not self.running or self.state.closing or self._draining:
             raise ProviderError(ErrorKind.SHUTDOWN, "the router is not accepting requests")
+        try:  # the door of every request: what no agent can take is refused here, naming the field
+            check_request(request, self.limits)
+        except InvalidValue as exc:
+            raise exc.to_error(request.request_id) from None
         requests = self._requests
         if request.request_id in requests:
             message = f"request id {request.request_id!r} is already in flight"
@@ -406,7 +416,7 @@ class RouterAgent(Actor):
         try:
             needs = needs_of(request.messages, request.options, request.required_features, request.model)
         except ValueError as exc:
-            raise ProviderError(ErrorKind.INVALID_REQUEST, describe_exception(exc)) from None
+            raise ProviderError(ErrorKind.INVALID_REQUEST, str(exc)[:MAX_ERROR_CHARS]) from None
         deadline = request.deadline
         if deadline is None:
             deadline = trio.current_time() + self.config.request_timeout

@@ -4,6 +4,7 @@ restarts them by :class:`Restart` type and :class:`Strategy`, up to an :class:`I
 
 from ._actor import Actor
 from ._events import EMIT_TIMEOUT, MAX_EVENTS
+from ._faults import FaultLog
 from ._specs import Backoff, ChildSpec, Intensity, Restart, Strategy
 from ._supervisor import Supervisor, open_supervisor
 
@@ -13,6 +14,7 @@ __all__ = [
     "Actor",
     "Backoff",
     "ChildSpec",
+    "FaultLog",
     "Intensity",
     "Restart",
     "Strategy",

@@ -279,7 +279,9 @@ async def test_a_bug_while_handling_a_request_fails_it_with_internal_and_the_age
     assert "Traceback (most recent call last)" in text and "RuntimeError: injected crash" in text
 
 
-async def test_an_agent_fault_crashes_the_agent_which_answers_its_attempts_first(autojump_clock: object) -> None:
+async def test_an_agent_fault_crashes_the_agent_which_answers_its_attempts_first(
+    autojump_clock: object,
+) -> None:
     bus = SignalBus()
     provider = MockProvider(latency=5.0)
     agent = ProviderAgent(config(), bus, provider)
@@ -346,7 +348,8 @@ async def test_a_crash_in_a_requests_own_handling_marks_it_not_retryable(autojum
     assert info.group_contains(RuntimeError, match="bug while building the terminal")
     terminals = {t.subject: t.data for t in rec.terminals()}
     assert set(terminals) == {"poison#1", "bystander#1"}
-    assert all(isinstance(d, ProviderErrorData) and d.kind is ErrorKind.AGENT_CRASHED for d in terminals.values())
+    for data in terminals.values():
+        assert isinstance(data, ProviderErrorData) and data.kind is ErrorKind.AGENT_CRASHED
     assert not terminals["poison#1"].retryable  # type: ignore[union-attr]
     assert terminals["bystander#1"].retryable  # type: ignore[union-attr]
 

@@ -267,7 +267,7 @@ async def test_restarts_and_breaker_state_reach_the_metrics() -> None:
         http=HttpConfig(enabled=True, port=0),
     )
     async with running_door(config, providers={"mock": mock}) as (_, _, client):
-        mock.crash_next()
+        mock.crash_agent_next()
         crashed = await client.post("/v1/chat/completions", json=chat_body())
         assert crashed.status_code == 500 and crashed.json()["error"]["type"] == "agent_crashed"
 

@@ -374,7 +374,9 @@ async def test_agent_crash_is_restarted_and_the_request_answered_once(autojump_c
     assert_one_terminal_per_request(rec)
 
 
-async def test_a_provider_bug_fails_the_request_with_internal_and_is_not_retried(autojump_clock: object) -> None:
+async def test_a_provider_bug_fails_the_request_with_internal_and_is_not_retried(
+    autojump_clock: object,
+) -> None:
     mocks = {"a": MockProvider(), "b": MockProvider()}
     mocks["a"].crash_next()
     async with running_tree(mock_config("a"), mock_config("b", priority=1), mocks=mocks) as (tree, rec):
