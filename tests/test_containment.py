@@ -4,8 +4,10 @@ upstream wait hints cannot block a provider for years."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -14,11 +16,18 @@ import trio.testing
 from duckagents.app import Tree, open_tree
 from duckagents.bus import SignalBus
 from duckagents.config import Config, ModelConfig, ProviderConfig, RouterConfig, SupervisionConfig
-from duckagents.errors import ErrorKind
+from duckagents.errors import ErrorKind, ProviderError
+from duckagents.messages import ToolSpec
 from duckagents.providers import MockProvider
-from duckagents.signals import SupervisorEvent
-from duckagents.testing import Fault, ScriptedReply, open_openai_server
-from tests.helpers import Recorder, assert_one_terminal_per_request, mock_config
+from duckagents.signals import ProviderErrorData, SupervisorEvent
+from duckagents.testing import (
+    Fault,
+    ScriptedReply,
+    open_anthropic_server,
+    open_ollama_server,
+    open_openai_server,
+)
+from tests.helpers import Recorder, assert_one_terminal_per_request, mock_config, request, send
 
 KEY = "sk-containment-secret-0123456789abcdef"
 CHAT = "/v1/chat/completions"
@@ -142,3 +151,134 @@ async def test_absurd_retry_after_never_blocks_a_provider_for_long(
             server.script.push(ScriptedReply(text="back"))
             response = await tree.router.complete("hi")
             assert (response.provider, response.content) == ("gpt", "back")
+
+
+# --- per-request containment (issue 10, item 2) ----------------------------------------------------
+
+HTTP_SERVERS = {
+    "openai": (open_openai_server, "gpt-4o-mini"),
+    "anthropic": (open_anthropic_server, "claude-sonnet-4-5"),
+    "ollama": (open_ollama_server, "llama3.2"),
+}
+#: What no HTTP provider can encode: a lone surrogate in the prompt, NaN in a tool schema.
+POISONS = {
+    "surrogate": {"text": "hello \ud800"},
+    "nan": {"tools": (ToolSpec("lookup", parameters={"type": "object", "x": math.nan}),)},
+}
+
+
+@asynccontextmanager
+async def three_http_agents() -> AsyncIterator[tuple[Tree, Recorder, dict[str, Any]]]:
+    """A tree of three HTTP agents (OpenAI, Anthropic, Ollama wire formats) over loopback servers."""
+    async with (
+        open_openai_server(api_key=KEY) as openai,
+        open_anthropic_server(api_key=KEY) as anthropic,
+        open_ollama_server() as ollama,
+    ):
+        servers = {"openai": openai, "anthropic": anthropic, "ollama": ollama}
+        providers = tuple(
+            ProviderConfig(
+                name=kind, kind=kind, base_url=server.url if kind != "openai" else server.base_url,  # type: ignore[arg-type]
+                api_key_env=None if kind == "ollama" else "KEY", default_model=HTTP_SERVERS[kind][1],
+                priority=index,
+            )
+            for index, (kind, server) in enumerate(servers.items())
+        )
+        config = Config(providers=providers, health_interval=10_000.0)
+        async with recorded(config) as (tree, rec):
+            yield tree, rec, servers
+
+
+#: Each wire format's completion path.
+COMPLETION_PATHS = frozenset({"/v1/chat/completions", "/v1/messages", "/api/chat"})
+
+
+def upstream_calls(servers: dict[str, Any]) -> int:
+    """Completion calls the upstreams received (model lookups and the like left out)."""
+    return sum(1 for s in servers.values() for r in s.requests if r.path in COMPLETION_PATHS)
+
+
+@pytest.mark.parametrize("poison", sorted(POISONS))
+async def test_a_poison_request_fails_once_with_internal_and_three_http_agents_serve_on(
+    poison: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past every door (here: addressed to each agent on the bus, as the router dispatches), an input no
+    HTTP provider can encode fails that attempt alone with ``internal``; no agent crashes or restarts."""
+    caplog.set_level(logging.ERROR, logger="duckagents.agents")
+    async with three_http_agents() as (tree, rec, servers):
+        calls = upstream_calls(servers)
+        for name in servers:
+            subject = await send(tree.bus, request(f"poison-{name}", provider=name, **POISONS[poison]))
+            [terminal] = await rec.wait_for(lambda s, subject=subject: s.is_terminal and s.subject == subject)
+            failure = terminal.data
+            assert isinstance(failure, ProviderErrorData), failure
+            assert failure.kind is ErrorKind.INTERNAL and not failure.retryable and failure.provider == name
+            assert "internal error while handling the request" in failure.message
+            assert len(failure.message) < 400 and KEY not in failure.message
+        await trio.sleep(0.2)  # a restart would have come by now
+        assert len(rec.terminals()) == 3  # one answer each, no second one
+        assert upstream_calls(servers) == calls  # never sent: it failed while encoding
+        assert not events(rec, "crashed") and not events(rec, "restarted")
+        assert all(agent.incarnation == 1 and agent.running for agent in tree.agents.values())
+        for name in servers:  # each serves the next normal request
+            response = await tree.router.complete("hello", provider=name)
+            assert response.provider == name and response.content
+        assert upstream_calls(servers) == calls + 3
+    assert_one_terminal_per_request(rec)
+    logged = [r.getMessage() for r in caplog.records if r.name == "duckagents.agents"]
+    # One traceback per kind of fault (here the same encoding fault in each agent), with the request id.
+    assert logged and all("failed with an internal error" in m and "Traceback" in m for m in logged)
+    assert any("poison-openai" in m for m in logged) and not any(KEY in m for m in logged)
+
+
+@pytest.mark.parametrize("poison", sorted(POISONS))
+async def test_a_poison_request_through_the_router_is_refused_at_its_door(poison: str) -> None:
+    """Through ``complete()``, ``stream()`` or ``submit()`` the same input never reaches an agent: the
+    router refuses it with ``invalid_request`` naming the field."""
+    fields = POISONS[poison]
+    text = str(fields.get("text", "hello"))
+    options = {k: v for k, v in fields.items() if k != "text"}
+    path = "$.messages[0]" if poison == "surrogate" else "$.options.tools[0].parameters"
+    async with three_http_agents() as (tree, rec, servers):
+        calls = upstream_calls(servers)
+        router = tree.router
+        errors = []
+        with pytest.raises(ProviderError) as info:
+            await router.complete(text, **options)
+        errors.append(info.value)
+        with pytest.raises(ProviderError) as info:
+            async with router.stream(text, **options) as stream:
+                async for _ in stream:
+                    pass
+        errors.append(info.value)
+        with pytest.raises(ProviderError) as info:
+            await router.submit(request("submitted", text, **options))
+        errors.append(info.value)
+        for error in errors:
+            assert error.kind is ErrorKind.INVALID_REQUEST and not error.retryable
+            assert error.message.startswith(path) and len(error.message) <= 300, error.message
+        assert upstream_calls(servers) == calls and router.in_flight == 0
+        assert not rec.of("provider_request")  # not even an intake: nothing was accepted
+        assert (await router.complete("hello")).provider == "openai"
+    assert not events(rec, "crashed")
+
+
+async def test_huge_max_tokens_four_times_each_fails_alone_and_the_tree_stays_up(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ``max_tokens`` of 4,400 digits used to crash the router (int-to-str), and four ended the process."""
+    huge = 10**4400
+    async with recorded(Config(providers=(mock_config("a"),), health_interval=1000.0)) as (tree, rec):
+        router = tree.router
+        for index in range(4):
+            with pytest.raises(ProviderError) as info:
+                if index % 2:
+                    await router.submit(request(f"huge{index}", max_tokens=huge))
+                else:
+                    await router.complete("hi", max_tokens=huge)
+            assert info.value.kind is ErrorKind.INVALID_REQUEST
+            assert info.value.message.startswith("$.options.max_tokens") and len(info.value.message) <= 300
+        assert (await router.complete("hi", max_tokens=5)).provider == "a"
+        assert router.running and not events(rec, "crashed")
+        assert tree.supervisor.running == ["router", "agent:a"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -86,13 +86,14 @@ class FaultLog:
                 self._last.clear()
             held = last[1] if last is not None else 0
             note = f" ({held} more like it in the last {self.interval:g} s, not logged)" if held else ""
-            text = _printable(format_crash(exc))
+            # Redacted before it is cut, so that no secret is cut in two and half of it left.
+            text = redact(_printable(format_crash(exc)), secrets)
             if len(text) > MAX_TRACEBACK:
                 half = MAX_TRACEBACK // 2
                 text = f"{text[:half]}\n... ({len(text) - 2 * half} characters left out) ...\n{text[-half:]}"
             self.logger.error(
                 "%s failed with an internal error, contained (it fails alone)%s\n%s",
-                _printable(what), note, redact(text, secrets),
+                _printable(what), note, text,
             )
             self._last[kind] = (now, 0)
         else:
