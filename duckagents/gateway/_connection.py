@@ -21,7 +21,7 @@ import trio
 import trio_websocket
 
 from ..bus import Overflow, SignalFilter, Subscription
-from ..errors import BusClosed
+from ..errors import BusClosed, ErrorKind, ProviderError
 from ..resilience import RateLimiter, RateLimits
 from ..signals import ProviderRequest, new_id
 from ..validation import InvalidValue, check_request
@@ -30,6 +30,7 @@ from ._fanout import Route
 from ._flight import FLIGHT_TYPES, Flight
 from ._outbox import Outbox, SlowConsumer
 from ._protocol import (
+    CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
     CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
@@ -152,6 +153,24 @@ class Connection:
             return
         with trio.CancelScope(shield=True, deadline=trio.current_time() + self._shared.close_timeout):
             await self._ws.aclose(self._close_code, self._close_reason)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests of this client whose terminal has not been queued for it yet."""
+        return sum(1 for flight in self._flights.values() if not flight.done)
+
+    async def flights_landed(self) -> None:
+        """Wait until every request in flight on this connection has its terminal queued for the client."""
+        while self.in_flight:
+            await self._activity.wait()
+
+    def shut_down(self, reason: str) -> None:
+        """Close for a gateway shutdown: each request still in flight gets a ``shutdown`` terminal, then
+        what is queued goes out, then the close frame 1001."""
+        error = ProviderError(ErrorKind.SHUTDOWN, "the gateway shut down before the router answered")
+        for flight in self._flights.values():
+            flight.abandon(self.outbox, error)
+        self.close(CLOSE_GOING_AWAY, reason, flush=True)
 
     def close(self, code: int | None, reason: str = "", *, flush: bool = False) -> None:
         """End the connection with ``code`` (None: the peer is already gone). The first call decides."""
@@ -329,6 +348,8 @@ class Connection:
 
     async def _submit(self, msg: Submit) -> None:
         self._require("request", msg.id)
+        if self._shared.intake.closed:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "the gateway is shutting down", msg.id)
         if len(self._flights) >= self._config.max_in_flight:
             raise ProtocolError(
                 ErrorCode.TOO_MANY_REQUESTS,

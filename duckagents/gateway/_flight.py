@@ -112,6 +112,8 @@ class Flight:
         self.request_id = request.request_id
         #: True once the terminal frame was queued for the client.
         self.done = False
+        #: True once the router's terminal arrived or it refused the request: nothing left to cancel there.
+        self.settled = False
         self.prefix = signal_prefix(request=msg_id)
 
     async def run(self, router: RouterLike, sub: Subscription, outbox: Outbox, cache: FrameCache) -> None:
@@ -128,6 +130,7 @@ class Flight:
                     with trio.move_on_at(give_up):
                         terminal = await forward(sub, outbox, cache, self.prefix)
                         if terminal is not None:
+                            self.settled = True
                             await self._finish(outbox, terminal)
                     if not self.done:
                         # The router is gone (bus closed) or missed the deadline: answer for it.
@@ -136,7 +139,7 @@ class Flight:
                         await self._fail(outbox, ProviderError(kind, "no answer from the router in time"))
                         nursery.cancel_scope.cancel()
         finally:
-            if not self.done:
+            if not self.settled:
                 # The client left (or the gateway stops): nobody is waiting for this answer any more.
                 router.cancel(self.request_id)
 
@@ -154,13 +157,25 @@ class Flight:
                 ErrorKind.INTERNAL,
                 redact(f"the router failed to take the request: {type(exc).__name__}"),
             )
+        self.settled = True
         if not self.done:
             await self._fail(outbox, error)
             scope.cancel()
 
     async def _fail(self, outbox: Outbox, error: ProviderError) -> None:
+        await self._finish(outbox, self._failure_json(error))
+
+    def abandon(self, outbox: Outbox, error: ProviderError) -> None:
+        """The connection closes before the router answered: the client gets ``error`` as the request's
+        terminal now (queued before the close frame); the request is cancelled at the router on the way
+        out of :meth:`run`."""
+        if not self.done:
+            self.done = True
+            outbox.push_control_now(self.prefix + self._failure_json(error) + "}")
+
+    def _failure_json(self, error: ProviderError) -> str:
         failure = ProviderErrorData.from_error(self.request_id, error)
-        await self._finish(outbox, dumps_signal(make_signal(failure, GATEWAY_SOURCE)))
+        return dumps_signal(make_signal(failure, GATEWAY_SOURCE))
 
     async def _finish(self, outbox: Outbox, event_json: str) -> None:
         if self.done:

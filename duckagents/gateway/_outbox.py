@@ -156,6 +156,17 @@ class Outbox:
         self._control_lot.unpark_all()
         return batch
 
+    def push_control_now(self, frame: str) -> None:
+        """Queue a frame that must not be dropped at once, past the control budget if need be: for the
+        terminals a closing connection still owes its client (at most its ``max_in_flight``)."""
+        if self._closed:
+            return
+        encoded = Frame(frame, droppable=False)
+        self._queue.append(encoded)
+        self._controls += 1
+        self._control_bytes += encoded.size
+        self._writer_lot.unpark_all()
+
     def close(self, *, flush: bool = False) -> None:
         """Refuse further pushes (waiting pushers return). :meth:`take` then returns None, after handing out
         what is queued when ``flush`` (e.g. the error frames before a protocol-violation close)."""

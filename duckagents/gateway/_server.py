@@ -3,6 +3,13 @@
 ``open_gateway(router, config)`` runs the gateway for the duration of an ``async with`` block and closes
 every connection with 1001 on the way out; ``serve_gateway`` is the same for ``nursery.start`` (cancel it
 for an abrupt stop, or call :meth:`Gateway.aclose` for a graceful one).
+
+The graceful stop, in order (``duckagents serve`` on SIGTERM / SIGINT runs the tree's drain in between):
+:meth:`Gateway.close_intake` refuses new clients and requests; :meth:`Gateway.aclose` lets the requests
+in flight hand their terminals to their clients (bounded), gives each request still waiting a
+``shutdown`` terminal, sends each client what is queued for it and then the close frame 1001, and waits
+(bounded) for the clients' close frames before it stops listening. A client never sees a connection end
+without a close frame (1006) unless it stopped reading.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ log = logging.getLogger("duckagents.gateway")
 #: Seconds a client has to finish the opening handshake, and to answer our close frame.
 HANDSHAKE_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 5.0
+#: Seconds the clients get to answer our close frames when the gateway is stopped at once.
+FORCED_CLOSE_TIMEOUT = 0.5
 # Client messages buffered by trio-websocket before its reader stops reading the socket (backpressure).
 INCOMING_QUEUE = 8
 
@@ -98,6 +107,7 @@ class Gateway:
         self._live: set[Connection] = set()
         self._changed = trio.Event()
         self._accepting = True
+        self._closing = False
         self._scope = trio.CancelScope()
         #: The bound port (useful with ``port = 0``), set once the gateway listens.
         self.port = 0
@@ -156,15 +166,42 @@ class Gateway:
                 )
                 task_status.started(self)
 
-    async def aclose(self) -> None:
-        """Graceful stop: refuse new clients, close every connection with 1001, then stop listening."""
+    def close_intake(self) -> None:
+        """The first step of a graceful stop: refuse new clients (503) and new ``request`` messages (error
+        ``unavailable``); subscriptions and the requests in flight go on."""
         self._accepting = False
-        for conn in list(self._live):
-            conn.close(1001, "gateway shutting down")
-        with trio.move_on_after(self._close_timeout):
-            while self._live:
-                await self._changed.wait()
-        self._scope.cancel()
+        self._shared.intake.closed = True
+
+    async def aclose(self, grace: float | None = None) -> None:
+        """Graceful stop (see the module docstring): close intake; give the requests in flight up to
+        ``grace`` seconds (default ``close_timeout``) to hand their terminals to their clients; then each
+        request still waiting gets a ``shutdown`` terminal, and each connection closes with 1001 after what
+        is queued for it; then stop listening.
+
+        Cancelled (a stop at once), it skips the wait for terminals but still closes every connection
+        properly, waiting at most :data:`FORCED_CLOSE_TIMEOUT` for the clients' close frames. Calling it
+        again only stops listening."""
+        if self._closing:
+            self._scope.cancel()
+            return
+        self._closing = True
+        self.close_intake()
+        forced = False
+        try:
+            with trio.move_on_after(self._close_timeout if grace is None else grace):
+                for conn in list(self._live):
+                    await conn.flights_landed()
+        except trio.Cancelled:
+            forced = True
+            raise
+        finally:
+            with trio.CancelScope(shield=True):
+                for conn in list(self._live):
+                    conn.shut_down("gateway shutting down")
+                with trio.move_on_after(FORCED_CLOSE_TIMEOUT if forced else self._close_timeout):
+                    while self._live:
+                        await self._changed.wait()
+                self._scope.cancel()
 
     def _bus_closed(self) -> None:
         self._accepting = False
@@ -253,7 +290,8 @@ async def open_gateway(
     close_timeout: float = CLOSE_TIMEOUT,
     limits: ValidationLimits = DEFAULT_LIMITS,
 ) -> AsyncIterator[Gateway]:
-    """Run the gateway for the block; on exit every client gets a 1001 close, then the port is released."""
+    """Run the gateway for the block; on exit (unless :meth:`Gateway.aclose` ran already) every request in
+    flight gets a ``shutdown`` terminal and every client a 1001 close after it, then the port is released."""
     gateway = Gateway(router, config, environ=environ, close_timeout=close_timeout, limits=limits)
     async with trio.open_nursery() as nursery:
         await nursery.start(gateway.run)
@@ -261,4 +299,4 @@ async def open_gateway(
             yield gateway
         finally:
             with trio.CancelScope(shield=True):
-                await gateway.aclose()
+                await gateway.aclose(grace=0)

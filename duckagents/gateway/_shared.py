@@ -25,6 +25,13 @@ class Counters:
     rejected: dict[int, int] = attrs.field(factory=dict)
 
 
+@attrs.define
+class Intake:
+    """Whether the gateway still takes new requests (a graceful stop closes it first)."""
+
+    closed: bool = False
+
+
 @attrs.frozen
 class Shared:
     """What every connection of one gateway shares."""
@@ -39,3 +46,4 @@ class Shared:
     limits: ValidationLimits
     #: Faults clients can trigger (unexpected exceptions per message), logged at most once a minute each.
     faults: ThrottledLog
+    intake: Intake = attrs.field(factory=Intake)
