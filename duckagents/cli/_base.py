@@ -42,8 +42,11 @@ class ExitCode(enum.IntEnum):
     UNREACHABLE = 4
     #: ``status --check``: at least one provider is down.
     UNHEALTHY = 5
-    #: Interrupted (Ctrl-C).
+    #: Interrupted (Ctrl-C); for ``serve``, a second Ctrl-C that cut its drain short (a first one drains:
+    #: exit status 0).
     INTERRUPTED = 130
+    #: ``serve``: a second SIGTERM cut its drain short (a first one drains: exit status 0).
+    TERMINATED = 143
 
 
 EXIT_CODES_HELP = """\
@@ -54,7 +57,8 @@ exit codes:
   3    the request failed (the error kind is printed)
   4    the server (--url) is unreachable, refused the connection, or went away
   5    status --check: a provider is down
-  130  interrupted (Ctrl-C)
+  130  interrupted (Ctrl-C; serve: a second one during the drain)
+  143  serve: a second SIGTERM during the drain (a first SIGTERM or Ctrl-C drains and exits 0)
 """
 
 

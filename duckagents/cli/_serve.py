@@ -1,7 +1,14 @@
-"""``duckagents serve``: run the tree (and the WebSocket gateway, the HTTP front door) until interrupted.
+"""``duckagents serve``: run the tree (and the WebSocket gateway, the HTTP front door) until SIGTERM or
+SIGINT, then stop gracefully.
 
 It prints each provider's health as soon as it is known, then only when it changes (state, breaker,
 reason), plus errors, supervisor events and progress as they happen.
+
+The graceful stop (docs/deploy.md): every door stops taking work, the tree drains (``Tree.drain``: the
+requests in flight may finish within ``drain_timeout``, the rest end with ``shutdown``), the doors hand
+out the last answers and the gateway's clients get the close frame 1001 (``Gateway.aclose``), then the
+tree stops; exit status 0. A second signal during the drain stops at once (exit status 128 + its number).
+The drain itself lives in the tree and the doors; this module only orders their calls.
 """
 
 from __future__ import annotations
@@ -30,8 +37,9 @@ def add_commands(commands: Commands) -> None:
     """``serve``."""
     serve = commands.add(
         "serve", run_serve, help="run the supervision tree (and the WebSocket gateway)",
-        description="Run the supervision tree until Ctrl-C. Prints each provider's health when it is first "
-        "known and whenever it changes, and errors, restarts and progress as they happen.",
+        description="Run the supervision tree until SIGTERM or Ctrl-C, which drain: the requests in flight "
+        "may finish within drain_timeout (a second signal stops at once). Prints each provider's health "
+        "when it is first known and whenever it changes, and errors, restarts and progress as they happen.",
     )
     serve.add_argument("--gateway", action="store_true", help="start the WebSocket gateway")
     serve.add_argument("--host", default=None, help="gateway bind address (default 127.0.0.1)")
@@ -67,8 +75,8 @@ def http_address(text: str) -> tuple[str | None, int]:
 
 
 async def run_serve(args: argparse.Namespace, out: TextIO) -> int:
-    """Run the tree (and the gateway) until interrupted."""
-    from ..app import open_router
+    """Run the tree (and the gateway) until SIGTERM or SIGINT; then stop gracefully."""
+    from ..app import open_tree
 
     config = await resolve_config(args)
     if args.gateway or args.port is not None or args.host is not None:
@@ -85,56 +93,111 @@ async def run_serve(args: argparse.Namespace, out: TextIO) -> int:
         host, port = args.http
         http = attrs.evolve(config.http, enabled=True, host=host or config.http.host, port=port)
         config = attrs.evolve(config, http=http)
-    async with open_router(config) as router:
-        names = ", ".join(p.name for p in config.providers)
-        out.write(f"duckagents serving providers: {names}\n")
-        out.flush()
-        watched = SignalFilter(types=_EVENTS | {ProviderStatus.TYPE})
-        # Subscribed before the first statuses are read, so no change falls between the two.
-        with router.bus.subscribe(watched, buffer=256, overflow=Overflow.DROP_OLDEST) as signals:
-            health = HealthLines(out)
-            for status in await router.status():
-                health.show(status)
-            async with AsyncExitStack() as doors:
-                front_door = None
-                # The front door first: its metrics count from the bus before any client can send a request.
-                if config.http.enabled:
-                    front_door = await doors.enter_async_context(_http_door()(router, config))
-                    out.write(f"http listening on {front_door.url}\n")
-                if config.gateway.enabled:
-                    gw = await _open_gateway(doors, router, config)
-                    if front_door is not None:
-                        front_door.metrics.gateway_stats = gw.stats
-                    out.write(f"gateway listening on {gw.url}\n")
-                out.flush()
-                interrupted = await _until_interrupted(signals, health, out)
-    return ExitCode.INTERRUPTED if interrupted else ExitCode.OK
+    # Signals are taken as messages for the whole run, never as a KeyboardInterrupt: that exception lands
+    # in whichever task runs when the signal comes (a server framework's request task may swallow it), and
+    # SIGTERM's default is to die on the spot, leaving clients without an answer or a close frame.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+        async with open_tree(config) as tree:
+            router = tree.router
+            names = ", ".join(p.name for p in config.providers)
+            out.write(f"duckagents serving providers: {names}\n")
+            out.flush()
+            watched = SignalFilter(types=_EVENTS | {ProviderStatus.TYPE})
+            # Subscribed before the first statuses are read, so no change falls between the two.
+            with router.bus.subscribe(watched, buffer=256, overflow=Overflow.DROP_OLDEST) as signals:
+                health = HealthLines(out)
+                for status in await router.status():
+                    health.show(status)
+                async with AsyncExitStack() as doors:
+                    front_door = gw = None
+                    # The front door first: its metrics count from the bus before any client can send a
+                    # request.
+                    if config.http.enabled:
+                        front_door = await doors.enter_async_context(
+                            _http_door()(router, config, drain_timeout=config.drain_timeout)
+                        )
+                        out.write(f"http listening on {front_door.url}\n")
+                    if config.gateway.enabled:
+                        gw = await _open_gateway(doors, router, config)
+                        if front_door is not None:
+                            front_door.metrics.gateway_stats = gw.stats
+                        out.write(f"gateway listening on {gw.url}\n")
+                    out.flush()
+                    return await _serve_until_stopped(
+                        tree, received, signals, health, out, gateway=gw, http=front_door
+                    )
 
 
-async def _until_interrupted(signals: Any, health: HealthLines, out: TextIO) -> bool:
-    """Print events until Ctrl-C (True), or until the bus closes (False).
+#: Seconds each door gets, once the tree has drained, to hand out the last answers and close.
+DOOR_GRACE = 5.0
 
-    SIGINT is taken as a signal here rather than as a KeyboardInterrupt: that exception lands in
-    whichever task runs when the signal comes, and a server framework's request task may swallow it
-    (hypercorn logs and drops it), which would leave the process running. Leaving normally lets the
-    doors drain and the tree answer every request still open; a second Ctrl-C, after this returned,
-    interrupts at once.
+
+async def _serve_until_stopped(
+    tree: Any, received: Any, signals: Any, health: HealthLines, out: TextIO, *, gateway: Any, http: Any
+) -> int:
+    """Print events until the first SIGTERM / SIGINT, then stop gracefully; a second signal stops at once.
+
+    Returns the exit status: 0 after a graceful stop (or when the bus closed), 128 + the signal's number
+    when a second signal cut it short.
     """
-    interrupted = False
-    with trio.open_signal_receiver(signal.SIGINT) as received:
-        async with trio.open_nursery() as nursery:
+    caught: list[int] = []
+    stop = trio.Event()
+    graceful = trio.CancelScope()
+    async with trio.open_nursery() as nursery:
 
-            async def stop_on_signal() -> None:
-                nonlocal interrupted
-                async for _ in received:
-                    interrupted = True
-                    nursery.cancel_scope.cancel()
-                    return
+        async def watch_signals() -> None:
+            async for signum in received:
+                caught.append(signum)
+                if len(caught) == 1:
+                    stop.set()
+                else:
+                    graceful.cancel()  # a second signal: stop at once
 
-            nursery.start_soon(stop_on_signal)
+        async def print_events() -> None:
             await _print_events(signals, health, out)
-            nursery.cancel_scope.cancel()
-    return interrupted
+            stop.set()  # the bus closed: nothing left to serve
+
+        nursery.start_soon(watch_signals)
+        nursery.start_soon(print_events)
+        await stop.wait()
+        if caught:
+            name = signal.Signals(caught[0]).name
+            out.write(
+                f"duckagents: {name}: draining (up to {tree.config.drain_timeout:g} s; "
+                "send it again to stop at once)\n"
+            )
+            out.flush()
+            with graceful:
+                await _stop_gracefully(tree, out, gateway=gateway, http=http)
+            if graceful.cancelled_caught:
+                out.write(f"duckagents: {signal.Signals(caught[-1]).name} again: stopping at once\n")
+                out.flush()
+                if gateway is not None:
+                    await gateway.aclose(at_once=True)
+                if http is not None:
+                    await http.aclose(0)
+        nursery.cancel_scope.cancel()
+    if len(caught) > 1:
+        return ExitCode.TERMINATED if caught[-1] == signal.SIGTERM else ExitCode.INTERRUPTED
+    return ExitCode.OK
+
+
+async def _stop_gracefully(tree: Any, out: TextIO, *, gateway: Any, http: Any) -> None:
+    """The graceful stop: every door stops taking work, the tree drains (requests in flight may finish
+    within ``drain_timeout``, the rest end with ``shutdown``), the doors hand out the last answers, the
+    gateway's clients get their close frame 1001. Leaving the tree then stops the agents."""
+    if gateway is not None:
+        gateway.close_intake()
+    if http is not None:
+        http.close_intake()
+    stopped = await tree.drain()
+    if http is not None:
+        await http.aclose(DOOR_GRACE)
+    if gateway is not None:
+        await gateway.aclose(DOOR_GRACE)
+    cut = f"; {stopped} request(s) stopped at the drain timeout" if stopped else ""
+    out.write(f"duckagents: drained{cut}\n")
+    out.flush()
 
 
 def _http_door() -> Any:

@@ -172,23 +172,23 @@ class Gateway:
         self._accepting = False
         self._shared.intake.closed = True
 
-    async def aclose(self, grace: float | None = None) -> None:
+    async def aclose(self, grace: float | None = None, *, at_once: bool = False) -> None:
         """Graceful stop (see the module docstring): close intake; give the requests in flight up to
         ``grace`` seconds (default ``close_timeout``) to hand their terminals to their clients; then each
         request still waiting gets a ``shutdown`` terminal, and each connection closes with 1001 after what
         is queued for it; then stop listening.
 
-        Cancelled (a stop at once), it skips the wait for terminals but still closes every connection
-        properly, waiting at most :data:`FORCED_CLOSE_TIMEOUT` for the clients' close frames. Calling it
-        again only stops listening."""
+        ``at_once`` (a second signal), or cancelled: no wait for terminals, but every connection still
+        closes properly, waiting at most :data:`FORCED_CLOSE_TIMEOUT` for the clients' close frames.
+        Calling it again only stops listening."""
         if self._closing:
             self._scope.cancel()
             return
         self._closing = True
         self.close_intake()
-        forced = False
+        forced = at_once
         try:
-            with trio.move_on_after(self._close_timeout if grace is None else grace):
+            with trio.move_on_after(0 if at_once else self._close_timeout if grace is None else grace):
                 for conn in list(self._live):
                     await conn.flights_landed()
         except trio.Cancelled:

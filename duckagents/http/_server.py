@@ -123,9 +123,14 @@ class HttpServer:
         finally:
             self._stopped.set()
 
+    def close_intake(self) -> None:
+        """The first step of a drain: ``/readyz`` turns 503 and new chat requests get 503 at once; those in
+        flight go on. (:meth:`aclose` does it too.)"""
+        self.door.in_flight.closed = True
+
     async def aclose(self, drain_timeout: float = DRAIN_TIMEOUT) -> None:
         """Drain (see the module docstring) and stop; returns once the server stopped."""
-        self.door.in_flight.closed = True
+        self.close_intake()
         with trio.move_on_after(drain_timeout):
             await self.door.in_flight.wait_idle()
         self._stop.set()
