@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 import trio
+import trio.testing
 
 from duckagents.errors import ErrorKind, ProviderError
 from duckagents.messages import Features, FinishReason, ImagePart, Message, ToolSpec
@@ -492,6 +493,76 @@ async def test_shutdown_gives_every_request_in_flight_its_final_result(autojump_
     assert {s.data.kind for s in finals} == {ErrorKind.SHUTDOWN}  # type: ignore[union-attr]
     assert_one_terminal_per_request(rec)
     assert not tree.router.requests
+
+
+async def test_drain_refuses_new_requests_and_lets_those_in_flight_finish(autojump_clock: object) -> None:
+    mocks = {"a": MockProvider(latency=5.0), "b": MockProvider(latency=5.0)}
+    mocks["a"].fail_next(ErrorKind.UPSTREAM_5XX)  # one of them fails over to b during the drain
+    async with running_tree(mock_config("a"), mock_config("b", priority=1), mocks=mocks) as (tree, rec):
+        router = tree.router
+        for i in range(4):
+            await router.submit(ProviderRequest(f"d{i}", (Message.user("hi"),)))
+        await trio.sleep(1)
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(router.drain, 30.0)
+            await trio.testing.wait_all_tasks_blocked()
+            assert router.draining
+            with pytest.raises(ProviderError) as info:
+                await router.complete("too late")
+            assert info.value.kind is ErrorKind.SHUTDOWN
+        assert trio.current_time() - start < 30.0  # returned once the last one finished
+        finals = {s.subject: s.data for s in await rec.wait_for(is_final, count=4)}
+        assert set(finals) == {f"d{i}" for i in range(4)}
+        assert all(isinstance(d, ProviderResponse) for d in finals.values())
+        assert [d.attempt for d in finals.values()].count(2) == 1  # the failover happened during the drain
+        assert router.in_flight == 0 and router.running  # the router keeps running, refusing
+    assert_one_terminal_per_request(rec)
+
+
+async def test_drain_stops_what_is_left_at_its_timeout_with_shutdown(autojump_clock: object) -> None:
+    mocks = {"a": MockProvider(latency=100.0)}
+    async with running_tree(mock_config("a"), mocks=mocks) as (tree, rec):
+        router = tree.router
+        for i in range(3):
+            await router.submit(ProviderRequest(f"slow{i}", (Message.user("hi"),)))
+        async with trio.open_nursery() as nursery:
+            outcome: list[object] = []
+
+            async def caller() -> None:  # a complete() caller's request, routed in its own task
+                try:
+                    await router.complete("inline", request_id="inline")
+                except ProviderError as exc:
+                    outcome.append(exc.kind)
+
+            nursery.start_soon(caller)
+            await trio.sleep(1)
+            start = trio.current_time()
+            assert await tree.drain(2.0) == 4
+            assert trio.current_time() - start == pytest.approx(2.0, abs=0.1)
+        assert outcome == [ErrorKind.SHUTDOWN]
+        finals = {s.subject: s.data for s in await rec.wait_for(is_final, count=4)}
+        assert set(finals) == {"slow0", "slow1", "slow2", "inline"}
+        for data in finals.values():
+            assert isinstance(data, ProviderErrorData) and data.kind is ErrorKind.SHUTDOWN
+            assert "drain timeout (2 s)" in data.message
+    assert_one_terminal_per_request(rec)
+
+
+async def test_a_cancelled_drain_stops_what_is_left_at_once(autojump_clock: object) -> None:
+    mocks = {"a": MockProvider(latency=100.0)}
+    async with running_tree(mock_config("a"), mocks=mocks) as (tree, rec):
+        await tree.router.submit(ProviderRequest("slow", (Message.user("hi"),)))
+        await trio.sleep(1)
+        start = trio.current_time()
+        with trio.move_on_after(1.0):  # a second signal
+            await tree.drain(30.0)
+        [final] = await rec.wait_for(is_final)
+        assert trio.current_time() - start == pytest.approx(1.0, abs=0.1)
+        data = final.data
+        assert isinstance(data, ProviderErrorData) and data.kind is ErrorKind.SHUTDOWN
+        assert "at once" in data.message
+    assert_one_terminal_per_request(rec)
 
 
 async def test_submit_final_is_what_bus_expect_sees(autojump_clock: object) -> None:
