@@ -21,8 +21,6 @@ WORKDIR /
 USER duckagents
 EXPOSE 8080 8765
 
-# SIGINT drains the door (readyz 503, in-flight requests finish), then stops the tree.
-STOPSIGNAL SIGINT
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
 
