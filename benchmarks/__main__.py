@@ -6,6 +6,7 @@ Examples::
     python -m benchmarks --quick                  # 1 short repeat, smaller internal runs
     python -m benchmarks --scenarios direct,duckagents --concurrency 1,32
     python -m benchmarks --scenarios direct,door-duckagents,door-litellm --concurrency 1,32   # front doors
+    python -m benchmarks soak --duration 60       # the soak run: RSS under mixed traffic (default 10 min)
 """
 
 from __future__ import annotations
@@ -158,6 +159,10 @@ def meta(settings: Settings, argv: Sequence[str]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run, print, write."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["soak"]:
+        from .soak import main as soak_main
+
+        return soak_main(argv[1:])
     settings, args = parse_args(argv)
 
     def log(line: str) -> None:

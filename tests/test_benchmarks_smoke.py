@@ -27,6 +27,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks import __main__ as cli  # noqa: E402
 from benchmarks import doors as doors_module  # noqa: E402
+from benchmarks import soak  # noqa: E402
 from benchmarks import upstream as upstream_module  # noqa: E402
 from benchmarks._stats import CallOutcome, LoadWindow, Recorder, percentile  # noqa: E402
 from benchmarks.aggregate import http_ratios, http_rows  # noqa: E402
@@ -395,3 +396,30 @@ def test_front_door_configs_route_each_mode_to_its_upstream_base() -> None:
     assert proxy["general_settings"]["master_key"] == doors_module.DUMMY_KEY  # the clients' bearer key
     assert f'env = "{doors_module.TOKEN_ENV}"' in config
     assert doors_module.model_for(True) == "bench-sse" and doors_module.model_for(False) == "bench-json"
+
+
+# --- the soak run --------------------------------------------------------------------------------
+
+
+def test_soak_runs_end_to_end_and_checks_its_invariants(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A few seconds of the soak (no RSS target here: too short to mean anything): mixed traffic, faults,
+    gateway clients in their own process, the graceful stop, and the figures' shape."""
+    out = tmp_path / "soak.json"
+    argv = [
+        "--duration", "3", "--warmup", "1", "--concurrency", "4", "--subscribers", "1", "--requesters", "1",
+        "--large-kib", "16", "--fault-interval", "0.4", "--max-growth", "1000", "--json", str(out),
+    ]
+    assert soak.main(argv) == 0, capsys.readouterr().out
+    report = capsys.readouterr().out
+    assert "## Soak" in report and "**PASS**" in report
+    figures = json.loads(out.read_text())
+    assert figures["requests"] > 0 and figures["outcomes"]["ok"] > 0 and not figures["bugs"]
+    assert figures["outcomes"].get("invalid_request", 0) == figures["by_kind"].get("poison", 0)
+    assert sum(figures["faults"].values()) >= 4
+    assert figures["leftovers"] == {"router_in_flight": 0, "agent_requests": 0}
+    clients = figures["gateway"]["clients"]
+    assert clients["close_codes"] == {"1001": 2} and clients["frames"] > 0 and clients["unanswered"] == 0
+    rss = figures["rss_mib"]
+    assert rss["after_warmup"] > 0 and rss["end"] > 0 and len(rss["samples"]) >= 2
