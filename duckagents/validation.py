@@ -293,6 +293,13 @@ def _scalar_problem(item: Any, max_integer: int) -> str | None:
     return "container"
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[tuple[str, ...], int]:
+    """An attrs class's field names, and what they add to the encoded size (braces, keys, quotes)."""
+    names = tuple(field.name for field in attrs.fields(cls))
+    return names, 2 + sum(len(name) + 4 for name in names)
+
+
 def _walk(
     value: Any, *, max_depth: int, max_bytes: int, max_integer: int, root: str = "$", what: str = "value"
 ) -> int:
@@ -329,9 +336,10 @@ def _walk(
             size += 2 + len(item)
         elif attrs.has(type(item)):
             # A structured value: its fields stand for the keys of its JSON object.
-            names = [field.name for field in attrs.fields(type(item))]
+            cls: type = type(item)
+            names, names_size = _field_names(cls)
             children = [(name, getattr(item, name)) for name in names]
-            size += 2 + sum(len(name) + 4 for name in names)
+            size += names_size
         else:
             raise InvalidValue(_spell(link, root), f"not a JSON value ({type(item).__name__})")
         for key, child in children:
@@ -393,6 +401,12 @@ def check_options(
     options: RequestOptions, limits: ValidationLimits = DEFAULT_LIMITS, path: str = "$.options"
 ) -> None:
     """Check generation options: the tools' schemas, the value rules, and the ranges of the numbers."""
+    _check_tools(options, limits, path)
+    check_json(options, limits, path)
+    _check_numbers(options, path)
+
+
+def _check_tools(options: RequestOptions, limits: ValidationLimits, path: str) -> None:
     tools = options.tools
     if not isinstance(tools, tuple | list):
         raise InvalidValue(f"{path}.tools", "must be a sequence of tools")
@@ -408,7 +422,9 @@ def check_options(
             root=f"{path}.tools[{index}].parameters",
             what="tool schema",
         )
-    check_json(options, limits, path)
+
+
+def _check_numbers(options: RequestOptions, path: str) -> None:
     _number(options.max_tokens, f"{path}.max_tokens", integer=True, low=1)
     _number(options.temperature, f"{path}.temperature", low=0)
     _number(options.top_p, f"{path}.top_p", low=0, high=1)
@@ -427,8 +443,10 @@ def check_request(request: ProviderRequest, limits: ValidationLimits = DEFAULT_L
     """Check a whole :class:`ProviderRequest` before it reaches an agent: :func:`check_options`' rules,
     then every value rule over every field (the total size included). Raises :class:`InvalidValue`; a
     router door answers with :meth:`InvalidValue.to_error` (kind ``invalid_request``)."""
-    check_options(request.options, limits)
+    # check_options' rules, without walking the options twice (the whole request's walk covers them).
+    _check_tools(request.options, limits, "$.options")
     check_json(request, limits)
+    _check_numbers(request.options, "$.options")
     deadline = request.deadline
     if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, int | float)):
         raise InvalidValue("$.deadline", f"must be a number, got {_kind(deadline)}")
