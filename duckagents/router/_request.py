@@ -108,11 +108,10 @@ class RoutedRequest:
     """
 
     __slots__ = (
-        "_view", "agent", "answered", "attempt", "choice_trigger", "chunks", "chunks_out", "context", "crashes",
-        "deadline", "dispatch_mark", "done", "excluded", "final", "hold", "hold_attempt", "hop_tried",
-        "inline",
-        "intake_sent", "model", "models", "needs", "no_fallback", "on_behalf_pending", "outstanding",
-        "pull_hint", "request", "result", "scope", "stop_kind", "stop_message", "tried",
+        "_view", "agent", "answered", "attempt", "choice_trigger", "chunks", "chunks_out", "context",
+        "crashes", "deadline", "dispatch_mark", "done", "excluded", "final", "hold", "hold_attempt",
+        "hop_tried", "inline", "intake_sent", "model", "models", "needs", "no_fallback", "on_behalf_pending",
+        "outstanding", "pull_hint", "request", "result", "scope", "stop_kind", "stop_message", "tried",
     )
 
     def __init__(
