@@ -65,6 +65,13 @@ class Tree:
     #: Where spend is counted against budgets (None when the config sets none).
     budgets: BudgetLedger | None = None
 
+    # Not a deadline for the call: when it passes, the requests still in flight are stopped.
+    async def drain(self, timeout: float | None = None) -> int:  # noqa: ASYNC109
+        """Stop intake and let the requests in flight finish for up to ``timeout`` seconds (default:
+        ``config.drain_timeout``); then stop the rest, each with a ``shutdown`` final result. Returns how
+        many were stopped. Cancelling it stops the rest at once. See :meth:`RouterAgent.drain`."""
+        return await self.router.drain(self.config.drain_timeout if timeout is None else timeout)
+
 
 def prices_of(config: Config) -> PriceTable:
     """The price table of ``config``: its ``[models."name"] price`` entries over the built-in prices."""
@@ -81,13 +88,6 @@ def budgets_of(config: Config) -> BudgetLedger | None:
         if token.budget is not None:
             budgets[token_account(token.label)] = token.budget
     return InMemoryBudgets(budgets) if budgets else None
-
-    # Not a deadline for the call: when it passes, the requests still in flight are stopped.
-    async def drain(self, timeout: float | None = None) -> int:  # noqa: ASYNC109
-        """Stop intake and let the requests in flight finish for up to ``timeout`` seconds (default:
-        ``config.drain_timeout``); then stop the rest, each with a ``shutdown`` final result. Returns how
-        many were stopped. Cancelling it stops the rest at once. See :meth:`RouterAgent.drain`."""
-        return await self.router.drain(self.config.drain_timeout if timeout is None else timeout)
 
 
 def resolve_config(config: Config | str | Path | None) -> Config:

@@ -357,6 +357,10 @@ class RoutedRequest:
             return None
         if result.kind is ErrorKind.CONTEXT_LENGTH:
             return Trigger.CONTEXT_WINDOW
+        if result.kind is ErrorKind.AGENT_CRASHED and (
+            not result.retryable or self.crashes > MAX_CRASH_RETRIES
+        ):
+            return None  # a crash put down to this request, or its second one: no other model either
         return Trigger.FALLBACKS if result.kind in FALLBACK_KINDS else None
 
     def _next_models(self, model: str, trigger: Trigger) -> list[str]:

@@ -10,6 +10,9 @@ import pytest
 import trio
 import trio.testing
 
+from duckagents.app import open_tree
+from duckagents.bus import SignalBus
+from duckagents.config import Config, ModelConfig
 from duckagents.errors import ErrorKind, ProviderError
 from duckagents.messages import Features, FinishReason, ImagePart, Message, ToolSpec
 from duckagents.providers import Completion, MockProvider, MockReply
@@ -28,7 +31,7 @@ from duckagents.router import (
     make_strategy,
 )
 from duckagents.signals import ProviderErrorData, ProviderRequest, ProviderResponse
-from tests.helpers import assert_one_terminal_per_request, mock_config, running_tree
+from tests.helpers import Recorder, assert_one_terminal_per_request, mock_config, running_tree
 
 TOOLS = (ToolSpec("lookup"),)
 
@@ -413,6 +416,44 @@ async def test_a_crash_put_down_to_the_request_is_not_retried(autojump_clock: ob
         [answer] = rec.terminals("poison#1")
         assert answer.source == "/agents/a"
         await rec.wait_for(lambda s: s.type == "supervisor_event" and s.data.event == "restarted")  # type: ignore[union-attr]
+    assert_one_terminal_per_request(rec)
+
+
+async def test_a_crash_put_down_to_the_request_does_not_follow_a_fallback_chain(
+    autojump_clock: object,
+) -> None:
+    """Nor does the poison reach another agent by way of a fallback model."""
+    mocks = {"a": MockProvider(default_model="m-a"), "b": MockProvider(default_model="m-b")}
+    mocks["a"].fail_next("upstream_5xx")
+    config = Config(
+        providers=(
+            mock_config("a", models=("m-a",), default_model="m-a"),
+            mock_config("b", models=("m-b",), default_model="m-b"),
+        ),
+        models={"m-a": ModelConfig(fallbacks=("m-b",))},
+        health_interval=1000.0,
+    )
+    bus = SignalBus()
+    rec = Recorder(bus)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rec.run)
+        async with open_tree(config, bus=bus, providers=mocks) as tree:
+            assert (await tree.router.complete("hi", model="m-b")).provider == "b"  # b serves m-b
+            calls = mocks["b"].calls
+            agent = tree.agents["a"]
+            build_failure = agent.failure
+
+            def failure(active: object, error: ProviderError) -> ProviderErrorData:
+                if error.kind is not ErrorKind.AGENT_CRASHED:
+                    raise RuntimeError("bug while building the terminal")
+                return build_failure(active, error)  # type: ignore[arg-type]
+
+            agent.failure = failure  # type: ignore[method-assign]
+            with pytest.raises(ProviderError) as info:
+                await tree.router.complete("hi", model="m-a", request_id="poison")
+            assert info.value.kind is ErrorKind.AGENT_CRASHED and not info.value.retryable
+            assert mocks["b"].calls == calls  # the fallback model's agent never saw it
+        bus.close()
     assert_one_terminal_per_request(rec)
 
 
