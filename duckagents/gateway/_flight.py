@@ -135,6 +135,7 @@ class Flight:
                     if not self.done:
                         # The router is gone (bus closed) or missed the deadline: answer for it.
                         router.cancel(self.request_id)
+                        self.settled = True
                         kind = ErrorKind.SHUTDOWN if router.bus.closed else ErrorKind.TIMEOUT
                         await self._fail(outbox, ProviderError(kind, "no answer from the router in time"))
                         nursery.cancel_scope.cancel()
