@@ -90,6 +90,7 @@ class SharedRateLimiter:
                 period=period
                 if self.limits.requests is None and self.limits.tokens is None
                 else self.limits.period,
+                max_wait=self.limits.max_wait,
             )
         return adopted
 

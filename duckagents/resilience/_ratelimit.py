@@ -231,6 +231,7 @@ class RateLimiter:
                 tokens=None if self._tokens is None else int(self._tokens.capacity),
                 period=period if self.limits.requests is None and self.limits.tokens is None
                 else self.limits.period,
+                max_wait=self.limits.max_wait,
             )
         return adopted
 

@@ -418,3 +418,12 @@ LimiterMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_limiter_respects_its_window_bound = LimiterMachine.TestCase
+
+
+def test_adopting_an_upstream_limit_keeps_the_configured_cap_on_waits() -> None:
+    limiter = RateLimiter(RateLimits(max_wait=30.0))
+    assert limiter.adopt(RateLimitInfo(limit_requests=60, limit_tokens=1000))
+    assert limiter.limits == RateLimits(requests=60, tokens=1000, period=60.0, max_wait=30.0)
+    # An absurd upstream hint is still clamped to the configured cap, not the default one.
+    limiter.observe(T0, RateLimitInfo(retry_after=10_000.0))
+    assert limiter.blocked_until == T0 + 30.0
