@@ -3,6 +3,7 @@
 from ._auth import SCOPES, Gatekeeper, Principal, is_loopback_host, origin_allowed
 from ._client import ask, connect, format_event, format_signal, watch
 from ._outbox import SlowConsumer
+from ._pages import Page
 from ._protocol import PROTOCOL_VERSION, ErrorCode
 from ._server import Gateway, GatewayStats, open_gateway, serve_gateway
 
@@ -13,6 +14,7 @@ __all__ = [
     "Gatekeeper",
     "Gateway",
     "GatewayStats",
+    "Page",
     "Principal",
     "SlowConsumer",
     "ask",

@@ -10,6 +10,9 @@ in flight hand their terminals to their clients (bounded), gives each request st
 ``shutdown`` terminal, sends each client what is queued for it and then the close frame 1001, and waits
 (bounded) for the clients' close frames before it stops listening. A client never sees a connection end
 without a close frame (1006) unless it stopped reading.
+
+The listener reads each connection's request head itself (:mod:`._pages`): WebSocket upgrades go on to
+trio-websocket, plain HTTP requests get the static ``pages`` the gateway was given (the dashboard).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import importlib.metadata
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from functools import partial
+from types import MappingProxyType
 
 import attrs
 import trio
@@ -32,6 +35,7 @@ from ._connection import Connection
 from ._fanout import Fanout
 from ._flight import RouterLike
 from ._log import ThrottledLog
+from ._pages import BadRequest, Page, ReplayStream, answer_plain, read_opening
 from ._shared import Counters, Shared
 from ._wire import FrameCache
 
@@ -70,7 +74,8 @@ class Gateway:
 
     Refuses to start without tokens on a non-loopback address (an open gateway lets anyone who can reach
     it spend the configured providers' quota). ``limits`` bound the values of client messages (the
-    ``[validation]`` table: see :mod:`duckagents.validation`).
+    ``[validation]`` table: see :mod:`duckagents.validation`). ``pages`` maps paths (``"/"``...) to the
+    static :class:`Page` answered to plain HTTP ``GET`` requests on the same port (the dashboard's files).
     """
 
     def __init__(
@@ -81,8 +86,10 @@ class Gateway:
         environ: Mapping[str, str] | None = None,
         close_timeout: float = CLOSE_TIMEOUT,
         limits: ValidationLimits = DEFAULT_LIMITS,
+        pages: Mapping[str, Page] | None = None,
     ) -> None:
         self.config = config
+        self._pages = MappingProxyType(dict(pages or {}))
         self._gatekeeper = Gatekeeper(config, environ)
         if self._gatekeeper.open and not is_loopback_host(config.host):
             raise ConfigError(
@@ -123,6 +130,11 @@ class Gateway:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"ws://{host}:{self.port}/"
 
+    @property
+    def http_url(self) -> str:
+        """``http://host:port/``: the same address for plain HTTP (where the pages are served)."""
+        return "http" + self.url[2:]
+
     def stats(self) -> GatewayStats:
         """Counters now (``dropped`` includes live connections)."""
         c = self._counters
@@ -146,21 +158,9 @@ class Gateway:
         with self._scope:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._fanout.run)
-                server = await nursery.start(
-                    partial(
-                        trio_websocket.serve_websocket,
-                        self._handshake,
-                        self.config.host,
-                        self.config.port,
-                        None,
-                        max_message_size=self.config.max_frame_bytes,
-                        message_queue_size=INCOMING_QUEUE,
-                        connect_timeout=HANDSHAKE_TIMEOUT,
-                        disconnect_timeout=self._close_timeout,
-                    )
-                )
-                listener = server.listeners[0]
-                self.port = listener.port if isinstance(listener, trio_websocket.Endpoint) else 0
+                listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
+                self.port = listeners[0].socket.getsockname()[1]
+                await nursery.start(trio.serve_listeners, self._serve_stream, listeners)
                 log.info(
                     "gateway listening on %s (%s)", self.url, "open" if self._gatekeeper.open else "tokens"
                 )
@@ -202,6 +202,48 @@ class Gateway:
                     while self._live:
                         await self._changed.wait()
                 self._scope.cancel()
+
+    async def _serve_stream(self, stream: trio.SocketStream) -> None:
+        """One TCP connection: a WebSocket upgrade is served as a gateway connection, anything else is a
+        plain HTTP request (:mod:`._pages`). Nothing a client sends here can end the gateway."""
+        try:
+            opening, error = None, None
+            with trio.move_on_after(HANDSHAKE_TIMEOUT) as waited:
+                try:
+                    opening = await read_opening(stream)
+                except BadRequest as exc:
+                    error = exc
+            if waited.cancelled_caught or (opening is None and error is None):
+                await trio.aclose_forcefully(stream)
+                return
+            if opening is None or not opening.websocket:
+                with trio.move_on_after(self._close_timeout):
+                    await answer_plain(stream, opening, self._pages, error)
+                return
+            await self._serve_websocket(ReplayStream(stream, opening.data))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away
+        except Exception as exc:  # one connection's bug must not take the gateway (and every client) down
+            what = f"accept:{type(exc).__name__}"
+            self._shared.faults.error(what, "gateway: serving a connection failed", exc)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_websocket(self, stream: ReplayStream) -> None:
+        async with trio.open_nursery() as nursery:  # holds trio-websocket's reader task
+            request = None
+            with trio.move_on_after(HANDSHAKE_TIMEOUT):
+                request = await trio_websocket.wrap_server_stream(
+                    nursery,
+                    stream,
+                    message_queue_size=INCOMING_QUEUE,
+                    max_message_size=self.config.max_frame_bytes,
+                )
+            try:
+                if request is not None:
+                    await self._handshake(request)
+            finally:
+                nursery.cancel_scope.cancel()
 
     def _bus_closed(self) -> None:
         self._accepting = False
@@ -274,10 +316,13 @@ async def serve_gateway(
     environ: Mapping[str, str] | None = None,
     close_timeout: float = CLOSE_TIMEOUT,
     limits: ValidationLimits = DEFAULT_LIMITS,
+    pages: Mapping[str, Page] | None = None,
     task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the gateway until cancelled; ``nursery.start`` returns the :class:`Gateway` (bound port)."""
-    gateway = Gateway(router, config, environ=environ, close_timeout=close_timeout, limits=limits)
+    gateway = Gateway(
+        router, config, environ=environ, close_timeout=close_timeout, limits=limits, pages=pages
+    )
     await gateway.run(task_status=task_status)
 
 
@@ -289,10 +334,13 @@ async def open_gateway(
     environ: Mapping[str, str] | None = None,
     close_timeout: float = CLOSE_TIMEOUT,
     limits: ValidationLimits = DEFAULT_LIMITS,
+    pages: Mapping[str, Page] | None = None,
 ) -> AsyncIterator[Gateway]:
     """Run the gateway for the block; on exit (unless :meth:`Gateway.aclose` ran already) every request in
     flight gets a ``shutdown`` terminal and every client a 1001 close after it, then the port is released."""
-    gateway = Gateway(router, config, environ=environ, close_timeout=close_timeout, limits=limits)
+    gateway = Gateway(
+        router, config, environ=environ, close_timeout=close_timeout, limits=limits, pages=pages
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(gateway.run)
         try:

@@ -20,7 +20,7 @@ from duckagents.app import Tree, open_tree
 from duckagents.bus import SignalBus
 from duckagents.config import Config, GatewayConfig, ProviderConfig
 from duckagents.errors import ErrorKind, ProviderError
-from duckagents.gateway import Gateway, open_gateway
+from duckagents.gateway import Gateway, Page, open_gateway
 from duckagents.providers import MockProvider
 from duckagents.signals import (
     ProviderChunk,
@@ -110,11 +110,18 @@ async def fake_router(bus: SignalBus | None = None) -> AsyncIterator[FakeRouter]
 
 @asynccontextmanager
 async def running_gateway(
-    router: Any, *, environ: Mapping[str, str] | None = None, **config: Any
+    router: Any,
+    *,
+    environ: Mapping[str, str] | None = None,
+    pages: Mapping[str, Page] | None = None,
+    **config: Any,
 ) -> AsyncIterator[Gateway]:
-    """A gateway on 127.0.0.1, a free port, with ``config`` overrides of :class:`GatewayConfig`."""
+    """A gateway on 127.0.0.1, a free port, with ``config`` overrides of :class:`GatewayConfig` (and
+    ``pages`` for plain HTTP)."""
     settings = GatewayConfig(port=0, **config)
-    async with open_gateway(router, settings, environ=environ or {}, close_timeout=2.0) as gateway:
+    async with open_gateway(
+        router, settings, environ=environ or {}, close_timeout=2.0, pages=pages
+    ) as gateway:
         yield gateway
 
 
