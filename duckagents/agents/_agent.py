@@ -722,8 +722,10 @@ class ProviderAgent(Actor):
 
     async def status(self) -> ProviderStatus:
         """A status report now (last probe, breaker, limiter headroom, metrics, health score). ``detail``
-        holds the probe's detail, the :meth:`resources` hook's, ``agent_id``, ``active`` and, while the
-        breaker is open, ``breaker_retry_at``."""
+        holds the probe's detail, the :meth:`resources` hook's, ``agent_id``, ``active``,
+        ``provider_kind`` and ``default_model``, ``limit_requests`` / ``limit_tokens`` (the rate
+        limits the headroom is out of, when set) and, while the breaker is open, ``breaker_retry_at`` and
+        ``breaker_retry_in`` (seconds from now: the status's own time plus these is when it half-opens)."""
         detail = {k: self.redact(v) for k, v in self.last_probe.detail.items()}
         try:
             detail.update(await self.resources())
@@ -735,9 +737,16 @@ class ProviderAgent(Actor):
         metrics = self.metrics.snapshot()
         detail["agent_id"] = self.agent_id
         detail["active"] = str(len(self.active_requests))
+        detail["provider_kind"] = self.config.kind
+        detail["default_model"] = self.model
+        if self.limits.requests is not None:
+            detail["limit_requests"] = str(self.limits.requests)
+        if self.limits.tokens is not None:
+            detail["limit_tokens"] = str(self.limits.tokens)
         retry_at = self.breaker.retry_at(now)
         if retry_at is not None:
             detail["breaker_retry_at"] = repr(retry_at)
+            detail["breaker_retry_in"] = f"{max(0.0, retry_at - now):.3f}"
         score = health_score(
             breaker,
             self.last_probe.ok,

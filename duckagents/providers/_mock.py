@@ -46,7 +46,17 @@ from ._base import (
 )
 from ._client import as_secret
 from ._mock_options import Latency, as_latency, parse_options
-from ._mock_script import MAX_SCRIPT, AgentCrash, Crash, Hang, MockFailure, MockReply, MockScript, mock_answer
+from ._mock_script import (
+    MAX_SCRIPT,
+    AgentCrash,
+    Crash,
+    Hang,
+    MockFailure,
+    MockReply,
+    MockScript,
+    last_user_text,
+    mock_answer,
+)
 
 __all__ = [
     "DEFAULT_MOCK_FEATURES",
@@ -101,6 +111,7 @@ class MockProvider(MockScript):
         models: Sequence[str] = (),
         healthy: bool = True,
         rate_limit: RateLimitInfo | None = None,
+        crash_on: str | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -119,6 +130,8 @@ class MockProvider(MockScript):
         self.healthy = healthy
         #: Attached to every completion, as if the upstream sent rate-limit headers.
         self.rate_limit = rate_limit
+        #: A prompt whose last user turn contains this text crashes the agent like :meth:`crash_agent_next`.
+        self.crash_on = crash_on
         #: Requests seen, most recent last, for assertions: the last :attr:`recorded_requests`, within
         #: :attr:`recorded_bytes` of prompt text (the newest is always kept).
         self.requests: deque[ProviderRequest] = deque()
@@ -151,7 +164,7 @@ class MockProvider(MockScript):
             base_url, api_key, default_model or DEFAULT_MODEL, None, timeout,
             replies=opts.replies, failures=opts.failures, chunk_size=opts.chunk_size,
             chunk_delay=opts.chunk_delay, latency=opts.latency, seed=opts.seed, features=features,
-            model_features=per_model, models=opts.models, healthy=opts.healthy,
+            model_features=per_model, models=opts.models, healthy=opts.healthy, crash_on=opts.crash_on,
         )
 
     def __repr__(self) -> str:
@@ -259,6 +272,8 @@ class MockProvider(MockScript):
         self._record(request)
         model = request.model or self.default_model
         outcome = self._next_outcome()
+        if outcome is None and self.crash_on and self.crash_on in last_user_text(request.messages):
+            outcome = AgentCrash(f"the prompt asked the mock to crash ({self.crash_on!r})")
         await trio.lowlevel.checkpoint()
         if isinstance(outcome, Crash):
             raise RuntimeError(outcome.message)

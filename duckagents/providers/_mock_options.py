@@ -87,6 +87,11 @@ class MockOptions:
     models: tuple[str, ...] = ()
     #: What its health probe says.
     healthy: bool = True
+    #: A prompt whose last user turn contains this text crashes the agent running the mock (as
+    #: ``crash_agent_next`` does): a crash a running server can be asked for, for demos and end-to-end tests.
+    crash_on: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.min_len(1))
+    )
 
 
 def _structure_reply(value: Any, _: Any) -> str | MockReply:

@@ -20,9 +20,9 @@ from ..signals import ProviderRequest
 MAX_SCRIPT = 4096
 
 
-def mock_answer(last_user_text: str) -> str:
+def mock_answer(text: str) -> str:
     """The unscripted answer: friendly, obviously from the mock, and a pure function of the prompt."""
-    return f"Quack! This is the duckagents mock provider (no real LLM configured). You said: {last_user_text}"
+    return f"Quack! This is the duckagents mock provider (no real LLM configured). You said: {text}"
 
 
 @attrs.frozen
@@ -143,10 +143,10 @@ class MockScript:
     def _next_reply(self, request: ProviderRequest) -> MockReply:
         if self._replies:
             return self._replies.popleft()
-        return MockReply(mock_answer(_last_user_text(request.messages)))
+        return MockReply(mock_answer(last_user_text(request.messages)))
 
 
-def _last_user_text(messages: Sequence[Message]) -> str:
+def last_user_text(messages: Sequence[Message]) -> str:
     for message in reversed(messages):
         if message.role == "user":
             return message.text

@@ -114,6 +114,9 @@ async def test_breaker_opens_reports_at_once_rejects_then_half_open_trial_closes
         status = opened[0].data
         assert isinstance(status, ProviderStatus) and status.health == 0.0
         assert float(status.detail["breaker_retry_at"]) == pytest.approx(opened_at + 30.0, abs=1.0)
+        # What a live view needs to count down to half-open and to name the agent.
+        assert float(status.detail["breaker_retry_in"]) == pytest.approx(30.0, abs=1.0)
+        assert status.detail["provider_kind"] == "mock" and status.detail["default_model"] == agent.model
         # While open: refused without reaching the provider, with the time left as retry_after.
         await send(bus, request("blocked", provider="m"))
         [refused] = await rec.wait_for(lambda s: s.is_terminal and s.data.request_id == "blocked")

@@ -184,6 +184,15 @@ async def test_health_models_and_token_estimate() -> None:
     assert count.tokens == heuristic_token_count(messages) and count.exact
 
 
+async def test_crash_on_crashes_calls_whose_prompt_contains_the_marker() -> None:
+    provider = MockProvider.from_options({"crash_on": "BOOM"})
+    with pytest.raises(AgentFault, match="asked the mock to crash"):  # the agent's fault: it crashes
+        await provider.complete(req("please go BOOM now"))
+    assert (await provider.complete(req("calm"))).content.endswith("You said: calm")
+    with pytest.raises(ConfigError, match="crash_on"):
+        MockProvider.from_options({"crash_on": ""})
+
+
 def test_from_options_builds_a_scripted_provider() -> None:
     provider = MockProvider.from_options(
         {
