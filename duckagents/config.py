@@ -491,6 +491,8 @@ class GatewayConfig:
     error_burst: int = attrs.field(default=50, validator=_positive)
     #: Seconds a connection may stay without any subscription or request in flight before it is closed.
     idle_timeout: float = attrs.field(default=60.0, validator=_positive)
+    #: Serve the dashboard page (docs/dashboard.md) to plain HTTP GETs on the gateway's address.
+    dashboard: bool = True
 
     def __attrs_post_init__(self) -> None:
         labels = [t.label for t in self.tokens]

@@ -35,6 +35,7 @@ LAYERS: list[str] = [
     "router",
     "gateway",
     "app",
+    "live",
     "http",
     "cli",
     "__main__",

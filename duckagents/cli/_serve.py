@@ -2,7 +2,8 @@
 SIGINT, then stop gracefully.
 
 It prints each provider's health as soon as it is known, then only when it changes (state, breaker,
-reason), plus errors, supervisor events and progress as they happen.
+reason), plus errors, supervisor events and progress as they happen. The gateway serves the dashboard page
+on its own address (and the front door at ``/``, when both run): docs/dashboard.md.
 
 The graceful stop (docs/deploy.md): every door stops taking work, the tree drains (``Tree.drain``: the
 requests in flight may finish within ``drain_timeout``, the rest end with ``shutdown``), the doors hand
@@ -74,21 +75,35 @@ def http_address(text: str) -> tuple[str | None, int]:
     return host, int(port_text)
 
 
+def with_gateway(config: Config, args: argparse.Namespace) -> Config:
+    """``config`` with the gateway enabled (and moved) when ``--gateway``/``--host``/``--port`` say so."""
+    if not (args.gateway or args.port is not None or args.host is not None):
+        return config
+    if args.host is not None and not args.host.strip():
+        raise CommandError("--host must name an address, e.g. 127.0.0.1", ExitCode.USAGE)
+    gateway = attrs.evolve(
+        config.gateway,
+        enabled=True,
+        host=args.host or config.gateway.host,
+        port=config.gateway.port if args.port is None else args.port,
+    )
+    return attrs.evolve(config, gateway=gateway)
+
+
+def dashboard_pages_of(config: Config) -> Any:
+    """The dashboard's pages for the gateway's address, unless ``[gateway] dashboard = false``."""
+    if not config.gateway.dashboard:
+        return None
+    from ..live import dashboard_pages
+
+    return dashboard_pages(auth=bool(config.gateway.tokens))
+
+
 async def run_serve(args: argparse.Namespace, out: TextIO) -> int:
     """Run the tree (and the gateway) until SIGTERM or SIGINT; then stop gracefully."""
     from ..app import open_tree
 
-    config = await resolve_config(args)
-    if args.gateway or args.port is not None or args.host is not None:
-        if args.host is not None and not args.host.strip():
-            raise CommandError("--host must name an address, e.g. 127.0.0.1", ExitCode.USAGE)
-        gateway = attrs.evolve(
-            config.gateway,
-            enabled=True,
-            host=args.host or config.gateway.host,
-            port=config.gateway.port if args.port is None else args.port,
-        )
-        config = attrs.evolve(config, gateway=gateway)
+    config = with_gateway(await resolve_config(args), args)
     if args.http is not None:
         host, port = args.http
         http = attrs.evolve(config.http, enabled=True, host=host or config.http.host, port=port)
@@ -118,10 +133,16 @@ async def run_serve(args: argparse.Namespace, out: TextIO) -> int:
                         )
                         out.write(f"http listening on {front_door.url}\n")
                     if config.gateway.enabled:
-                        gw = await _open_gateway(doors, router, config)
+                        pages = dashboard_pages_of(config)
+                        gw = await open_gateway_in(doors, router, config, pages)
                         if front_door is not None:
                             front_door.metrics.gateway_stats = gw.stats
                         out.write(f"gateway listening on {gw.url}\n")
+                        if pages:
+                            out.write(f"dashboard at {gw.http_url}\n")
+                            if front_door is not None:  # the door serves it too, talking to this gateway
+                                front_door.show_dashboard(gw.port, auth=bool(config.gateway.tokens))
+                                out.write(f"dashboard at {front_door.url}/ (front door)\n")
                     out.flush()
                     return await _serve_until_stopped(
                         tree, received, signals, health, out, gateway=gw, http=front_door
@@ -212,13 +233,16 @@ def _http_door() -> Any:
     return open_http
 
 
-async def _open_gateway(doors: AsyncExitStack, router: Any, config: Config) -> Any:
-    """The gateway, open in ``doors``; failing to listen is a one-line error (busy port...)."""
+async def open_gateway_in(doors: AsyncExitStack, router: Any, config: Config, pages: Any = None) -> Any:
+    """The gateway (serving ``pages`` to plain HTTP), open in ``doors``; failing to listen is a one-line
+    error (busy port...)."""
     from ..gateway import open_gateway
 
     where = config.gateway
     try:
-        return await doors.enter_async_context(open_gateway(router, where, limits=config.validation))
+        return await doors.enter_async_context(
+            open_gateway(router, where, limits=config.validation, pages=pages)
+        )
     except OSError as exc:
         raise _listen_error(exc, where.host, where.port) from None
     except BaseExceptionGroup as group:

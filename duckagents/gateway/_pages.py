@@ -17,7 +17,16 @@ import attrs
 import h11
 import trio
 
-__all__ = ["LINGER", "LINGER_BYTES", "MAX_HEAD_BYTES", "Opening", "Page", "ReplayStream", "answer_plain", "read_opening"]
+__all__ = [
+    "LINGER",
+    "LINGER_BYTES",
+    "MAX_HEAD_BYTES",
+    "Opening",
+    "Page",
+    "ReplayStream",
+    "answer_plain",
+    "read_opening",
+]
 
 #: Largest request head (request line and headers) accepted before a ``431``/``400``.
 MAX_HEAD_BYTES = 16 * 1024

@@ -1,16 +1,19 @@
 """The ASGI app of the HTTP front door: its routes, their answers, and request timing.
 
 Routes (docs/deploy.md): ``POST /v1/chat/completions`` (:mod:`._chat`), ``GET /v1/models[/{id}]``,
-``GET /v1/status``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``. Every error, including an
-unknown route or method, is an OpenAI error object.
+``GET /v1/status``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``, and the dashboard page at ``/``
+(with its files) once :attr:`FrontDoor.dashboard` says which gateway it talks to. Every error, including
+an unknown route or method, is an OpenAI error object.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import Any, Protocol
 
+import attrs
 import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -22,6 +25,7 @@ from ..bus import SignalBus
 from ..codec import converter
 from ..config import Config
 from ..errors import ErrorKind
+from ..live import DASHBOARD_PATHS, dashboard_pages
 from ..router import AGENT_CHILD_PREFIX, ResponseStream
 from ..signals import ProviderResponse, ProviderStatus
 from ._asgi import JSON, Receive, Scope, Send
@@ -36,7 +40,26 @@ __all__ = ["FrontDoor", "RouterLike"]
 
 #: Breaker states in which an agent takes no requests.
 _NOT_SERVING = frozenset({"open", "forced_open", "disabled"})
-_ROUTES = frozenset({"/v1/chat/completions", "/v1/models", "/v1/status", "/healthz", "/readyz", "/metrics"})
+_ROUTES = frozenset(
+    {"/v1/chat/completions", "/v1/models", "/v1/status", "/healthz", "/readyz", "/metrics", *DASHBOARD_PATHS}
+)
+#: A Host header's name part the dashboard will put in its gateway address (and its CSP).
+_HOSTNAME = re.compile(r"[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45}")
+_PAGE_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+    "cache-control": "no-cache",
+}
+
+
+@attrs.frozen
+class DashboardLink:
+    """Where the dashboard served by the door connects: the gateway's port, on the host the browser used
+    to reach the door; ``auth``: the gateway needs a token."""
+
+    gateway_port: int
+    auth: bool = False
 
 
 class RouterLike(Protocol):
@@ -90,6 +113,8 @@ class FrontDoor:
         self.metrics = metrics
         self.catalogue = ModelCatalogue(config.providers)
         self.in_flight = InFlight(config.http.max_in_flight)
+        #: Set (by ``duckagents serve``, once the gateway listens) to serve the dashboard at ``/``.
+        self.dashboard: DashboardLink | None = None
         self._chat = chat = ChatEndpoint(
             router, config.http, config.validation, guard, self.catalogue, self.in_flight
         )
@@ -101,6 +126,7 @@ class FrontDoor:
             Route("/healthz", self._healthz, methods=["GET", "HEAD"]),
             Route("/readyz", self._readyz, methods=["GET", "HEAD"]),
             Route("/metrics", self._metrics, methods=["GET"]),
+            *(Route(path, self._page, methods=["GET", "HEAD"]) for path in DASHBOARD_PATHS),
         ]
         handlers: dict[Any, Any] = {
             ApiError: _api_error,
@@ -191,6 +217,21 @@ class FrontDoor:
                 param="model",
             )
         return _json(found)
+
+    async def _page(self, request: Request) -> Response:
+        """One of the dashboard's files; the page talks to the gateway on the host the browser used."""
+        if self.dashboard is None:
+            raise HTTPException(404)
+        host = request.url.hostname or ""
+        if not _HOSTNAME.fullmatch(host):
+            raise ApiError(400, ErrorKind.INVALID_REQUEST.value, "the Host header is not a host name")
+        scheme = "wss" if request.url.scheme == "https" else "ws"
+        netloc = f"[{host}]" if ":" in host else host
+        gateway = f"{scheme}://{netloc}:{self.dashboard.gateway_port}/"
+        page = dashboard_pages(gateway_url=gateway, auth=self.dashboard.auth)[request.url.path]
+        body = page.body if request.method == "GET" else b""
+        headers = {**_PAGE_HEADERS, **{k.lower(): v for k, v in page.headers}}
+        return Response(body, headers=headers, media_type=page.content_type)
 
     async def _status(self, request: Request) -> Response:
         self.guard.check(request.scope, "subscribe")

@@ -23,7 +23,7 @@ from ..config import Config
 from ..errors import ConfigError
 from ..gateway import Gatekeeper, is_loopback_host
 from ._auth import Guard
-from ._door import FrontDoor, RouterLike
+from ._door import DashboardLink, FrontDoor, RouterLike
 from ._metrics import Metrics
 
 __all__ = ["DRAIN_TIMEOUT", "HttpServer", "open_http", "serve_http"]
@@ -73,6 +73,11 @@ class HttpServer:
         """``http://host:port`` of the running server (the OpenAI base URL is this + ``/v1``)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    def show_dashboard(self, gateway_port: int, *, auth: bool = False) -> None:
+        """Serve the dashboard page at ``/``, talking to the gateway on ``gateway_port`` (on the host the
+        browser reached this door by); ``auth``: the gateway needs a token."""
+        self.door.dashboard = DashboardLink(gateway_port, auth)
 
     @property
     def draining(self) -> bool:

@@ -178,3 +178,25 @@ def test_serve_http_answers_curl_and_stops_on_sigint() -> None:
     finally:
         code = serve.stop()
     assert code in (0, 130)
+
+
+def test_serve_serves_the_dashboard_unless_turned_off(tmp_path: Path) -> None:
+    import httpx
+
+    config = tmp_path / "quiet.toml"
+    for dashboard, status in (("true", 200), ("false", 426)):
+        config.write_text(f'[gateway]\ndashboard = {dashboard}\n[[providers]]\nname = "m"\nkind = "mock"\n')
+        process, url = serve(config)
+        try:
+            page = httpx.get("http" + url.removeprefix("ws"), timeout=10)
+            assert page.status_code == status
+            if status == 200:
+                assert "dashboard.js" in page.text
+                assert process.line_with("dashboard at").split()[-1] == "http" + url.removeprefix("ws")
+        finally:
+            process.stop()
+
+
+def test_top_refuses_a_silly_refresh_rate() -> None:
+    result = run("top", "--refresh", "0")
+    assert result.returncode == 2 and "between 0.1 and 60" in result.stderr

@@ -78,7 +78,9 @@ async def test_malformed_and_oversized_heads_get_4xx_and_the_gateway_carries_on(
         huge = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n"
         oversized = await raw(gateway.port, huge, pieces=8)
         assert oversized.startswith(b"HTTP/1.1 431 ")
-        assert await raw(gateway.port, b"", wait=0.2) == b""  # connect and leave: nothing sent, nothing answered
+        assert (
+            await raw(gateway.port, b"", wait=0.2) == b""
+        )  # connect and leave: nothing sent, nothing answered
         async with connect(gateway) as client:
             assert (await client.call({"type": "ping", "id": 1}))["type"] == "ack"
         assert gateway.stats().faults == 0
