@@ -47,7 +47,8 @@ def redraws(text: str) -> float:
 async def run_top(args: argparse.Namespace, out: TextIO) -> int:
     """Draw until ``q``; the figures come from ``--url`` or from a tree run here."""
     try:
-        from ..live import Link, follow_gateway, follow_tree, run_top as draw
+        from ..live import Link, follow_gateway, follow_tree
+        from ..live import run_top as draw
     except ModuleNotFoundError as exc:
         raise CommandError(
             f"duckagents top needs {exc.name}: pip install 'duckagents[top]'", ExitCode.ERROR
