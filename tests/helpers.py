@@ -1,12 +1,7 @@
-"""Shared helpers of the agent/router/e2e/load tests: a bus recorder and request builders; and a line
-reader for the output of subprocesses (the CLI and live-view tests)."""
+"""Shared helpers of the agent/router/e2e/load tests: a bus recorder and request builders."""
 
 from __future__ import annotations
 
-import os
-import select
-import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 
@@ -155,31 +150,3 @@ async def running_tree(
 def mock_config(name: str, priority: int = 0, **kwargs: object) -> ProviderConfig:
     """A ``kind = "mock"`` provider config."""
     return ProviderConfig(name=name, kind="mock", priority=priority, **kwargs)  # type: ignore[arg-type]
-
-
-_PENDING: dict[int, bytes] = {}  # by process id: output read past the last line handed out
-
-
-def read_line_with(proc: subprocess.Popen[str], needle: str, timeout: float = 30) -> str:
-    """The next line of ``proc``'s stdout containing ``needle`` (earlier lines are skipped).
-
-    Reads the pipe's file descriptor directly: a buffered reader may hold several lines already, which
-    ``select`` on the descriptor would never report."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        pending = _PENDING.get(proc.pid, b"")
-        while b"\n" in pending:
-            line, pending = pending.split(b"\n", 1)
-            _PENDING[proc.pid] = pending
-            if needle in line.decode(errors="replace"):
-                return line.decode(errors="replace") + "\n"
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            data = os.read(fd, 65536)
-            if not data and proc.poll() is not None:
-                break
-            _PENDING[proc.pid] = pending + data
-    stderr = proc.stderr.read() if proc.stderr is not None and proc.poll() is not None else ""
-    raise AssertionError(f"no line containing {needle!r} (exit {proc.poll()}): {stderr[-2000:]}")

@@ -22,7 +22,6 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from duckagents.testing import Fault, OpenAIRateLimits, OpenAIServer, ThreadedServer
-from tests.helpers import read_line_with
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = REPO / "docs" / "img"
@@ -164,6 +163,34 @@ class Server:
         )
         faults = [fault] * count
         self.upstream.call(self.upstream.server.inject, *faults)
+
+
+_PENDING: dict[int, bytes] = {}  # by process id: output read past the last line handed out
+
+
+def read_line_with(proc: subprocess.Popen[str], needle: str, timeout: float = 30) -> str:
+    """The next line of ``proc``'s stdout containing ``needle`` (earlier lines are skipped).
+
+    Reads the pipe's file descriptor directly: a buffered reader may hold several lines already, which
+    ``select`` on the descriptor would never report."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        pending = _PENDING.get(proc.pid, b"")
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            _PENDING[proc.pid] = pending
+            if needle in line.decode(errors="replace"):
+                return line.decode(errors="replace") + "\n"
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            data = os.read(fd, 65536)
+            if not data and proc.poll() is not None:
+                break
+            _PENDING[proc.pid] = pending + data
+    stderr = proc.stderr.read() if proc.stderr is not None and proc.poll() is not None else ""
+    raise AssertionError(f"no line containing {needle!r} (exit {proc.poll()}): {stderr[-2000:]}")
 
 
 @contextmanager
