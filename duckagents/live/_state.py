@@ -323,7 +323,9 @@ class LiveState:
         agent.reachable = data.get("reachable") if isinstance(data.get("reachable"), bool) else None
         agent.kind = str(detail.get("provider_kind") or agent.kind)
         agent.model = str(detail.get("default_model") or agent.model)
-        if "draining" in detail:
+        if isinstance(data.get("draining"), bool):  # a status field with the operator controls
+            agent.draining = data["draining"]
+        elif "draining" in detail:
             agent.draining = detail["draining"] == "true"
         self._breaker(agent, data.get("breaker_state"), detail.get("breaker_retry_in"), now)
         self._from_detail(agent, detail)

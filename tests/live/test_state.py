@@ -77,8 +77,10 @@ def test_a_breaker_change_flashes_and_counts_down_to_half_open() -> None:
     agent = state.agents["alpha"]
     assert agent.breaker == "open" and agent.flashing(T0 + 1.5) == "breaker"
     assert agent.half_open_at == T0 + 31 and agent.flashing(T0 + 5) == ""
-    state.apply(status(breaker="forced_open"), T0 + 2)
-    assert agent.breaker == "forced_open" and agent.half_open_at is None
+    forced = status(breaker="forced_open")
+    forced["data"]["draining"] = True  # the operator controls' status field
+    state.apply(forced, T0 + 2)
+    assert agent.breaker == "forced_open" and agent.half_open_at is None and agent.draining
 
 
 def test_a_crash_marks_the_agent_down_until_its_restart() -> None:

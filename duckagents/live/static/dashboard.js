@@ -283,7 +283,8 @@
     agent.reachable = data.reachable;
     agent.kind = detail.provider_kind || agent.kind;
     agent.model = detail.default_model || agent.model;
-    if (detail.draining != null) agent.draining = detail.draining === "true";
+    if (typeof data.draining === "boolean") agent.draining = data.draining;  // with the operator controls
+    else if (detail.draining != null) agent.draining = detail.draining === "true";
     setBreaker(agent, data.breaker_state, detail.breaker_retry_in, now);
     limitsFromDetail(agent, detail);
     const headroom = data.headroom || {};
