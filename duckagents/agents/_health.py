@@ -2,7 +2,8 @@
 
     health = B * R * (0.6*S + 0.2*L + 0.2*H), clamped to [0, 1]
 
-* ``B`` breaker: 1 closed, 0.5 half-open, 0 open (an open breaker refuses everything, so 0 health);
+* ``B`` breaker: 1 closed or disabled, 0.5 half-open, 0 open or forced open (an open breaker refuses
+  everything, so 0 health);
 * ``R`` reachability: 1 when the last probe answered, 0.25 when it did not (requests may still work, e.g.
   a probe endpoint that needs other permissions, so not 0);
 * ``S`` success: 1 - the failure rate over the last :data:`RECENT_OUTCOMES` finished requests that say
@@ -47,7 +48,15 @@ NEUTRAL_KINDS: frozenset[ErrorKind] = frozenset(
     }
 )
 
-_BREAKER_FACTOR = {BreakerState.CLOSED: 1.0, BreakerState.HALF_OPEN: 0.5, BreakerState.OPEN: 0.0}
+# Forced open refuses everything like open; disabled admits everything like closed (the other factors then
+# say how the upstream is doing).
+_BREAKER_FACTOR = {
+    BreakerState.CLOSED: 1.0,
+    BreakerState.HALF_OPEN: 0.5,
+    BreakerState.OPEN: 0.0,
+    BreakerState.FORCED_OPEN: 0.0,
+    BreakerState.DISABLED: 1.0,
+}
 
 
 class RecentOutcomes:

@@ -2,6 +2,7 @@
 
 from ._breaker import (
     DEFAULT_TRIPPING_KINDS,
+    REFUSING_STATES,
     BreakerConfig,
     BreakerSnapshot,
     BreakerState,
@@ -11,6 +12,7 @@ from ._ratelimit import Admission, RateLimiter, RateLimitInfo, RateLimits, Reser
 
 __all__ = [
     "DEFAULT_TRIPPING_KINDS",
+    "REFUSING_STATES",
     "Admission",
     "BreakerConfig",
     "BreakerSnapshot",

@@ -4,7 +4,27 @@ States follow the classic pattern (closed → open → half-open → closed). Th
 failures of the kinds in :attr:`BreakerConfig.tripping_kinds`; a success in the closed state resets the
 count. Once open it refuses everything until ``open_timeout`` has passed, then admits at most
 ``half_open_trials`` concurrent trial calls: a trial success closes it, a trial failure re-opens it with a
-fresh timeout. :meth:`CircuitBreaker.force_open` holds it open until :meth:`CircuitBreaker.reset`.
+fresh timeout.
+
+Two operator states, as resilience4j's: ``forced_open`` (:meth:`CircuitBreaker.force_open`) refuses
+everything and never moves by itself; ``disabled`` (:meth:`CircuitBreaker.disable`) admits everything and
+never trips (verdicts are not counted). Only an operator switch leaves them: :meth:`~CircuitBreaker.reset`
+(to closed), :meth:`~CircuitBreaker.force_open` or :meth:`~CircuitBreaker.disable`. Every transition:
+
+=============  ===================================================  ==============================
+from           event                                                to
+=============  ===================================================  ==============================
+closed         ``failure_threshold`` consecutive counted failures   open (``opened_at = now``)
+open           ``now >= opened_at + open_timeout``                  half_open
+half_open      a trial succeeds                                     closed (count reset)
+half_open      a trial fails (counted kind)                         open (fresh timeout)
+any            ``force_open(now)``                                  forced_open (``opened_at = now``)
+any            ``disable(now)``                                     disabled (count reset)
+any            ``reset(now)``                                       closed (count reset)
+=============  ===================================================  ==============================
+
+This module is the one definition of the breaker: a shared (e.g. Redis-backed) breaker must implement
+these same transitions, driven by the same ``now``.
 
 Call protocol: every call that :meth:`CircuitBreaker.allow` admitted ends with exactly one of
 :meth:`~CircuitBreaker.record_success`, :meth:`~CircuitBreaker.record_failure` or
@@ -28,6 +48,7 @@ __all__ = [
     "BreakerSnapshot",
     "BreakerState",
     "CircuitBreaker",
+    "REFUSING_STATES",
 ]
 
 
@@ -37,6 +58,14 @@ class BreakerState(str, enum.Enum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
+    #: Held open by an operator: refuses every call, never half-opens; left only by an operator switch.
+    FORCED_OPEN = "forced_open"
+    #: Switched off by an operator: admits every call, counts nothing, never trips.
+    DISABLED = "disabled"
+
+
+#: States in which the breaker refuses calls (for the moment, or until an operator acts).
+REFUSING_STATES: frozenset[BreakerState] = frozenset({BreakerState.OPEN, BreakerState.FORCED_OPEN})
 
 
 #: Failures that say the upstream itself is unwell. A rejected request (400, auth, context length) says
@@ -85,16 +114,20 @@ class BreakerSnapshot:
 
     state: BreakerState
     consecutive_failures: int
-    #: When the breaker last opened (Trio clock), or ``None`` if it is not open or half-open.
+    #: When the breaker last opened or was forced open (Trio clock); ``None`` while closed or disabled.
     opened_at: float | None
     #: Half-open trial slots currently taken (an upper bound; see :class:`CircuitBreaker`).
     trials_in_flight: int = 0
-    #: True while held open by :meth:`CircuitBreaker.force_open`.
-    forced: bool = False
+
+    @property
+    def forced(self) -> bool:
+        """True while held open by :meth:`CircuitBreaker.force_open` (state ``forced_open``)."""
+        return self.state is BreakerState.FORCED_OPEN
 
 
 class CircuitBreaker:
-    """Closed / open / half-open breaker; see the module docstring for the call protocol.
+    """Closed / open / half-open breaker with the operator states forced-open and disabled; see the module
+    docstring for the transitions and the call protocol.
 
     The open → half-open transition is lazy: it happens when a method is called with a ``now`` past the
     timeout, so the breaker needs no timer.
@@ -111,7 +144,6 @@ class CircuitBreaker:
         self._state = BreakerState.CLOSED
         self._failures = 0
         self._opened_at: float | None = None
-        self._forced = False
         self._trials = 0  # calls admitted in the current half-open episode, still running (upper bound)
         self._others = 0  # allowed calls still running that are not counted as trials
 
@@ -125,7 +157,7 @@ class CircuitBreaker:
     def retry_at(self, now: float) -> float | None:
         """When an open breaker will admit a trial; ``None`` when not open, or forced open (no set time)."""
         self._advance(now)
-        if self._state is not BreakerState.OPEN or self._forced or self._opened_at is None:
+        if self._state is not BreakerState.OPEN or self._opened_at is None:
             return None
         return self._opened_at + self.config.open_timeout
 
@@ -137,7 +169,6 @@ class CircuitBreaker:
             consecutive_failures=self._failures,
             opened_at=self._opened_at,
             trials_in_flight=self._trials,
-            forced=self._forced,
         )
 
     # --- transitions -----------------------------------------------------------------------------
@@ -145,7 +176,7 @@ class CircuitBreaker:
     def allow(self, now: float) -> bool:
         """May a call go upstream now? When half-open, a True takes one of the trial slots."""
         self._advance(now)
-        if self._state is BreakerState.CLOSED:
+        if self._state is BreakerState.CLOSED or self._state is BreakerState.DISABLED:
             self._others += 1
             return True
         if self._state is BreakerState.HALF_OPEN and self._trials < self.config.half_open_trials:
@@ -162,16 +193,19 @@ class CircuitBreaker:
         elif self._state is BreakerState.HALF_OPEN:
             self._close()
         # While open, a late success of a call admitted before the breaker opened proves little about
-        # the upstream now; the trial after the timeout decides.
+        # the upstream now; the trial after the timeout decides. Forced open and disabled count nothing.
 
     def record_failure(self, now: float, kind: ErrorKind | None = None) -> bool:
         """An allowed call failed. Returns False (and changes no verdict) if ``kind`` is not counted.
 
         ``kind=None`` (an unclassified failure) counts. A not-counted failure while half-open frees the
-        trial slot like :meth:`release`: it says nothing about the upstream's health.
+        trial slot like :meth:`release`: it says nothing about the upstream's health. While disabled
+        nothing is counted (False).
         """
         self._advance(now)
         self._end_call()
+        if self._state is BreakerState.DISABLED:
+            return False
         if kind is not None and ErrorKind(kind) not in self.config.tripping_kinds:
             return False
         if self._state is BreakerState.CLOSED:
@@ -181,7 +215,8 @@ class CircuitBreaker:
         elif self._state is BreakerState.HALF_OPEN:
             self._failures += 1
             self._open(now)
-        # While open, a late failure must not extend the timeout: the upstream was already judged.
+        # While open, a late failure must not extend the timeout: the upstream was already judged; forced
+        # open is the operator's to end.
         return True
 
     def release(self, now: float) -> None:
@@ -190,12 +225,20 @@ class CircuitBreaker:
         self._end_call()
 
     def force_open(self, now: float) -> None:
-        """Open the breaker and hold it open (no half-open trials) until :meth:`reset`."""
+        """Operator switch: hold the breaker open (state ``forced_open``: no trials, no timeout) until
+        :meth:`reset` or :meth:`disable`."""
         self._open(now)
-        self._forced = True
+        self._state = BreakerState.FORCED_OPEN
+
+    def disable(self, now: float) -> None:
+        """Operator switch: admit every call and count nothing (state ``disabled``) until :meth:`reset` or
+        :meth:`force_open`."""
+        self._close()
+        self._state = BreakerState.DISABLED
 
     def reset(self, now: float) -> None:
-        """Close the breaker and forget the failure count (also ends a forced open)."""
+        """Operator switch: close the breaker and forget the failure count (also ends forced open and
+        disabled)."""
         self._close()
 
     # --- internals -------------------------------------------------------------------------------
@@ -203,7 +246,6 @@ class CircuitBreaker:
     def _advance(self, now: float) -> None:
         if (
             self._state is BreakerState.OPEN
-            and not self._forced
             and self._opened_at is not None
             and now >= self._opened_at + self.config.open_timeout
         ):
@@ -213,14 +255,12 @@ class CircuitBreaker:
     def _open(self, now: float) -> None:
         self._state = BreakerState.OPEN
         self._opened_at = now
-        self._forced = False
         self._retire_trials()
 
     def _close(self) -> None:
         self._state = BreakerState.CLOSED
         self._failures = 0
         self._opened_at = None
-        self._forced = False
         self._retire_trials()
 
     def _retire_trials(self) -> None:

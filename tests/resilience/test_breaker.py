@@ -190,14 +190,46 @@ def test_late_failure_while_open_does_not_extend_the_timeout() -> None:
 def test_force_open_holds_until_reset() -> None:
     breaker = CircuitBreaker()
     breaker.force_open(T0)
-    assert breaker.state(T0 + 10_000) is BreakerState.OPEN
+    assert breaker.state(T0 + 10_000) is BreakerState.FORCED_OPEN
     assert not breaker.allow(T0 + 10_000)
     assert breaker.retry_at(T0 + 10_000) is None
     assert breaker.snapshot(T0 + 10_000).forced
+    assert breaker.snapshot(T0 + 10_000).opened_at == T0
     breaker.reset(T0 + 10_001)
     snap = breaker.snapshot(T0 + 10_001)
     assert (snap.state, snap.forced, snap.consecutive_failures) == (BreakerState.CLOSED, False, 0)
     assert breaker.allow(T0 + 10_001)
+
+
+def test_forced_open_ignores_late_verdicts_of_calls_admitted_before() -> None:
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=1))
+    assert breaker.allow(T0) and breaker.allow(T0)
+    breaker.force_open(T0 + 1)
+    breaker.record_success(T0 + 2)  # a success does not close a forced breaker
+    assert breaker.record_failure(T0 + 3, ErrorKind.UPSTREAM_5XX) is True  # counted kind, no transition
+    assert breaker.state(T0 + 1000) is BreakerState.FORCED_OPEN
+    assert breaker.snapshot(T0 + 1000).opened_at == T0 + 1
+
+
+def test_disabled_admits_everything_and_never_trips() -> None:
+    breaker = CircuitBreaker(BreakerConfig(failure_threshold=1))
+    trip(breaker, T0, 1)
+    assert breaker.state(T0) is BreakerState.OPEN
+    breaker.disable(T0 + 1)
+    snap = breaker.snapshot(T0 + 1)
+    assert (snap.state, snap.consecutive_failures, snap.opened_at) == (BreakerState.DISABLED, 0, None)
+    for _ in range(20):
+        assert breaker.allow(T0 + 1)
+        assert breaker.record_failure(T0 + 1, ErrorKind.UPSTREAM_5XX) is False
+    assert breaker.state(T0 + 1_000) is BreakerState.DISABLED
+    assert breaker.retry_at(T0 + 1) is None
+    breaker.force_open(T0 + 2)  # operator switches go from any state to any
+    assert breaker.state(T0 + 2) is BreakerState.FORCED_OPEN
+    breaker.disable(T0 + 3)
+    breaker.reset(T0 + 4)
+    assert breaker.state(T0 + 4) is BreakerState.CLOSED
+    trip(breaker, T0 + 4, 1)
+    assert breaker.state(T0 + 4) is BreakerState.OPEN
 
 
 def test_reset_closes_an_open_breaker() -> None:
@@ -263,7 +295,6 @@ class BreakerMachine(RuleBasedStateMachine):
         self.state = BreakerState.CLOSED
         self.failures = 0
         self.opened_at: float | None = None
-        self.forced = False
         self.episode = 0
 
     @initialize(
@@ -281,7 +312,6 @@ class BreakerMachine(RuleBasedStateMachine):
     def model_advance(self) -> None:
         if (
             self.state is BreakerState.OPEN
-            and not self.forced
             and self.opened_at is not None
             and self.now >= self.opened_at + self.config.open_timeout
         ):
@@ -289,10 +319,10 @@ class BreakerMachine(RuleBasedStateMachine):
             self.episode += 1
 
     def model_open(self) -> None:
-        self.state, self.opened_at, self.forced = BreakerState.OPEN, self.now, False
+        self.state, self.opened_at = BreakerState.OPEN, self.now
 
     def model_close(self) -> None:
-        self.state, self.failures, self.opened_at, self.forced = BreakerState.CLOSED, 0, None, False
+        self.state, self.failures, self.opened_at = BreakerState.CLOSED, 0, None
 
     def current_trials(self) -> int:
         if self.state is not BreakerState.HALF_OPEN:
@@ -309,10 +339,12 @@ class BreakerMachine(RuleBasedStateMachine):
     def allow(self) -> None:
         self.model_advance()
         allowed = self.breaker.allow(self.now)
-        if self.state is BreakerState.CLOSED:
+        if self.state in (BreakerState.CLOSED, BreakerState.DISABLED):
             assert allowed
         elif self.state is BreakerState.OPEN:
             assert not allowed, "admitted while open before the timeout"
+        elif self.state is BreakerState.FORCED_OPEN:
+            assert not allowed, "admitted while forced open"
         else:
             trials = self.current_trials()
             if allowed:
@@ -340,7 +372,9 @@ class BreakerMachine(RuleBasedStateMachine):
     def fail(self, index: int, kind: ErrorKind | None) -> None:
         self.calls.pop(index % len(self.calls))
         self.model_advance()
-        counted = kind is None or kind in self.config.tripping_kinds
+        counted = self.state is not BreakerState.DISABLED and (
+            kind is None or kind in self.config.tripping_kinds
+        )
         assert self.breaker.record_failure(self.now, kind) is counted
         if not counted:
             return
@@ -362,7 +396,13 @@ class BreakerMachine(RuleBasedStateMachine):
     def force_open(self) -> None:
         self.breaker.force_open(self.now)
         self.model_open()
-        self.forced = True
+        self.state = BreakerState.FORCED_OPEN
+
+    @rule()
+    def disable(self) -> None:
+        self.breaker.disable(self.now)
+        self.model_close()
+        self.state = BreakerState.DISABLED
 
     @rule()
     def reset(self) -> None:
@@ -378,10 +418,10 @@ class BreakerMachine(RuleBasedStateMachine):
         assert snap.state is self.state
         assert snap.consecutive_failures == self.failures
         assert snap.opened_at == self.opened_at
-        assert snap.forced == self.forced
+        assert snap.forced == (self.state is BreakerState.FORCED_OPEN)
         expected_retry = (
             self.opened_at + self.config.open_timeout
-            if self.state is BreakerState.OPEN and not self.forced and self.opened_at is not None
+            if self.state is BreakerState.OPEN and self.opened_at is not None
             else None
         )
         assert self.breaker.retry_at(self.now) == expected_retry
