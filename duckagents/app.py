@@ -23,6 +23,17 @@ result.
 Graceful stop (what ``duckagents serve`` does on SIGTERM / SIGINT): ``await tree.drain()`` first — intake
 stops, the requests in flight get up to ``Config.drain_timeout`` seconds to finish, the rest end with
 ``shutdown`` — then leave the block.
+
+Reload (:meth:`Tree.reload`, also ``router.controls.reload()``, the gateway's ``reload`` op, ``duckagents
+reload`` and SIGHUP in ``duckagents serve``): the configuration is read and every new agent built first,
+so an invalid one is refused whole and changes nothing. Then added providers start (an agent supervisor
+joins the root, a view the router), removed ones are drained (no new attempts; those in flight finish, up
+to the provider's ``timeout``) and stopped, changed ones are drained, stopped and started again from their
+new config under the same name. Requests in flight are never lost: attempts go to the other agents
+meanwhile, or wait for the replacement within their deadline. ``[router]`` settings apply to new requests
+(but ``max_retry_after``), new agents get the new ``[supervision]`` agent budget; ``[gateway]``, the root's
+budget, ``max_retry_after`` and budgets need a restart (the report says so); new prices apply to the
+agents the reload starts and to routing.
 """
 
 from __future__ import annotations
@@ -31,14 +42,15 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import attrs
+import trio
 
 from .agents import ProviderAgent, build_agent
 from .bus import SignalBus
-from .config import Config, SupervisionConfig, default_config, load_config
+from .config import Config, ProviderConfig, SupervisionConfig, default_config, load_config
 from .costs import Budget, BudgetLedger, InMemoryBudgets, PriceTable, provider_account, token_account
+from .errors import ConfigError, ControlError
 from .providers import Provider, max_retry_after
-from .router import AGENT_CHILD_PREFIX, RouterAgent
+from .router import AGENT_CHILD_PREFIX, ReloadReport, RouterAgent
 from .supervision import Backoff, ChildSpec, Intensity, Restart, Strategy, Supervisor, open_supervisor
 
 __all__ = ["DEFAULT_INTENSITY", "Tree", "budgets_of", "open_router", "open_tree", "prices_of"]
@@ -51,26 +63,218 @@ ROUTER_CHILD = "router"
 AGENT_SUPERVISOR_SHUTDOWN = 10.0
 
 
-@attrs.frozen
 class Tree:
-    """A running supervision tree: what :func:`open_tree` yields."""
+    """A running supervision tree: what :func:`open_tree` yields. ``config`` and ``agents`` follow
+    reloads (:meth:`reload`)."""
 
-    config: Config
-    bus: SignalBus
-    supervisor: Supervisor
-    router: RouterAgent
-    agents: dict[str, ProviderAgent]
-    #: The supervisor of each agent (by provider name): its restarts, events and budget.
-    agent_supervisors: dict[str, Supervisor] = attrs.field(factory=dict)
-    #: Where spend is counted against budgets (None when the config sets none).
-    budgets: BudgetLedger | None = None
+    def __init__(
+        self,
+        config: Config,
+        bus: SignalBus,
+        supervisor: Supervisor,
+        router: RouterAgent,
+        agents: dict[str, ProviderAgent],
+        agent_supervisors: dict[str, Supervisor] | None = None,
+        budgets: BudgetLedger | None = None,
+        *,
+        source: Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        providers: Mapping[str, Provider] | None = None,
+        agent_intensity: Intensity | None = None,
+        agent_backoff: Backoff | None = None,
+    ) -> None:
+        self.config = config
+        self.bus = bus
+        self.supervisor = supervisor
+        self.router = router
+        self.agents = agents
+        #: The supervisor of each agent (by provider name): its restarts, events and budget.
+        self.agent_supervisors = agent_supervisors if agent_supervisors is not None else {}
+        #: Where spend is counted against budgets (None when the config sets none).
+        self.budgets = budgets
+        self._agent_intensity = agent_intensity
+        self._agent_backoff = agent_backoff
+        #: The file the configuration came from (what a reload re-reads), if any.
+        self.source = source
+        self._environ = environ
+        self._given = dict(providers or {})
+        self._reloading = trio.Lock()
+
+    async def reload(
+        self,
+        config: Config | str | Path | None = None,
+        *,
+        principal: str = "api",
+        providers: Mapping[str, Provider] | None = None,
+    ) -> ReloadReport:
+        """Apply a new configuration without a restart (see the module docstring): ``config`` (a Config,
+        a TOML path), or None to re-read :attr:`source`. ``providers`` replaces the provider of the named
+        new or changed agents (tests, embedding apps). Raises :class:`ConfigError` for an invalid
+        configuration, before anything changed. One reload at a time."""
+        async with self._reloading:
+            if self.router.state.closing:
+                raise ControlError("the tree is shutting down: nothing to reload")
+            new = self._read(config)
+            old = self.config
+            before = {p.name: p for p in old.providers}
+            after = {p.name: p for p in new.providers}
+            added = tuple(n for n in after if n not in before)
+            removed = tuple(n for n in before if n not in after)
+            changed = tuple(n for n in after if n in before and after[n] != before[n])
+            unchanged = tuple(n for n in after if n in before and after[n] == before[n])
+            given = {**self._given, **(providers or {})}
+            prices = prices_of(new)
+            built = await self._build_all(
+                [after[n] for n in (*added, *changed)], given, new.health_interval, prices
+            )
+            notes: list[str] = []
+            if new.gateway != old.gateway:
+                notes.append("[gateway] changes apply at the next restart")
+            root = (new.supervision.max_restarts, new.supervision.period)
+            if root != (old.supervision.max_restarts, old.supervision.period):
+                notes.append("[supervision] max_restarts and period apply at the next restart")
+            if new.router.max_retry_after != old.router.max_retry_after:
+                notes.append("[router] max_retry_after applies at the next restart")
+            if _budgets(new) != _budgets(old):
+                notes.append("budgets apply at the next restart")
+            self.router.configure(new.router, providers=new.providers, models=new.models, prices=prices)
+            for name in unchanged:
+                self.agents[name].health_interval = new.health_interval
+            budget, backoff = agent_budget(new.supervision, self._agent_intensity, self._agent_backoff)
+            supervised = {n: agent_supervisor(n, a, budget, backoff, self.bus) for n, a in built.items()}
+            for name in added:
+                self.router.add_view(after[name])
+                await self._start(name, built[name], supervised[name])
+            async with trio.open_nursery() as nursery:
+                for name in (*removed, *changed):
+                    replacement = (after[name], built[name], supervised[name]) if name in after else None
+                    nursery.start_soon(self._retire, before[name], replacement, principal, notes)
+            self.config = new
+            self._given = given
+            if isinstance(config, str | Path):
+                self.source = Path(config)  # what the next reload re-reads
+            if (added or changed) and not await self.router.wait_ready():
+                notes.append("not every new agent reported within the ready timeout")
+            return ReloadReport(added, removed, changed, unchanged, tuple(notes))
 
     # Not a deadline for the call: when it passes, the requests still in flight are stopped.
     async def drain(self, timeout: float | None = None) -> int:  # noqa: ASYNC109
         """Stop intake and let the requests in flight finish for up to ``timeout`` seconds (default:
         ``config.drain_timeout``); then stop the rest, each with a ``shutdown`` final result. Returns how
-        many were stopped. Cancelling it stops the rest at once. See :meth:`RouterAgent.drain`."""
+        many were stopped. Cancelling it stops the rest at once. See :meth:`RouterAgent.drain`. (The
+        tree-wide drain; one agent's is ``router.controls.drain(name)``.)"""
         return await self.router.drain(self.config.drain_timeout if timeout is None else timeout)
+
+    def _read(self, config: Config | str | Path | None) -> Config:
+        if config is None:
+            if self.source is None:
+                raise ConfigError(
+                    "this tree runs on a configuration given as an object, not read from a file: "
+                    "there is no file to re-read"
+                )
+            return load_config(self.source)
+        if isinstance(config, str | Path):
+            return load_config(config)
+        return config
+
+    async def _build_all(
+        self,
+        configs: list[ProviderConfig],
+        given: Mapping[str, Provider],
+        health_interval: float,
+        prices: PriceTable,
+    ) -> dict[str, ProviderAgent]:
+        """Build every new agent, or none: one that cannot be built (a missing API key, bad options)
+        refuses the whole reload with the error it gives at start."""
+        built: dict[str, ProviderAgent] = {}
+        try:
+            for p in configs:
+                built[p.name] = build_agent(
+                    p, self.bus, provider=given.get(p.name), environ=self._environ,
+                    health_interval=health_interval, prices=prices,
+                )
+        except ConfigError:
+            with trio.CancelScope(shield=True):
+                for name, agent in built.items():
+                    if name not in given:
+                        await agent.provider.aclose()
+            raise
+        return built
+
+    async def _start(self, name: str, agent: ProviderAgent, supervisor: Supervisor) -> None:
+        await self.supervisor.add_child(agent_supervisor_spec(supervisor))
+        self.agents[name] = agent
+        self.agent_supervisors[name] = supervisor
+
+    async def _retire(
+        self,
+        config: ProviderConfig,
+        replacement: tuple[ProviderConfig, ProviderAgent, Supervisor] | None,
+        principal: str,
+        notes: list[str],
+    ) -> None:
+        """Drain one agent, wait for its attempts in flight (up to its timeout), stop it; start its
+        replacement, if any, under the same name."""
+        name = config.name
+        controls = self.router.controls
+        try:
+            await controls.drain(name, principal=principal)
+        except ControlError as exc:  # e.g. it is down: stopping it is all there is left to do
+            notes.append(f"{name}: {exc}")
+        within = config.timeout + self.router.terminal_grace
+        if not await controls.wait_idle(name, within):
+            notes.append(f"{name}: attempts in flight after {within:g} s end as shutdown, retried elsewhere")
+        try:
+            await self.supervisor.remove_child(AGENT_CHILD_PREFIX + name)
+        except KeyError:
+            pass  # its supervisor gave up earlier: the agent is down already
+        self.agents.pop(name, None)
+        self.agent_supervisors.pop(name, None)
+        if replacement is None:
+            self.router.remove_view(name)
+            return
+        new_config, agent, supervisor = replacement
+        self.router.add_view(new_config)
+        await self._start(name, agent, supervisor)
+
+
+def agent_budget(
+    supervision: SupervisionConfig, intensity: Intensity | None = None, backoff: Backoff | None = None
+) -> tuple[Intensity, Backoff]:
+    """The restart budget and backoff of each agent's supervisor (``[supervision]``, or the overrides)."""
+    s = supervision
+    budget = intensity or Intensity(max_restarts=s.agent_max_restarts, period=s.agent_period)
+    pause = backoff or Backoff(initial=s.agent_backoff_initial, max=s.agent_backoff_max)
+    return budget, pause
+
+
+def agent_supervisor(
+    name: str, agent: ProviderAgent, budget: Intensity, backoff: Backoff, bus: SignalBus
+) -> Supervisor:
+    """The supervisor of one agent (``agent:<name>``), restarting it within its own budget."""
+    return Supervisor(
+        AGENT_CHILD_PREFIX + name,
+        [ChildSpec(AGENT_CHILD_PREFIX + name, agent.run, restart=Restart.PERMANENT)],
+        intensity=budget,
+        backoff=backoff,
+        bus=bus,
+    )
+
+
+def agent_supervisor_spec(supervisor: Supervisor) -> ChildSpec:
+    """An agent's supervisor as a child of the root."""
+    # Temporary: a supervisor that gave up stays down, and costs the root's budget nothing.
+    return ChildSpec(
+        supervisor.name, supervisor.run, restart=Restart.TEMPORARY, shutdown_timeout=AGENT_SUPERVISOR_SHUTDOWN
+    )
+
+
+
+def _budgets(config: Config) -> tuple[object, ...]:
+    return (
+        tuple((p.name, p.budget) for p in config.providers if p.budget is not None),
+        tuple((t.label, t.budget) for t in config.gateway.tokens if t.budget is not None),
+    )
 
 
 def prices_of(config: Config) -> PriceTable:
@@ -111,6 +315,7 @@ async def open_tree(
     agent_backoff: Backoff | None = None,
     ready_timeout: float = 5.0,
     budgets: BudgetLedger | None = None,
+    source: str | Path | None = None,
 ) -> AsyncIterator[Tree]:
     """Run the whole tree for the duration of the block (see the module docstring).
 
@@ -123,8 +328,12 @@ async def open_tree(
     Upstream wait hints (``retry-after``...) are capped at ``[router] max_retry_after`` in every task of
     the tree.
     ``budgets`` replaces the in-process ledger of the config's budgets (e.g. one shared by a fleet).
+    A reload re-reads ``config`` when it is a path, else ``source`` (the file a Config object was read
+    from), else there is no file to re-read.
     """
     cfg = resolve_config(config)
+    if isinstance(config, str | Path):
+        source = config
     own_bus = bus is None
     signal_bus = SignalBus() if bus is None else bus
     given = dict(providers or {})
@@ -139,27 +348,15 @@ async def open_tree(
     }
     router = RouterAgent(
         signal_bus, cfg.providers, cfg.router, ready_timeout=ready_timeout, models=cfg.models, prices=prices,
-        budgets=ledger, limits=cfg.validation,
+        budgets=ledger,
     )
     sup = cfg.supervision
-    budget = agent_intensity or Intensity(max_restarts=sup.agent_max_restarts, period=sup.agent_period)
-    backoff = agent_backoff or Backoff(initial=sup.agent_backoff_initial, max=sup.agent_backoff_max)
+    budget, backoff = agent_budget(sup, agent_intensity, agent_backoff)
     agent_supervisors = {
-        name: Supervisor(
-            AGENT_CHILD_PREFIX + name,
-            [ChildSpec(AGENT_CHILD_PREFIX + name, agent.run, restart=Restart.PERMANENT)],
-            intensity=budget,
-            backoff=backoff,
-            bus=signal_bus,
-        )
-        for name, agent in agents.items()
+        name: agent_supervisor(name, agent, budget, backoff, signal_bus) for name, agent in agents.items()
     }
     children = [ChildSpec(ROUTER_CHILD, router.run, restart=Restart.PERMANENT)]
-    children += [
-        # Temporary: a supervisor that gave up stays down, and costs the root's budget nothing.
-        ChildSpec(name, agent_sup.run, restart=Restart.TEMPORARY, shutdown_timeout=AGENT_SUPERVISOR_SHUTDOWN)
-        for name, agent_sup in ((s.name, s) for s in agent_supervisors.values())
-    ]
+    children += [agent_supervisor_spec(s) for s in agent_supervisors.values()]
     root_intensity = intensity or Intensity(max_restarts=sup.max_restarts, period=sup.period)
     cap = max_retry_after.set(cfg.router.max_retry_after)  # inherited by every task the tree starts
     try:
@@ -167,9 +364,16 @@ async def open_tree(
             "duckagents", children, strategy=Strategy.ONE_FOR_ONE, intensity=root_intensity, bus=signal_bus
         ) as supervisor:
             await router.wait_ready(ready_timeout)
+            tree = Tree(
+                cfg, signal_bus, supervisor, router, agents, agent_supervisors, ledger,
+                source=None if source is None else Path(source), environ=environ, providers=given,
+                agent_intensity=agent_intensity, agent_backoff=agent_backoff,
+            )
+            router.controls.reloader = tree.reload
             try:
-                yield Tree(cfg, signal_bus, supervisor, router, agents, agent_supervisors, ledger)
+                yield tree
             finally:
+                router.controls.reloader = None
                 router.close_intake()
     finally:
         max_retry_after.reset(cap)
@@ -183,9 +387,11 @@ async def open_router(
     *,
     environ: Mapping[str, str] | None = None,
     providers: Mapping[str, Provider] | None = None,
+    source: str | Path | None = None,
 ) -> AsyncIterator[RouterAgent]:
     """The router of a running tree built from ``config`` (a Config, a TOML path, or None for the
     embedded default: the mock provider). Leaving the block shuts the tree down; every request still
-    in flight gets its final result (``shutdown``)."""
-    async with open_tree(config, environ=environ, providers=providers) as tree:
+    in flight gets its final result (``shutdown``). ``router.controls.reload()`` re-reads the file
+    (``config`` as a path, or ``source``)."""
+    async with open_tree(config, environ=environ, providers=providers, source=source) as tree:
         yield tree.router

@@ -12,7 +12,7 @@ from cattrs.preconf.json import make_converter
 
 from .errors import ErrorKind
 from .messages import FinishReason, ImagePart, Part, TextPart
-from .signals import PAYLOAD_TYPES, Payload, Signal
+from .signals import PAYLOAD_TYPES, ControlAction, Payload, Signal
 
 T = TypeVar("T")
 
@@ -84,7 +84,7 @@ converter.register_structure_hook(bool, _strict_bool)
 converter.register_structure_hook(int, _strict_int)
 converter.register_structure_hook(float, _strict_float)
 # The ``str`` hook above would catch ``str``-based enums through their MRO; give each its own.
-for _enum in (ErrorKind, FinishReason):
+for _enum in (ErrorKind, FinishReason, ControlAction):
     converter.register_structure_hook(_enum, _strict_enum)
 converter.register_structure_hook_factory(_is_homogeneous_sequence, _array_only)
 

@@ -172,6 +172,11 @@ class FleetUnavailable(DuckAgentsError):
     """Redis (fleet mode) did not answer within the bound, or failed; the caller falls back locally."""
 
 
+class ControlError(DuckAgentsError):
+    """An operator control (breaker switch, drain, model management, reload) was refused or failed; the
+    message says why (unknown provider, unsupported by that agent, no reply in time, the agent's error)."""
+
+
 class Secret:
     """A secret string (API key, token) whose repr and str never show the value.
 

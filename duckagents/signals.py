@@ -8,9 +8,11 @@ envelope alone. (De)serialisation to CloudEvents JSON lives in :mod:`duckagents.
 
 from __future__ import annotations
 
+import enum
 import itertools
 import os
 import time as _time
+from collections.abc import Collection, Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -64,6 +66,23 @@ class ProviderChunk:
 
 
 @attrs.frozen
+class AttemptOutcome:
+    """How one attempt of a request ended, as the router saw it: listed in a final result's ``attempts``
+    when the request took more than one attempt (failover made visible, e.g. by ``ask -v``).
+
+    ``outcome`` is ``"response"`` or the failure's :class:`~duckagents.errors.ErrorKind` value;
+    ``latency`` is seconds from the agent receiving the attempt to its terminal (the router's own
+    measure, from dispatch, when the agent gave none).
+    """
+
+    attempt: int
+    provider: str
+    model: str | None
+    outcome: str
+    latency: float | None = None
+
+
+@attrs.frozen
 class ProviderResponse:
     """The terminal success signal of a request."""
 
@@ -78,6 +97,8 @@ class ProviderResponse:
     latency: float = 0.0
     time_to_first_chunk: float | None = None
     attempt: int = 1
+    #: In a final result that took several attempts: each of them, in order (empty otherwise).
+    attempts: tuple[AttemptOutcome, ...] = ()
 
 
 @attrs.frozen
@@ -88,6 +109,8 @@ class ProviderErrorData:
     (:meth:`to_error`). ``ProviderFailure`` is its former name, kept as an alias.
 
     ``partial`` is true when some chunks were already delivered, so the request must not be retried.
+    ``latency`` is seconds from the agent receiving the attempt to the failure (None when unknown);
+    ``attempts`` lists every attempt of a final result that took several (empty otherwise).
     """
 
     TYPE: ClassVar[str] = "provider_error"
@@ -103,6 +126,8 @@ class ProviderErrorData:
     agent_id: str | None = None
     breaker_state: str | None = None
     partial: bool = False
+    latency: float | None = None
+    attempts: tuple[AttemptOutcome, ...] = ()
 
     @classmethod
     def from_error(cls, request_id: str, error: ProviderError, **context: Any) -> ProviderErrorData:
@@ -154,6 +179,36 @@ class LatencySummary:
     p99: float = 0.0
     samples: int = 0
 
+    @classmethod
+    def of(cls, samples: Collection[float]) -> LatencySummary:
+        """p50 / p95 / p99 of ``samples`` by linear interpolation between order statistics.
+
+        Matches ``statistics.quantiles(samples, n=100, method="inclusive")`` up to float rounding (and
+        stays within the data, which that function's rounding does not always); a single sample is every
+        percentile; no samples give zeros.
+        """
+        if not samples:
+            return cls()
+        ordered = sorted(samples)
+        return cls(p50=_cut(ordered, 50), p95=_cut(ordered, 95), p99=_cut(ordered, 99), samples=len(ordered))
+
+
+# statistics.quantiles(n=100, method="inclusive") cut points 50, 95 and 99, computed directly so a summary
+# sorts once and interpolates three times instead of building all 99 cut points.
+_CUTS = 100
+
+
+def _cut(ordered: Sequence[float], i: int) -> float:
+    # The same order statistics and weights as statistics.quantiles(method="inclusive"), but written as
+    # x + (y - x) * w and clamped, so rounding never lands a percentile outside its two samples (the
+    # module's (x * (n - d) + y * d) / n form can), which keeps p50 <= p95 <= p99 within the data.
+    j, delta = divmod(i * (len(ordered) - 1), _CUTS)
+    low = ordered[j]
+    if delta == 0:
+        return low
+    high = ordered[j + 1]
+    return min(high, max(low, low + (high - low) * delta / _CUTS))
+
 
 @attrs.frozen
 class MetricsSnapshot:
@@ -194,6 +249,8 @@ class ProviderStatus:
     metrics: MetricsSnapshot = MetricsSnapshot()
     reachable: bool = True
     detail: dict[str, str] = attrs.field(factory=dict)
+    #: The agent takes no new requests (an operator drained it); those in flight finish.
+    draining: bool = False
 
 
 @attrs.frozen
@@ -263,7 +320,11 @@ class SupervisorEvent:
 
 @attrs.frozen
 class ProgressEvent:
-    """Progress of long work (a model pull): ``completed`` of ``total`` units, when known."""
+    """Progress of long work (a model pull): ``completed`` of ``total`` units, when known.
+
+    The last event of a task has ``outcome`` set: ``"success"`` or ``"error"`` (``status`` then says
+    why); ``None`` while it runs.
+    """
 
     TYPE: ClassVar[str] = "progress"
     provider: str
@@ -271,6 +332,73 @@ class ProgressEvent:
     status: str
     completed: int | None = None
     total: int | None = None
+    outcome: str | None = None
+
+
+class ControlAction(str, enum.Enum):
+    """What an operator control does (docs/signals.md, *Operator controls*)."""
+
+    BREAKER_RESET = "breaker_reset"
+    BREAKER_FORCE_OPEN = "breaker_force_open"
+    BREAKER_DISABLE = "breaker_disable"
+    DRAIN = "drain"
+    RESUME = "resume"
+    MODELS_LIST = "models_list"
+    MODEL_LOAD = "model_load"
+    MODEL_UNLOAD = "model_unload"
+    MODEL_PULL = "model_pull"
+    #: Not sent to an agent: the tree re-read its configuration (reported by a ``control_reply``).
+    RELOAD = "reload"
+
+
+#: Actions that name a model.
+MODEL_ACTIONS: frozenset[ControlAction] = frozenset(
+    {ControlAction.MODEL_LOAD, ControlAction.MODEL_UNLOAD, ControlAction.MODEL_PULL}
+)
+
+
+@attrs.frozen
+class ProviderControl:
+    """An operator's control addressed to one agent. ``principal`` says who asked: a gateway token's
+    name (``token:<ENV VAR>``, never the token), ``"api"`` (Python), ``"cli"``, ``"sighup"``, ``"reload"``."""
+
+    TYPE: ClassVar[str] = "provider_control"
+    request_id: str
+    provider: str
+    action: ControlAction
+    principal: str
+    model: str | None = None
+
+
+@attrs.frozen
+class ModelEntry:
+    """A model an agent offers, in the reply to ``models_list`` (sizes in bytes, when known)."""
+
+    name: str
+    loaded: bool | None = None
+    size: int | None = None
+    size_vram: int | None = None
+    context_window: int | None = None
+
+
+@attrs.frozen
+class ControlReply:
+    """The outcome of an operator control: who (``principal``) did what (``action``) to which agent
+    (``provider``; None for a reload), and how it went (``ok``, ``message``). Published by the agent that
+    applied a ``provider_control`` (with its breaker state and draining flag after it), and by the router
+    for a reload. Every control gets exactly one."""
+
+    TYPE: ClassVar[str] = "control_reply"
+    request_id: str
+    action: ControlAction
+    principal: str
+    ok: bool
+    message: str = ""
+    provider: str | None = None
+    breaker_state: str | None = None
+    draining: bool | None = None
+    models: tuple[ModelEntry, ...] = ()
+    detail: dict[str, str] = attrs.field(factory=dict)
 
 
 Payload = (
@@ -285,6 +413,8 @@ Payload = (
     | TokenEstimateReply
     | SupervisorEvent
     | ProgressEvent
+    | ProviderControl
+    | ControlReply
 )
 
 PAYLOAD_TYPES: dict[str, type[Any]] = {
@@ -301,6 +431,8 @@ PAYLOAD_TYPES: dict[str, type[Any]] = {
         TokenEstimateReply,
         SupervisorEvent,
         ProgressEvent,
+        ProviderControl,
+        ControlReply,
     )
 }
 

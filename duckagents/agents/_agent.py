@@ -30,6 +30,12 @@ had queued with ``agent_crashed`` (shielded, bounded by ``publish_timeout``): re
 another agent), except for the attempt whose own handling raised the crash, which may carry a poison
 input. What it could not answer, the router answers on its behalf when the supervisor reports the crash.
 
+**Operator controls.** A ``provider_control`` addressed to the agent is handled by its control task, in
+the order the controls arrived: breaker switches (reset, force open, disable) and drain/resume are applied
+at once, model management (list, load, unload, start a pull) runs in a task of its own; each control gets
+exactly one ``control_reply`` saying who did what and how it went. A draining agent refuses new attempts
+(a retryable ``shutdown``, so the router tries elsewhere) while those it holds finish.
+
 **Health reports.** A task probes the provider every ``health_interval`` seconds (at once on start) and
 publishes a ``provider_status`` after each probe, whenever the agent pokes it (a breaker change, an
 upstream rate-limit block) and when an open breaker's timeout passes (the breaker's open -> half-open
@@ -55,10 +61,15 @@ from ..messages import FEATURE_NAMES, Features, Usage, implied_features
 from ..providers import Completion, HealthProbe, Provider, StreamEnd, heuristic_token_count
 from ..resilience import BreakerState, CircuitBreaker, RateLimiter, RateLimits
 from ..signals import (
+    MODEL_ACTIONS,
+    ControlAction,
+    ControlReply,
     FeatureCheck,
     FeatureReply,
+    ModelEntry,
     Payload,
     ProviderChunk,
+    ProviderControl,
     ProviderErrorData,
     ProviderRequest,
     ProviderResponse,
@@ -74,10 +85,22 @@ from ._admission import AdmissionControl
 from ._health import RecentOutcomes, headroom_fraction, health_score
 from ._metrics import ProviderMetrics
 
-__all__ = ["DRAIN_BATCH", "IDLE_WORKERS", "INBOX_TYPES", "ActiveRequest", "ProviderAgent", "missing_features"]
+__all__ = [
+    "CONTROL_BACKLOG", "DRAIN_BATCH", "IDLE_WORKERS", "INBOX_TYPES", "ActiveRequest", "ProviderAgent",
+    "missing_features",
+]
 
 #: Signals an agent takes from its inbox (all addressed to it by the envelope's ``provider``).
-INBOX_TYPES = frozenset({"provider_request", "feature_check", "token_estimate", "provider_error"})
+INBOX_TYPES = frozenset(
+    {"provider_request", "feature_check", "token_estimate", "provider_error", "provider_control"}
+)
+#: Operator controls waiting for the control task, at most; more are refused at once.
+CONTROL_BACKLOG = 32
+# Applied by the control task itself, in arrival order (their replies carry the state the router follows).
+_SWITCHES = frozenset(
+    {ControlAction.BREAKER_RESET, ControlAction.BREAKER_FORCE_OPEN, ControlAction.BREAKER_DISABLE,
+     ControlAction.DRAIN, ControlAction.RESUME}
+)
 PROBE_TIMEOUT = 10.0
 #: Inbox signals handled per scheduler turn at most.
 DRAIN_BATCH = 256
@@ -133,7 +156,9 @@ class ProviderAgent(Actor):
       of ``refusal``) or raise ``ProviderError`` to turn it into a failure;
     * :meth:`features` — what a model supports (default: the provider's table);
     * :meth:`resources` — extra ``detail`` for health reports (e.g. loaded models, VRAM);
-    * :meth:`background` — a task run inside the agent's nursery for its lifetime (e.g. polling).
+    * :meth:`background` — a task run inside the agent's nursery for its lifetime (e.g. polling);
+    * :meth:`model_entries`, :meth:`load_model`, :meth:`unload_model`, :meth:`start_model_pull` — the
+      model management operators reach through ``provider_control`` (base: list only).
     """
 
     def __init__(
@@ -199,6 +224,9 @@ class ProviderAgent(Actor):
         self._casualties: dict[tuple[str, int], tuple[ActiveRequest, bool]] = {}
         #: Faults contained in one request each (logged, throttled per kind).
         self.faults = FaultLog(log)
+        #: Drained by an operator: new attempts are refused, those in flight finish. Survives restarts.
+        self.draining = False
+        self._controls: trio.MemorySendChannel[ProviderControl] | None = None
 
     # --- identity ----------------------------------------------------------------------------------
 
@@ -262,6 +290,41 @@ class ProviderAgent(Actor):
     async def background(self) -> None:
         """Runs in the agent's nursery for as long as the agent runs. Base: nothing."""
 
+    async def model_entries(self) -> tuple[ModelEntry, ...]:
+        """The models this agent offers (``models_list``). Base: the provider's list, else the configured
+        models."""
+        infos = None
+        with contextlib.suppress(ProviderError), trio.move_on_after(self.probe_timeout):
+            infos = await self.provider.list_models()
+        if infos:
+            return tuple(
+                ModelEntry(m.name, m.loaded, m.size, m.size_vram, m.context_window) for m in infos
+            )
+        names = dict.fromkeys((*((self.config.default_model,) if self.config.default_model else ()),
+                               *self.config.models, self.model))
+        return tuple(ModelEntry(name) for name in names)
+
+    async def load_model(self, model: str | None) -> str:
+        """Load ``model`` (default: the agent's) into memory (``model_load``); returns what was done.
+        Base: unsupported."""
+        raise self._no_local_models("load")
+
+    async def unload_model(self, model: str | None) -> str:
+        """Evict ``model`` (default: the agent's) from memory (``model_unload``). Base: unsupported."""
+        raise self._no_local_models("unload")
+
+    def start_model_pull(self, model: str) -> dict[str, str]:
+        """Start downloading ``model`` in the agent (``model_pull``); returns ``task`` (the name its
+        ``progress`` signals carry) and ``status``. Base: unsupported."""
+        raise self._no_local_models("pull")
+
+    def _no_local_models(self, verb: str) -> ProviderError:
+        return ProviderError(
+            ErrorKind.UNSUPPORTED,
+            f"provider {self.name} (kind {self.config.kind}) has no local models to {verb}",
+            provider=self.name,
+        )
+
     # --- lifecycle ---------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -283,11 +346,14 @@ class ProviderAgent(Actor):
             ):
                 self._inbox = inbox
                 self._followers = trio.lowlevel.ParkingLot()
+                controls_in, controls_out = trio.open_memory_channel[ProviderControl](CONTROL_BACKLOG)
+                self._controls = controls_in
                 try:
                     async with self._serving() as nursery:
                         nursery.start_soon(self._guard, self._report_health)
                         nursery.start_soon(self._guard, self.background)
                         nursery.start_soon(self._guard, self._serve_broadcasts, broadcast)
+                        nursery.start_soon(self._guard, self._serve_controls, controls_out)
                         task_status.started()
                         await self._guard(self._serve_inbox, inbox)
                 finally:
@@ -298,6 +364,7 @@ class ProviderAgent(Actor):
                             await self._report_crash(inbox)
         finally:
             self._inbox = None
+            self._controls = None
             if self._owns_provider:
                 with trio.CancelScope(shield=True), trio.move_on_after(self.publish_timeout):
                     await self.provider.aclose()
@@ -359,6 +426,8 @@ class ProviderAgent(Actor):
             self._spawn(self._reply_tokens, data)
         elif isinstance(data, ProviderErrorData) and signal.source != self.source:
             self._answered_elsewhere(data)
+        elif isinstance(data, ProviderControl):
+            self._take_control(data)
         return None
 
     def _accept(self, request: ProviderRequest, subject: str | None) -> ActiveRequest | None:
@@ -367,6 +436,12 @@ class ProviderAgent(Actor):
         if key in active:
             return None  # a duplicate delivery of a request already running: it gets one terminal only
         accepted = ActiveRequest(request, trio.current_time(), trio.CancelScope(), subject)
+        if self.draining:
+            # Another agent can take it: retryable, and neutral for this agent's health and breaker.
+            message = f"provider agent {self.name} is draining: it takes no new requests"
+            error = ProviderError(ErrorKind.SHUTDOWN, message, retryable=True)
+            self._spawn(self._publish_terminal, self.failure(accepted, error), subject)
+            return None
         if len(active) >= self.max_pending:
             error = ProviderError(
                 ErrorKind.OVERLOADED, f"agent has {len(active)} requests pending", retry_after=1.0
@@ -393,6 +468,90 @@ class ProviderAgent(Actor):
                 self._spawn(self._reply_features, data)
             elif isinstance(data, TokenEstimate):
                 self._spawn(self._reply_tokens, data)
+
+    # --- operator controls (see the module docstring) ----------------------------------------------
+
+    def _take_control(self, control: ProviderControl) -> None:
+        """Queue a control for the control task; refuse it at once when too many are waiting."""
+        controls = self._controls
+        try:
+            if controls is None:
+                raise trio.WouldBlock
+            controls.send_nowait(control)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            message = f"provider agent {self.name} has {CONTROL_BACKLOG} controls waiting; try again"
+            self._spawn(self._publish_reply, self._control_reply(control, False, message))
+
+    async def _serve_controls(self, controls: trio.MemoryReceiveChannel[ProviderControl]) -> None:
+        """Apply the switches in arrival order and reply to each; model management gets a task each."""
+        async for control in controls:
+            if control.action in _SWITCHES:
+                await self._publish_reply(self._switch(control))
+            else:
+                self._spawn(self._manage_models, control)
+
+    def _switch(self, control: ProviderControl) -> ControlReply:
+        """Apply a breaker switch or drain/resume now; the reply carries the state after it."""
+        now = trio.current_time()
+        action = control.action
+        breaker = self.breaker
+        if action is ControlAction.BREAKER_RESET:
+            breaker.reset(now)
+        elif action is ControlAction.BREAKER_FORCE_OPEN:
+            breaker.force_open(now)
+        elif action is ControlAction.BREAKER_DISABLE:
+            breaker.disable(now)
+        elif action is ControlAction.DRAIN:
+            self.draining = True
+        elif action is ControlAction.RESUME:
+            self.draining = False
+        self.poke_status()  # the new state is news for every observer, not only the operator
+        if action in (ControlAction.DRAIN, ControlAction.RESUME):
+            message = (
+                f"draining: {len(self.active_requests)} request(s) in the agent finish, no new ones"
+                if self.draining else "taking requests again"
+            )
+        else:
+            message = f"breaker {breaker.state(now).value}"
+        return self._control_reply(control, True, message)
+
+    async def _manage_models(self, control: ProviderControl) -> None:
+        """List, load, unload or start pulling a model, and reply."""
+        action = control.action
+        models: tuple[ModelEntry, ...] = ()
+        detail: dict[str, str] = {}
+        try:
+            if action is ControlAction.MODELS_LIST:
+                models = await self.model_entries()
+                message = f"{len(models)} model(s)"
+            elif action is ControlAction.MODEL_LOAD:
+                message = await self.load_model(control.model)
+            elif action is ControlAction.MODEL_UNLOAD:
+                message = await self.unload_model(control.model)
+            elif action is ControlAction.MODEL_PULL and control.model:
+                detail = self.start_model_pull(control.model)
+                message = f"pulling {control.model}: {detail.get('status', '')}".rstrip(": ")
+            else:
+                kind = "needs a model" if action in MODEL_ACTIONS else "is not an agent's control"
+                raise ProviderError(ErrorKind.INVALID_REQUEST, f"{action.value} {kind}")
+        except ProviderError as exc:
+            reply = self._control_reply(control, False, self.redact(f"{exc.kind.value}: {exc.message}"))
+        else:
+            reply = self._control_reply(control, True, message, models=models, detail=detail)
+        await self._publish_reply(reply)
+
+    def _control_reply(self, control: ProviderControl, ok: bool, message: str, **extra: Any) -> ControlReply:
+        return ControlReply(
+            request_id=control.request_id,
+            action=control.action,
+            principal=control.principal,
+            ok=ok,
+            message=message,
+            provider=self.name,
+            breaker_state=self.breaker.state(trio.current_time()).value,
+            draining=self.draining,
+            **extra,
+        )
 
     # --- one request -------------------------------------------------------------------------------
 
@@ -602,6 +761,7 @@ class ProviderAgent(Actor):
     def failure(self, active: ActiveRequest, error: ProviderError) -> ProviderErrorData:
         """The ``provider_error`` payload for ``error``, enriched with this agent's context."""
         request = active.request
+        now = trio.current_time()
         return ProviderErrorData.from_error(
             request.request_id,
             error,
@@ -610,8 +770,9 @@ class ProviderAgent(Actor):
             model=error.model or active.model or request.model or self.model,
             attempt=request.attempt,
             agent_id=self.agent_id,
-            breaker_state=self.breaker.state(trio.current_time()).value,
+            breaker_state=self.breaker.state(now).value,
             partial=error.partial or active.chunks > 0,
+            latency=now - active.received,
         )
 
     def _internal_failure(self, active: ActiveRequest, exc: Exception) -> ProviderErrorData:
@@ -754,7 +915,9 @@ class ProviderAgent(Actor):
             metrics.latency.p50 if metrics.latency.samples else None,
             headroom_fraction(headroom, self.limits),
         )
-        return ProviderStatus(self.name, score, breaker.value, headroom, metrics, self.last_probe.ok, detail)
+        return ProviderStatus(
+            self.name, score, breaker.value, headroom, metrics, self.last_probe.ok, detail, self.draining
+        )
 
     async def _report_health(self) -> None:
         """Probe and report until cancelled (see the module docstring)."""

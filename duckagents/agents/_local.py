@@ -11,6 +11,11 @@
   once when it completes (the provider is wrapped in :class:`._autopull.AutoPulling`; pulls run in the
   agent's nursery, shared by every request that needs the model); a request whose deadline comes first
   fails with a retryable ``not_found`` while the pull goes on.
+* Operators reach these through ``provider_control`` signals (``models_list``, ``model_load``,
+  ``model_unload``, ``model_pull``): the hooks :meth:`LocalAgent.model_entries`,
+  :meth:`~LocalAgent.load_model`, :meth:`~LocalAgent.unload_model` and
+  :meth:`~LocalAgent.start_model_pull`. A pull started so runs in the agent, bound to no request's deadline
+  and to no client: whoever asked may leave, it goes on.
 * One local GPU serves few generations at once: ``max_concurrency`` defaults to
   :data:`LOCAL_MAX_CONCURRENCY` when the config leaves it at the general default.
 
@@ -29,8 +34,8 @@ import trio
 from ..bus import SignalBus
 from ..config import ProviderConfig
 from ..errors import ConfigError, ErrorKind, ProviderError
-from ..providers import ModelInfo, Provider
-from ..signals import ProviderRequest
+from ..providers import ModelInfo, Provider, ollama_canonical_model_name
+from ..signals import ModelEntry, ProviderRequest
 from ._agent import ProviderAgent
 from ._autopull import AutoPulling, auto_pulling_factory
 from ._pulls import MAX_CONCURRENT_PULLS, PULL_WAIT_MARGIN, ModelPulls, PullState, model_missing
@@ -204,6 +209,48 @@ class LocalAgent(ProviderAgent):
         """Evict ``model`` (default: the agent's) from memory now."""
         await self.local.unload(model or self.model)
         await self.refresh_resources()
+
+    # --- operator controls (hooks of ProviderAgent) --------------------------------------------------
+
+    async def model_entries(self) -> tuple[ModelEntry, ...]:
+        """The models on the server (``/api/tags``), marked loaded when ``/api/ps`` lists them."""
+        listed: list[ModelInfo] | None = None
+        with trio.move_on_after(self.probe_timeout):
+            listed = await self.provider.list_models()
+        if listed is None:
+            message = f"/api/tags gave no answer within {self.probe_timeout:g} s"
+            raise ProviderError(ErrorKind.TIMEOUT, message, provider=self.name)
+        loaded = {ollama_canonical_model_name(m.name): m for m in await self.refresh_resources() or []}
+        entries = []
+        for info in listed:
+            running = loaded.get(ollama_canonical_model_name(info.name))
+            entries.append(
+                ModelEntry(
+                    info.name,
+                    loaded=running is not None,
+                    size=info.size,
+                    size_vram=running.size_vram if running is not None else None,
+                    context_window=info.context_window or (running.context_window if running else None),
+                )
+            )
+        return tuple(entries)
+
+    async def load_model(self, model: str | None) -> str:
+        """:meth:`load` ``model``."""
+        name = model or self.model
+        await self.load(name)
+        return f"loaded {name}"
+
+    async def unload_model(self, model: str | None) -> str:
+        """:meth:`unload` ``model``."""
+        name = model or self.model
+        await self.unload(name)
+        return f"unloaded {name}"
+
+    def start_model_pull(self, model: str) -> dict[str, str]:
+        """:meth:`start_pull` ``model`` (or join the pull under way); its progress signals carry ``task``."""
+        state = self.start_pull(model)
+        return {"task": f"pull {ollama_canonical_model_name(model)}", "status": state.describe()}
 
     # --- pulls (see :mod:`._pulls`) ----------------------------------------------------------------
 

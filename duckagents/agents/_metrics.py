@@ -11,45 +11,20 @@ failures alike (as the seed design does), while the percentiles cover only the l
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 
 from ..signals import LatencySummary, MetricsSnapshot
 
 __all__ = ["COST_MODELS", "OTHER_MODELS", "ProviderMetrics", "summarize"]
 
-# statistics.quantiles(n=100, method="inclusive") cut points 50, 95 and 99, computed directly so a
-# snapshot sorts once and interpolates three times instead of building all 99 cut points.
-_CUTS = 100
 #: Models whose spend is kept apart in a snapshot's ``cost_by_model``; the rest add up under OTHER_MODELS.
 COST_MODELS = 64
 OTHER_MODELS = "other"
 
 
-def _cut(ordered: Sequence[float], i: int) -> float:
-    # The same order statistics and weights as statistics.quantiles(method="inclusive"), but written as
-    # x + (y - x) * w and clamped, so rounding never lands a percentile outside its two samples (the
-    # module's (x * (n - d) + y * d) / n form can), which keeps p50 <= p95 <= p99 within the data.
-    j, delta = divmod(i * (len(ordered) - 1), _CUTS)
-    low = ordered[j]
-    if delta == 0:
-        return low
-    high = ordered[j + 1]
-    return min(high, max(low, low + (high - low) * delta / _CUTS))
-
-
 def summarize(samples: Collection[float]) -> LatencySummary:
-    """p50 / p95 / p99 of ``samples`` by linear interpolation between order statistics.
-
-    Matches ``statistics.quantiles(samples, n=100, method="inclusive")`` up to float rounding (and stays
-    within the data, which that function's rounding does not always); a single sample is every
-    percentile; no samples give zeros.
-    """
-    if not samples:
-        return LatencySummary()
-    ordered = sorted(samples)
-    return LatencySummary(
-        p50=_cut(ordered, 50), p95=_cut(ordered, 95), p99=_cut(ordered, 99), samples=len(ordered)
-    )
+    """p50 / p95 / p99 of ``samples`` (see :meth:`LatencySummary.of`, which the router uses too)."""
+    return LatencySummary.of(samples)
 
 
 class ProviderMetrics:

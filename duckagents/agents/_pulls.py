@@ -169,13 +169,17 @@ class ModelPulls:
                     state.status = status if isinstance(status, str) else "downloading"
                     state.completed = _opt_int(item.get("completed"))
                     state.total = _opt_int(item.get("total"))
+                    # Ollama's stream ends with {"status": "success"}: that is the pull's last event.
+                    outcome = "success" if state.status == "success" else None
                     await self._progress(
-                        ProgressEvent(provider, task, state.status, state.completed, state.total)
+                        ProgressEvent(provider, task, state.status, state.completed, state.total, outcome)
                     )
             succeeded = True
         except ProviderError as exc:
             state.error = exc
-            await self._progress(ProgressEvent(provider, task, f"error: {self._redact(exc.message)}"))
+            await self._progress(
+                ProgressEvent(provider, task, f"error: {self._redact(exc.message)}", outcome="error")
+            )
         finally:
             if not succeeded and state.error is None:  # cancelled: the agent is stopping
                 state.error = ProviderError(

@@ -44,11 +44,11 @@ from ..errors import ErrorKind
 
 __all__ = [
     "DEFAULT_TRIPPING_KINDS",
+    "REFUSING_STATES",
     "BreakerConfig",
     "BreakerSnapshot",
     "BreakerState",
     "CircuitBreaker",
-    "REFUSING_STATES",
 ]
 
 

@@ -1,6 +1,9 @@
 """The router agent: chooses a provider agent per request, retries and fails over, and publishes exactly
 one final result per request (docs/signals.md)."""
 
+from ._agent_view import AgentView
+from ._controls import CONTROL_SOURCE, OperatorControls, Reloader
+from ._report import AgentReport, ReloadReport, StatusReport
 from ._request import DISPATCH, SOURCE, attempt_subject
 from ._router import RouterAgent, is_final
 from ._state import AGENT_CHILD_PREFIX
@@ -21,20 +24,27 @@ from ._stream import ResponseStream
 
 __all__ = [
     "AGENT_CHILD_PREFIX",
+    "CONTROL_SOURCE",
     "DEFAULT_OUTPUT_TOKENS",
     "DISPATCH",
     "SOURCE",
     "STRATEGIES",
+    "AgentReport",
+    "AgentView",
     "Candidate",
     "CheapestStrategy",
     "LeastBusyStrategy",
     "LowestLatencyStrategy",
+    "OperatorControls",
     "PriorityStrategy",
+    "ReloadReport",
+    "Reloader",
     "RequestShape",
     "ResponseStream",
     "RoundRobinStrategy",
     "RouterAgent",
     "RoutingStrategy",
+    "StatusReport",
     "attempt_subject",
     "is_final",
     "make_strategy",

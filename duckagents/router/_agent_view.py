@@ -1,14 +1,24 @@
 """The router's view of one provider agent, built from signals only, and the eligibility rules.
 
-An :class:`AgentView` is updated from ``provider_status``, ``feature_reply``, ``supervisor_event`` and
-the terminal signals of attempts; :meth:`AgentView.eligibility` says whether a request for a model may go
-to the agent now, later (and from when), or never. Each clause of it is one reason to skip the agent; a
-new one (e.g. an agent being drained) is one more clause.
+An :class:`AgentView` is updated from ``provider_status``, ``feature_reply``, ``supervisor_event``,
+``control_reply`` and the terminal signals of attempts; :meth:`AgentView.eligibility` says whether a
+request for a model may go to the agent now, later (and from when), or never. Each clause of it is one
+reason to skip the agent.
+
+Out of rotation, by these fields: ``up`` False (crashed, or not started yet: wait), ``draining`` (an
+operator drained it: wait, another agent or its replacement may come), ``breaker_state`` ``"open"`` (wait
+until ``breaker_retry_at``) or ``"forced_open"`` (never, until an operator resets it). ``"disabled"``
+(the breaker switched off) is in rotation like ``"closed"``.
+
+The view also counts what the agent answered (:meth:`AgentView.metrics`), from the terminals the router
+sees anyway: that is what keeps ``router.status()`` current to the last request, between the agent's own
+(periodic) reports, with no extra signal per request.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 
 import attrs
@@ -18,7 +28,16 @@ from ..costs import ModelPrice
 from ..errors import ErrorKind
 from ..messages import FEATURE_NAMES, Features, Message, RequestOptions, implied_features
 from ..providers import heuristic_token_count
-from ..signals import FeatureReply, ProviderErrorData, ProviderResponse, ProviderStatus
+from ..signals import (
+    ControlAction,
+    ControlReply,
+    FeatureReply,
+    LatencySummary,
+    MetricsSnapshot,
+    ProviderErrorData,
+    ProviderResponse,
+    ProviderStatus,
+)
 from ._strategies import Candidate
 
 __all__ = ["AgentView", "Eligibility", "Needs", "needs_of"]
@@ -29,6 +48,14 @@ LATENCY_ALPHA = 0.3
 MAX_MISSING_MODELS = 256
 #: Provider kinds whose missing models ``duckagents pull`` fetches.
 PULLABLE_KINDS = frozenset({"ollama"})
+#: Latencies of an agent's recent answers the view keeps for its percentiles.
+RECENT_LATENCIES = 256
+#: The breaker state an operator holds an agent out of rotation with, until it resets the breaker.
+FORCED_OPEN = "forced_open"
+_SWITCHES = frozenset(
+    {ControlAction.BREAKER_RESET, ControlAction.BREAKER_FORCE_OPEN, ControlAction.BREAKER_DISABLE,
+     ControlAction.DRAIN, ControlAction.RESUME}
+)
 _KNOWN_FEATURES = frozenset(FEATURE_NAMES)
 
 
@@ -107,6 +134,16 @@ class AgentView:
     features_asked: bool = False
     #: Models the agent answered ``not_found`` for since its last status: it cannot serve them now.
     missing: set[str] = attrs.field(factory=set)
+    #: Drained by an operator: no new attempts; those in flight finish (from the agent's control replies,
+    #: and set by the router as it sends a drain).
+    draining: bool = False
+    #: What the agent answered, counted from its terminals (see :meth:`metrics`).
+    answered: int = 0
+    succeeded: int = 0
+    tokens: int = 0
+    latency_sum: float = 0.0
+    recent_latencies: deque[float] = attrs.field(factory=lambda: deque(maxlen=RECENT_LATENCIES))
+    recent_first_chunks: deque[float] = attrs.field(factory=lambda: deque(maxlen=RECENT_LATENCIES))
 
     @property
     def name(self) -> str:
@@ -158,6 +195,12 @@ class AgentView:
                 )
         if not self.up:
             return Eligibility(False, math.inf, f"{self.name}: not running", ErrorKind.AGENT_CRASHED)
+        if self.draining:
+            return Eligibility(False, math.inf, f"{self.name}: draining", ErrorKind.NO_PROVIDER)
+        if self.breaker_state == FORCED_OPEN:
+            return Eligibility(
+                False, reason=f"{self.name}: circuit forced open by an operator", kind=ErrorKind.CIRCUIT_OPEN
+            )
         if self.breaker_state == "open":
             retry = self.breaker_retry_at
             if retry is None or now < retry:
@@ -221,12 +264,19 @@ class AgentView:
         self.up = True
 
     def observe_terminal(self, payload: ProviderResponse | ProviderErrorData, now: float) -> None:
-        """An attempt ended: learn latency, breaker state and retry-after from it."""
+        """An attempt ended: count it; learn latency, breaker state and retry-after from it."""
+        self.answered += 1
         if isinstance(payload, ProviderResponse):
             sample = payload.latency
             self.latency = sample if self.latency is None else (
                 LATENCY_ALPHA * sample + (1 - LATENCY_ALPHA) * self.latency
             )
+            self.succeeded += 1
+            self.tokens += payload.usage.total_tokens
+            self.latency_sum += sample
+            self.recent_latencies.append(sample)
+            if payload.time_to_first_chunk is not None:
+                self.recent_first_chunks.append(payload.time_to_first_chunk)
             return
         if payload.kind is ErrorKind.NOT_FOUND and payload.model is not None:
             if len(self.missing) >= MAX_MISSING_MODELS:
@@ -242,3 +292,30 @@ class AgentView:
             elif payload.kind is ErrorKind.CIRCUIT_OPEN:
                 self.breaker_state = "open"
                 self.breaker_retry_at = now + payload.retry_after
+
+    def observe_control(self, reply: ControlReply) -> None:
+        """A ``control_reply`` of this agent: a breaker switch or drain/resume takes effect here now (the
+        agent's next status says the same). Only switch replies count: they are sent in the order the
+        agent applied the switches, so the last one read is the agent's state."""
+        if not reply.ok or reply.action not in _SWITCHES:
+            return
+        if reply.breaker_state is not None and reply.breaker_state != self.breaker_state:
+            self.breaker_state = reply.breaker_state
+            self.breaker_retry_at = None  # a reset or forced state has no retry time
+        if reply.draining is not None:
+            self.draining = reply.draining
+
+    def metrics(self) -> MetricsSnapshot:
+        """What the agent answered, as the router counted it: attempts ended (its own terminals),
+        answers and failures, tokens, latency of its answers (mean, and percentiles over the last
+        :data:`RECENT_LATENCIES`), and the attempts in flight on it now."""
+        return MetricsSnapshot(
+            total_requests=self.answered,
+            successful_requests=self.succeeded,
+            failed_requests=self.answered - self.succeeded,
+            total_tokens=self.tokens,
+            avg_latency=self.latency_sum / self.succeeded if self.succeeded else 0.0,
+            latency=LatencySummary.of(self.recent_latencies),
+            time_to_first_chunk=LatencySummary.of(self.recent_first_chunks),
+            in_flight=self.active,
+        )

@@ -36,7 +36,15 @@ from ..config import RouterConfig
 from ..costs import BudgetHold, BudgetLedger, provider_account, token_account
 from ..errors import ErrorKind, ProviderError
 from ..messages import FinishReason, Message, RequestOptions, ToolSpec
-from ..signals import ProviderChunk, ProviderErrorData, ProviderRequest, ProviderResponse, Signal, new_id
+from ..signals import (
+    AttemptOutcome,
+    ProviderChunk,
+    ProviderErrorData,
+    ProviderRequest,
+    ProviderResponse,
+    Signal,
+    new_id,
+)
 from ..supervision import FaultLog
 from ..validation import MAX_ERROR_CHARS
 from ._agent_view import PULLABLE_KINDS, AgentView, Needs
@@ -109,9 +117,10 @@ class RoutedRequest:
 
     __slots__ = (
         "_view", "agent", "answered", "attempt", "choice_trigger", "chunks", "chunks_out", "context",
-        "crashes", "deadline", "dispatch_mark", "done", "excluded", "final", "hold", "hold_attempt",
-        "hop_tried", "inline", "intake_sent", "model", "models", "needs", "no_fallback", "on_behalf_pending",
-        "outstanding", "pull_hint", "request", "result", "scope", "stop_kind", "stop_message", "tried",
+        "crashes", "deadline", "dispatch_mark", "done", "excluded", "final", "history", "hold",
+        "hold_attempt", "hop_tried", "inline", "intake_sent", "model", "models", "needs", "no_fallback",
+        "on_behalf_pending", "outstanding", "pull_hint", "request", "result", "scope", "sent_at",
+        "stop_kind", "stop_message", "tried",
     )
 
     def __init__(
@@ -161,6 +170,11 @@ class RoutedRequest:
         self.result: Final | None = None
         #: Set when the outstanding attempt's terminal is recorded.
         self.answered = trio.Event()
+        #: When the latest attempt was sent (Trio clock).
+        self.sent_at = 0.0
+        #: How each attempt ended, kept from the first failure on (a first answer needs no history); the
+        #: final result lists them when there was more than one (``attempts``).
+        self.history: list[AttemptOutcome] | None = None
         #: ``result`` was made up by the router (agent crashed / hung) and must still be published.
         self.on_behalf_pending = False
         #: Position in the router's inbox when the attempt went on the bus (see
@@ -487,7 +501,8 @@ class RoutedRequest:
         await trio.lowlevel.checkpoint_if_cancelled()
         context = self.context
         view = context.state.views[agent]
-        deadline = min(self.deadline, trio.current_time() + view.config.timeout)
+        now = self.sent_at = trio.current_time()
+        deadline = min(self.deadline, now + view.config.timeout)
         r = self.request
         # The model the caller named, else the one the route chose; None ("your default") when the route
         # chose the agent's own default model for a request that named none.
@@ -536,9 +551,16 @@ class RoutedRequest:
         self.result = result
         self.on_behalf_pending = on_behalf
         self.answered.set()
+        history = self.history
+        if history is not None or isinstance(result, ProviderErrorData):
+            if history is None:
+                history = self.history = []
+            history.append(self._outcome(result))
         view = self._view
         if view is not None:
             view.active = max(0, view.active - 1)
+            if view.draining and not view.active:
+                self.context.state.notify()  # someone may wait for the drained agent to be idle
 
     async def _finish(self, final: Final | None) -> None:
         """End the request: answer for an attempt still outstanding, publish the final result (shielded
@@ -562,6 +584,9 @@ class RoutedRequest:
             await self._publish_on_behalf(shielded=True)
             if isinstance(final, ProviderErrorData) and self.chunks > 0 and not final.partial:
                 final = attrs.evolve(final, partial=True)
+            history = self.history
+            if history is not None and len(history) > 1 and not final.attempts:
+                final = attrs.evolve(final, attempts=tuple(history))
             self.final = final
             await self._publish(final, SOURCE, shielded=True)
         finally:
@@ -599,6 +624,14 @@ class RoutedRequest:
             await self._publish(self.result, DISPATCH, subject, shielded=shielded)
 
     # --- outcomes ----------------------------------------------------------------------------------
+
+    def _outcome(self, result: Final) -> AttemptOutcome:
+        """How the attempt just answered ended, for the history."""
+        latency = result.latency
+        if latency is None:  # a terminal the router made up: its own measure
+            latency = trio.current_time() - self.sent_at
+        outcome = "response" if isinstance(result, ProviderResponse) else result.kind.value
+        return AttemptOutcome(self.attempt, self.agent or "-", result.model, outcome, latency)
 
     def _may_retry(self, failure: ProviderErrorData, now: float) -> bool:
         """Is another attempt allowed after ``failure``? Never once chunks were delivered (a stream is

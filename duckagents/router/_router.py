@@ -40,6 +40,7 @@ from ..costs import BudgetLedger, BudgetSpend, PriceTable
 from ..errors import BusClosed, ErrorKind, ProviderError
 from ..messages import Message
 from ..signals import (
+    ControlReply,
     FeatureReply,
     ProviderChunk,
     ProviderErrorData,
@@ -54,6 +55,8 @@ from ..supervision import Actor, FaultLog
 from ..validation import DEFAULT_LIMITS, MAX_ERROR_CHARS, InvalidValue, ValidationLimits, check_request
 from ._agent_view import AgentView, needs_of
 from ._chunk_queue import ChunkQueue
+from ._controls import CONTROL_SOURCE, OperatorControls
+from ._report import StatusReport
 from ._request import DISPATCH, SOURCE, RoutedRequest, RoutingContext, build_request
 from ._state import RouterState
 from ._strategies import RoutingStrategy, make_strategy
@@ -62,12 +65,12 @@ from ._stream import ResponseStream
 __all__ = ["DRAIN_BATCH", "INBOX_TYPES", "OWN_SOURCES", "RouterAgent", "is_final"]
 
 #: The router's own sources; its inbox leaves them out.
-OWN_SOURCES = frozenset({SOURCE, DISPATCH})
+OWN_SOURCES = frozenset({SOURCE, DISPATCH, CONTROL_SOURCE})
 # Not provider_request: the router knows its own requests. Where an attempt falls in the order of the
 # inbox (which decides whether an agent's crash can have lost it) is noted when it is published.
 INBOX_TYPES = frozenset(
     {"provider_chunk", "provider_response", "provider_error", "provider_status", "feature_reply",
-     "supervisor_event"}
+     "supervisor_event", "control_reply"}
 )
 #: Signals the loop handles per scheduler turn at most (so other tasks still get to run).
 DRAIN_BATCH = 512
@@ -82,7 +85,8 @@ class RouterAgent(Actor):
     """Routes requests to provider agents; see the module docstring and docs/signals.md.
 
     Public API: :meth:`complete`, :meth:`stream`, :meth:`submit`, :meth:`cancel`, :meth:`status`,
-    :meth:`features`, :attr:`bus`. Run it with ``await nursery.start(router.run)``.
+    :meth:`status_report` / :meth:`status_document`, :meth:`features`, :attr:`controls` (the operator's
+    switches and reload), :attr:`bus`. Run it with ``await nursery.start(router.run)``.
     """
 
     def __init__(
@@ -125,6 +129,8 @@ class RouterAgent(Actor):
         self._draining = False
         #: Set when a request ends while draining (replaced by the drain each time it waits).
         self._request_ended = trio.Event()
+        #: The operator's switches (breakers, drain, models) and reload; see :class:`OperatorControls`.
+        self.controls = OperatorControls(bus, self.state, running=lambda: self.running)
         self._context = RoutingContext(
             state=self.state,
             bus=bus,
@@ -267,9 +273,51 @@ class RouterAgent(Actor):
         return routed is not None and routed.cancel()
 
     async def status(self) -> list[ProviderStatus]:
-        """The latest status of every agent (waiting up to ``ready_timeout`` for a first report)."""
+        """The status of every agent (waiting up to ``ready_timeout`` for a first report): its latest
+        report, current to the last signal the router read: ``breaker_state`` and ``draining`` follow
+        control replies and terminals too, and ``metrics`` are the router's count of the attempts the
+        agent answered (:meth:`AgentView.metrics`), so a request shows as soon as it ended."""
         await self._wait_for(lambda: all(v.status is not None for v in self.views.values()))
-        return [v.status for v in self.views.values() if v.status is not None]
+        return [
+            attrs.evolve(v.status, breaker_state=v.breaker_state, draining=v.draining, metrics=v.metrics())
+            for v in self.views.values()
+            if v.status is not None
+        ]
+
+    def status_report(self) -> StatusReport:
+        """What the router knows about each agent now (no waiting): see :class:`StatusReport`."""
+        return StatusReport.of(self.views.values(), len(self._requests), self.state.closing)
+
+    def status_document(self) -> dict[str, Any]:
+        """:meth:`status_report` as JSON: the one status document of a running server, returned by the
+        gateway's ``status`` op and the HTTP ``GET /v1/status`` (docs/gateway.md, *Status document*)."""
+        return self.status_report().to_json()
+
+    def configure(
+        self,
+        config: RouterConfig,
+        *,
+        providers: Sequence[ProviderConfig] | None = None,
+        models: Mapping[str, ModelConfig] | None = None,
+        prices: PriceTable | None = None,
+    ) -> None:
+        """Route new requests by ``config`` (strategy, attempts, backoff, timeouts) and, given
+        ``providers``, by their default model and ``models``' fallback chains and prices; requests in
+        flight keep theirs. Used by a reload (the views follow: :meth:`add_view`, :meth:`remove_view`)."""
+        if config != self.config:
+            same = config.strategy == self.config.strategy
+            strategy = self.strategy if same else make_strategy(config.strategy)
+            self._context = attrs.evolve(self._context, config=config, strategy=strategy)
+        if providers is not None:
+            self.state.reconfigure(providers, models or {}, config, prices)
+
+    def add_view(self, config: ProviderConfig) -> AgentView:
+        """Follow a new agent (or replace the view of the one with that name); used by a reload."""
+        return self.state.add_view(config)
+
+    def remove_view(self, name: str) -> None:
+        """Stop following an agent; used by a reload once it stopped."""
+        self.state.remove_view(name)
 
     async def spend(self) -> list[BudgetSpend]:
         """Every budget with its spend and holds in the current day or month (empty without budgets).
@@ -496,6 +544,9 @@ class RouterAgent(Actor):
             state.observe_status(data)
         elif isinstance(data, FeatureReply):
             state.observe_features(data)
+        elif isinstance(data, ControlReply):
+            state.observe_control(data)  # first: when the caller wakes, the router routes by it
+            self.controls.take_reply(data)
         elif isinstance(data, SupervisorEvent):
             gone = state.observe_supervisor_event(data)
             if gone is not None:

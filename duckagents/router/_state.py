@@ -20,6 +20,7 @@ from ..config import ModelConfig, ProviderConfig, RouterConfig, is_pattern
 from ..costs import ModelPrice, PriceTable
 from ..errors import ErrorKind
 from ..signals import (
+    ControlReply,
     FeatureCheck,
     FeatureReply,
     ProviderErrorData,
@@ -119,6 +120,20 @@ class RouterState:
         self._prices.clear()
         self.notify()
 
+    def reconfigure(
+        self,
+        providers: Sequence[ProviderConfig],
+        models: Mapping[str, ModelConfig],
+        config: RouterConfig,
+        prices: PriceTable | None = None,
+    ) -> None:
+        """Route by a new configuration (a reload): the default model and fallback chains of
+        ``providers`` and ``models``, and the prices (the views follow with :meth:`add_view` /
+        :meth:`remove_view`)."""
+        self.routes = ModelRoutes(providers, models, config)
+        self.prices = prices or PriceTable({m: c.price for m, c in models.items() if c.price})
+        self.views_changed()
+
     def serving(self, model: str) -> list[AgentView]:
         """The agents that serve ``model``, in config order (looked up once per model name)."""
         cache = self._serving
@@ -168,6 +183,28 @@ class RouterState:
             view.observe_terminal(payload, trio.current_time())
             if isinstance(payload, ProviderErrorData) and payload.retry_after is not None:
                 self.notify()
+
+    def observe_control(self, reply: ControlReply) -> None:
+        """A ``control_reply``: a breaker switch or drain/resume of an agent takes effect in its view."""
+        view = self.views.get(reply.provider) if reply.provider is not None else None
+        if view is not None:
+            view.observe_control(reply)
+            self.notify()
+
+    def add_view(self, config: ProviderConfig) -> AgentView:
+        """Follow a new agent (a reload added it), or replace the view of one with that name (a reload
+        changed its config: the new incarnation starts from nothing, in the old one's place)."""
+        old = self.views.get(config.name)
+        order = old.order if old is not None else max((v.order for v in self.views.values()), default=-1) + 1
+        view = AgentView(config, order)
+        self.views[config.name] = view
+        self.views_changed()
+        return view
+
+    def remove_view(self, name: str) -> None:
+        """Stop following an agent (a reload removed it); requests pinned to it fail as ``no_provider``."""
+        if self.views.pop(name, None) is not None:
+            self.views_changed()
 
     def observe_supervisor_event(self, event: SupervisorEvent) -> AgentGone | None:
         """A ``supervisor_event`` about a provider agent; returns the loss when the agent went down (the
@@ -224,7 +261,13 @@ class RouterState:
         if set; never those ``excluded``): ``strategy``'s ranking of the eligible ones, agents whose last
         probe failed after the healthy ones, and those ``tried`` after those not tried yet. Else how long
         to wait; else why nobody fits."""
-        views = [self.views[pinned]] if pinned is not None else self.serving(model)
+        if pinned is not None:
+            view = self.views.get(pinned)
+            if view is None:  # a reload removed it
+                return NoneFits((f"{pinned}: no such provider any more",))
+            views = [view]
+        else:
+            views = self.serving(model)
         eligible: list[AgentView] = []
         waits: list[tuple[float, ErrorKind]] = []
         reasons: list[str] = []
