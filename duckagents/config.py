@@ -438,19 +438,21 @@ class SupervisionConfig:
 
 def _scopes(_: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
     if not value:
-        raise ValueError(f"{attribute.name} must name at least one of subscribe, request")
+        raise ValueError(f"{attribute.name} must name at least one of subscribe, request, admin")
 
 
 @attrs.frozen
 class TokenConfig:
-    """A gateway bearer token, read from ``env``; ``scopes`` are ``subscribe`` and/or ``request``.
+    """A gateway bearer token, read from ``env``; ``scopes`` are ``subscribe``, ``request`` and/or
+    ``admin`` (operator controls and reload; never given unless listed).
 
-    ``name`` (default: ``env``) is how requests submitted with it are known (``ProviderRequest.principal``)
-    and what its ``budget`` is counted against; the token itself never appears anywhere.
+    ``name`` (default: ``env``) is how requests submitted with it are known (``ProviderRequest.principal``),
+    who the operator controls it sends say acted, and what its ``budget`` is counted against; the token
+    itself never appears anywhere.
     """
 
     env: str = attrs.field(validator=_name)
-    scopes: tuple[Literal["subscribe", "request"], ...] = attrs.field(
+    scopes: tuple[Literal["subscribe", "request", "admin"], ...] = attrs.field(
         default=("subscribe", "request"), validator=_scopes
     )
     name: str | None = attrs.field(default=None, validator=_non_empty)

@@ -1,7 +1,18 @@
 """The WebSocket gateway: outside clients watch the signal stream and submit requests (docs/gateway.md)."""
 
 from ._auth import SCOPES, Gatekeeper, Principal, is_loopback_host, origin_allowed
-from ._client import ask, connect, format_event, format_signal, watch
+from ._client import (
+    ask,
+    connect,
+    control,
+    fetch_status,
+    format_event,
+    format_signal,
+    operate,
+    pull,
+    reload,
+    watch,
+)
 from ._outbox import SlowConsumer
 from ._pages import Page
 from ._protocol import PROTOCOL_VERSION, ErrorCode
@@ -19,11 +30,16 @@ __all__ = [
     "SlowConsumer",
     "ask",
     "connect",
+    "control",
+    "fetch_status",
     "format_event",
     "format_signal",
     "is_loopback_host",
     "open_gateway",
+    "operate",
     "origin_allowed",
+    "pull",
+    "reload",
     "serve_gateway",
     "watch",
 ]

@@ -17,7 +17,9 @@ import attrs
 from ..config import GatewayConfig
 from ..errors import ConfigError, Secret
 
-SCOPES: frozenset[str] = frozenset({"subscribe", "request"})
+#: ``subscribe``: watch signals and read the status; ``request``: submit and cancel requests; ``admin``:
+#: operator controls (breakers, drain, models) and reload.
+SCOPES: frozenset[str] = frozenset({"subscribe", "request", "admin"})
 ANONYMOUS = "anonymous"
 
 
@@ -110,7 +112,7 @@ class Gatekeeper:
 
     @property
     def open(self) -> bool:
-        """True when no token is configured: every client gets every scope."""
+        """True when no token is configured (loopback only): every client gets every scope, admin too."""
         return not self._tokens
 
     @property

@@ -1,5 +1,7 @@
 """The gateway's client side: ``duckagents watch`` prints the live signal stream of a running gateway,
-and ``duckagents ask --url`` submits a prompt through it.
+``duckagents ask --url`` submits a prompt through it, and the operator commands (``breaker``, ``drain`` /
+``resume``, ``models load|unload|pull``, ``reload``) use its operator messages: :func:`fetch_status`,
+:func:`control`, :func:`reload` and :func:`pull` send one each (:func:`operate` any).
 
 :func:`watch` connects, subscribes with a filter and prints one line per signal: a compact human view by
 default (:func:`format_signal`), or the CloudEvents JSON object per line for ``jq`` (``json_lines``).
@@ -23,8 +25,9 @@ import trio_websocket
 from trio_websocket import WebSocketConnection
 
 from ..codec import signal_from_dict
-from ..errors import GatewayError, GatewayUnreachable, Secret, redact
+from ..errors import ConfigError, ControlError, GatewayError, GatewayUnreachable, Secret, redact
 from ..signals import (
+    ControlAction,
     ProgressEvent,
     ProviderChunk,
     ProviderErrorData,
@@ -38,6 +41,8 @@ from ._protocol import CLOSE_GOING_AWAY, CLOSE_NORMAL, PROTOCOL_VERSION
 
 SUMMARY_WIDTH = 72
 CONNECT_TIMEOUT = 10.0
+#: How long an operator message may take to be answered (a model load takes minutes).
+OPERATION_TIMEOUT = 900.0
 
 
 def _clip(text: str, width: int = SUMMARY_WIDTH) -> str:
@@ -113,7 +118,7 @@ def _public(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
-def _why_unreachable(exc: BaseException, url: str) -> str:
+def _why_unreachable(exc: BaseException, url: str, timeout: float = CONNECT_TIMEOUT) -> str:
     """Why a connection attempt failed, from the exception and what caused it: DNS, refused, timeout."""
     parts = urllib.parse.urlsplit(url)
     where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'wss' else 80)}"
@@ -135,7 +140,7 @@ def _why_unreachable(exc: BaseException, url: str) -> str:
             )
     for cause in seen:
         if isinstance(cause, trio.TooSlowError | trio_websocket.ConnectionTimeout):
-            return f"timed out after {CONNECT_TIMEOUT:g} s: {where} did not complete a WebSocket handshake"
+            return f"timed out after {timeout:g} s: {where} did not complete a WebSocket handshake"
     for cause in seen:
         if isinstance(cause, OSError):
             return f"{where}: {cause.strerror or cause}"
@@ -143,7 +148,9 @@ def _why_unreachable(exc: BaseException, url: str) -> str:
 
 
 @asynccontextmanager
-async def connect(url: str, token: str | Secret | None = None) -> AsyncIterator[WebSocketConnection]:
+async def connect(
+    url: str, token: str | Secret | None = None, *, connect_timeout: float = CONNECT_TIMEOUT
+) -> AsyncIterator[WebSocketConnection]:
     """Open a WebSocket to the gateway at ``url``; refusals and network failures become
     :class:`~duckagents.errors.GatewayUnreachable` with a clear, token-free message saying why (HTTP 401,
     connection refused, DNS, timeout)."""
@@ -152,11 +159,11 @@ async def connect(url: str, token: str | Secret | None = None) -> AsyncIterator[
     connected = False
     # trio-websocket's own connect_timeout does not end a handshake the server never answers (its
     # reader task keeps the connection's nursery open), so the handshake runs under this deadline.
-    handshake = trio.CancelScope(deadline=trio.current_time() + CONNECT_TIMEOUT)
+    handshake = trio.CancelScope(deadline=trio.current_time() + connect_timeout)
     try:
         with handshake:
             async with trio_websocket.open_websocket_url(
-                url, extra_headers=headers, connect_timeout=CONNECT_TIMEOUT
+                url, extra_headers=headers, connect_timeout=connect_timeout
             ) as ws:
                 connected = True
                 handshake.deadline = math.inf
@@ -181,11 +188,13 @@ async def connect(url: str, token: str | Secret | None = None) -> AsyncIterator[
     except (trio_websocket.HandshakeError, OSError, trio.TooSlowError) as exc:
         if connected:
             raise
-        message = redact(f"cannot connect to {_public(url)}: {_why_unreachable(exc, url)}", [secret])
+        message = redact(
+            f"cannot connect to {_public(url)}: {_why_unreachable(exc, url, connect_timeout)}", [secret]
+        )
         raise GatewayUnreachable(message) from None
     if handshake.cancelled_caught and not connected:
         raise GatewayUnreachable(
-            f"cannot connect to {_public(url)}: {_why_unreachable(trio.TooSlowError(), url)}"
+            f"cannot connect to {_public(url)}: {_why_unreachable(trio.TooSlowError(), url, connect_timeout)}"
         )
 
 
@@ -338,3 +347,134 @@ async def ask(
         raise final.to_error()
     assert final is not None
     return final
+
+
+# --- operator messages -----------------------------------------------------------------------------
+
+
+async def operate(
+    url: str, message: dict[str, Any], *, token: str | Secret | None = None, within: float = OPERATION_TIMEOUT
+) -> dict[str, Any]:
+    """Send one operator message (``status``, ``control``, ``reload``) and return its ``ack`` frame.
+
+    An ``error`` frame raises: ``control_failed`` as :class:`~duckagents.errors.ControlError`,
+    ``invalid_config`` as :class:`~duckagents.errors.ConfigError` (the server's message, as at its start),
+    anything else (``forbidden``: the token lacks the ``admin`` scope...) as ``GatewayError``.
+    """
+    async with connect(url, token) as ws:
+        await ws.send_message(json.dumps({"v": PROTOCOL_VERSION, "id": "op", **message}))
+        with trio.move_on_after(within):
+            return await _ack(ws, "op")
+    raise GatewayError(f"gateway at {_public(url)} did not answer {message.get('type')!r} in {within:g} s")
+
+
+async def _ack(ws: WebSocketConnection, msg_id: str) -> dict[str, Any]:
+    try:
+        while True:
+            frame = json.loads(await ws.get_message())
+            if frame.get("id") != msg_id:
+                continue
+            if frame.get("type") == "ack":
+                return frame  # type: ignore[no-any-return]
+            if frame.get("type") == "error":
+                _raise_error_frame(frame)
+    except trio_websocket.ConnectionClosed as exc:
+        reason = exc.reason
+        detail = "" if reason is None else f": {reason.code} {reason.reason or reason.name}"
+        raise GatewayUnreachable(f"gateway closed the connection before answering{detail}") from None
+
+
+def _raise_error_frame(frame: dict[str, Any]) -> None:
+    code, message = frame.get("code"), str(frame.get("message"))
+    if code == "control_failed":
+        raise ControlError(message)
+    if code == "invalid_config":
+        raise ConfigError(message)
+    raise GatewayError(f"gateway refused: {code}: {message}")
+
+
+async def fetch_status(url: str, *, token: str | Secret | None = None) -> dict[str, Any]:
+    """The status document of the server at ``url`` (docs/gateway.md, *Status document*)."""
+    status: dict[str, Any] = (await operate(url, {"type": "status"}, token=token))["status"]
+    return status
+
+
+async def control(
+    url: str,
+    provider: str,
+    action: ControlAction | str,
+    *,
+    model: str | None = None,
+    token: str | Secret | None = None,
+) -> dict[str, Any]:
+    """One operator control (``admin`` scope) of ``provider``'s agent; the ``control_reply`` data."""
+    message: dict[str, Any] = {"type": "control", "action": ControlAction(action).value, "provider": provider}
+    if model is not None:
+        message["model"] = model
+    reply: dict[str, Any] = (await operate(url, message, token=token))["reply"]
+    return reply
+
+
+async def reload(url: str, *, token: str | Secret | None = None) -> dict[str, Any]:
+    """Make the server re-read its configuration file (``admin`` scope); what the reload did."""
+    report: dict[str, Any] = (await operate(url, {"type": "reload"}, token=token))["report"]
+    return report
+
+
+async def pull(
+    url: str,
+    provider: str,
+    model: str,
+    *,
+    token: str | Secret | None = None,
+    out: TextIO | None = None,
+    format_progress: Any = None,
+) -> str:
+    """Start pulling ``model`` into the local ``provider`` of the server at ``url`` and print its
+    ``progress`` signals until the last one; returns its outcome (``success``), raises ``ControlError``
+    when the pull failed. The pull runs in the server: leaving early (Ctrl-C) does not stop it."""
+    out = sys.stdout if out is None else out
+    show = format_progress or (lambda event: f"{event.provider}: {event.status}")
+    subscribe = {"type": "subscribe", "id": "progress", "v": PROTOCOL_VERSION,
+                 "filter": {"types": [ProgressEvent.TYPE], "providers": [provider]}}
+    start = {"type": "control", "id": "op", "v": PROTOCOL_VERSION, "action": ControlAction.MODEL_PULL.value,
+             "provider": provider, "model": model}
+    async with connect(url, token) as ws:
+        await ws.send_message(json.dumps(subscribe))
+        await _ack(ws, "progress")  # subscribed before the pull starts: no progress slips past
+        await ws.send_message(json.dumps(start))
+        task: str | None = None
+        early: list[ProgressEvent] = []  # progress that came before the ack said which task is ours
+        try:
+            while True:
+                frame = json.loads(await ws.get_message())
+                kind = frame.get("type")
+                if kind == "error" and frame.get("id") == "op":
+                    _raise_error_frame(frame)
+                elif kind == "ack" and frame.get("id") == "op":
+                    reply = frame["reply"]
+                    task = str(reply.get("detail", {}).get("task", f"pull {model}"))
+                    out.write(f"{provider}: {reply.get('message', 'pulling')}\n")
+                    events, early = early, []
+                elif kind == "signal" and frame.get("subscription") == "progress":
+                    data = signal_from_dict(frame["event"]).data
+                    if not isinstance(data, ProgressEvent):
+                        continue
+                    if task is None:
+                        early.append(data)
+                        continue
+                    events = [data]
+                else:
+                    continue
+                for event in events:
+                    if event.task != task:
+                        continue
+                    out.write(show(event) + "\n")
+                    out.flush()
+                    if event.outcome == "error":
+                        raise ControlError(f"{provider}: pulling {model} failed: {event.status}")
+                    if event.outcome is not None:
+                        return event.outcome
+        except trio_websocket.ConnectionClosed:
+            message = "gateway closed the connection; the pull goes on in the server"
+            raise GatewayUnreachable(message) from None

@@ -1,11 +1,12 @@
 """One accepted WebSocket connection: read and answer client messages, write frames, clean up.
 
 Tasks of a connection: the writer (outbox -> socket), and in a work nursery the reader (socket ->
-dispatch), the idle watch and one :class:`~duckagents.gateway._flight.Flight` per request. Subscriptions
-are routes of the gateway's :class:`~duckagents.gateway._fanout.Fanout`, which pushes into this
-connection's outbox. Whatever ends the connection (client close, bad frame, slow consumer, flood, idle
-timeout, gateway shutdown) cancels the work nursery; the writer finishes the batch in hand, the close frame
-goes out with its code, and every request still in flight is cancelled at the router.
+dispatch), the idle watch, one :class:`~duckagents.gateway._flight.Flight` per request and one task per
+operator control or reload in progress (:mod:`._operations`; they count against ``max_in_flight`` with
+the requests). Subscriptions are routes of the gateway's :class:`~duckagents.gateway._fanout.Fanout`,
+which pushes into this connection's outbox. Whatever ends the connection (client close, bad frame, slow
+consumer, flood, idle timeout, gateway shutdown) cancels the work nursery; the writer finishes the batch in
+hand, the close frame goes out with its code, and every request still in flight is cancelled at the router.
 
 Containment: one message that trips an unexpected fault gets an ``internal`` error frame (logged once per
 kind of fault and minute, never per message) and the connection carries on; a fault of the connection's
@@ -28,6 +29,7 @@ from ..validation import InvalidValue, check_request
 from ._auth import Principal
 from ._fanout import Route
 from ._flight import FLIGHT_TYPES, Flight
+from ._operations import answer
 from ._outbox import Outbox, SlowConsumer
 from ._protocol import (
     CLOSE_GOING_AWAY,
@@ -38,10 +40,13 @@ from ._protocol import (
     CLOSE_UNSUPPORTED_DATA,
     Cancel,
     ClientMessage,
+    Control,
     ErrorCode,
     MessageId,
     Ping,
     ProtocolError,
+    Reload,
+    StatusQuery,
     Submit,
     Subscribe,
     Unsubscribe,
@@ -74,6 +79,8 @@ class Connection:
         )
         self._subs: dict[MessageId, Route] = {}
         self._flights: dict[str, Flight] = {}
+        #: Operator controls and reloads in progress on this connection.
+        self._operations = 0
         rate = max(config.max_messages_per_second, 1e-9)
         self._limiter = RateLimiter(
             RateLimits(requests=config.message_burst, period=config.message_burst / rate)
@@ -213,12 +220,12 @@ class Connection:
         timeout = self._config.idle_timeout
         while True:
             activity = self._activity
-            if self._subs or self._flights:
+            if self._subs or self._flights or self._operations:
                 await activity.wait()
                 continue
             with trio.move_on_after(timeout):
                 await activity.wait()
-            if not activity.is_set() and not self._subs and not self._flights:
+            if not activity.is_set() and not self._subs and not self._flights and not self._operations:
                 self._shared.counters.idle_disconnects += 1
                 self.close(CLOSE_NORMAL, f"idle: no subscription or request for {timeout:g} s", flush=True)
                 return
@@ -302,6 +309,11 @@ class Connection:
                 await self.outbox.push_control(ack_frame(msg.id, subscription=msg.subscription))
             case Submit():
                 await self._submit(msg)
+            case StatusQuery():
+                self._require("subscribe", msg.id)
+                await self.outbox.push_control(await answer(self._router, msg, self.principal))
+            case Control() | Reload():
+                await self._operate(msg)
             case Cancel():
                 if msg.request_id not in self._flights:
                     raise ProtocolError(
@@ -346,16 +358,42 @@ class Connection:
             self._shared.fanout.flush()
             self._shared.fanout.add(route)
 
+    def _check_in_flight(self, msg_id: MessageId) -> None:
+        if len(self._flights) + self._operations >= self._config.max_in_flight:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_REQUESTS,
+                f"at most {self._config.max_in_flight} requests and controls in flight per connection",
+                msg_id,
+            )
+
+    async def _operate(self, msg: Control | Reload) -> None:
+        """A control or reload runs in a task of its own (a model load takes minutes; the connection goes
+        on meanwhile); its ack or error frame comes when it is done."""
+        self._require("admin", msg.id)
+        self._check_in_flight(msg.id)
+        self._operations += 1
+        self._changed()
+        assert self._work is not None
+        self._work.start_soon(self._run_operation, msg)
+
+    async def _run_operation(self, msg: Control | Reload) -> None:
+        try:
+            try:
+                frame = await answer(self._router, msg, self.principal)
+            except ProtocolError as exc:
+                frame = exc.frame()
+            except Exception as exc:  # a bug met by this control: it fails alone
+                frame = self._internal(exc, type(msg).__name__.lower(), msg.id).frame()
+            await self.outbox.push_control(frame)
+        finally:
+            self._operations -= 1
+            self._changed()
+
     async def _submit(self, msg: Submit) -> None:
         self._require("request", msg.id)
         if self._shared.intake.closed:
             raise ProtocolError(ErrorCode.UNAVAILABLE, "the gateway is shutting down", msg.id)
-        if len(self._flights) >= self._config.max_in_flight:
-            raise ProtocolError(
-                ErrorCode.TOO_MANY_REQUESTS,
-                f"at most {self._config.max_in_flight} requests in flight per connection",
-                msg.id,
-            )
+        self._check_in_flight(msg.id)
         deadline = None if msg.timeout is None else trio.current_time() + msg.timeout
         request = ProviderRequest(
             request_id=f"gw-{new_id()}",

@@ -29,6 +29,8 @@ class ErrorCode(str, enum.Enum):
     RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
+    CONTROL_FAILED = "control_failed"
+    INVALID_CONFIG = "invalid_config"
 
 
 def dumps(obj: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ from ..bus import SignalFilter
 from ..codec import converter, describe_error
 from ..errors import GatewayError
 from ..messages import Message, RequestOptions
+from ..signals import ControlAction
 from ..validation import (
     DEFAULT_LIMITS,
     InvalidJSON,
@@ -50,10 +51,13 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Cancel",
     "ClientMessage",
+    "Control",
     "ErrorCode",
     "MessageId",
     "Ping",
     "ProtocolError",
+    "Reload",
+    "StatusQuery",
     "Submit",
     "Subscribe",
     "Unsubscribe",
@@ -143,7 +147,31 @@ class Ping:
     id: MessageId
 
 
-ClientMessage = Subscribe | Unsubscribe | Submit | Cancel | Ping
+@attrs.frozen
+class StatusQuery:
+    """Ask for the status document of the running tree (client message type ``status``)."""
+
+    id: MessageId
+
+
+@attrs.frozen
+class Control:
+    """An operator control for one agent (client message type ``control``; ``admin`` scope)."""
+
+    id: MessageId
+    action: ControlAction
+    provider: str
+    model: str | None = None
+
+
+@attrs.frozen
+class Reload:
+    """Re-read the server's configuration file and apply it (``admin`` scope)."""
+
+    id: MessageId
+
+
+ClientMessage = Subscribe | Unsubscribe | Submit | Cancel | Ping | StatusQuery | Control | Reload
 
 # Allowed top-level keys per message type (``type``, ``id`` and ``v`` are always allowed).
 _FIELDS: dict[str, frozenset[str]] = {
@@ -152,7 +180,12 @@ _FIELDS: dict[str, frozenset[str]] = {
     "request": frozenset({"messages", "model", "options", "timeout", "required_features"}),
     "cancel": frozenset({"request_id"}),
     "ping": frozenset(),
+    "status": frozenset(),
+    "control": frozenset({"action", "provider", "model"}),
+    "reload": frozenset(),
 }
+#: The ``action`` values of a ``control`` message (a reload is its own message).
+CONTROL_ACTIONS = tuple(a.value for a in ControlAction if a is not ControlAction.RELOAD)
 _FILTER_KEYS = ("types", "providers", "request_ids")
 
 
@@ -274,6 +307,27 @@ def _parse_ping(obj: dict[str, Any], msg_id: MessageId) -> Ping:
     return Ping(msg_id)
 
 
+def _parse_status(obj: dict[str, Any], msg_id: MessageId) -> StatusQuery:
+    return StatusQuery(msg_id)
+
+
+def _parse_reload(obj: dict[str, Any], msg_id: MessageId) -> Reload:
+    return Reload(msg_id)
+
+
+def _parse_control(obj: dict[str, Any], msg_id: MessageId) -> Control:
+    action = obj.get("action")
+    if not isinstance(action, str) or action not in CONTROL_ACTIONS:
+        raise InvalidValue("$.action", f"must be one of {', '.join(CONTROL_ACTIONS)}")
+    provider = obj.get("provider")
+    if not isinstance(provider, str) or not provider or len(provider) > MAX_NAME_LENGTH:
+        raise InvalidValue("$.provider", f"must be a provider name (1 to {MAX_NAME_LENGTH} characters)")
+    model = obj.get("model")
+    if model is not None and (not isinstance(model, str) or not model or len(model) > MAX_NAME_LENGTH):
+        raise InvalidValue("$.model", f"must be a model name (1 to {MAX_NAME_LENGTH} characters) or null")
+    return Control(msg_id, ControlAction(action), provider, model)
+
+
 def _parse_submit(obj: dict[str, Any], msg_id: MessageId) -> Submit:
     raw_messages = obj.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
@@ -322,4 +376,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any], MessageId], ClientMessage]] = {
     "request": _parse_submit,
     "cancel": _parse_cancel,
     "ping": _parse_ping,
+    "status": _parse_status,
+    "control": _parse_control,
+    "reload": _parse_reload,
 }

@@ -30,7 +30,7 @@ async def rejected_status(gateway: object, **kwargs: object) -> tuple[int, bytes
 
 async def test_no_tokens_configured_means_open_with_every_scope() -> None:
     async with fake_router() as router, running_gateway(router) as gateway, connect(gateway) as client:
-        assert client.hello["scopes"] == ["request", "subscribe"]
+        assert client.hello["scopes"] == ["admin", "request", "subscribe"]
         frames = await client.request("q", "hi")
     assert frames[-1]["event"]["type"] == "provider_response"
 

@@ -25,7 +25,7 @@ async def test_hello_announces_version_scopes_and_limits() -> None:
         async with connect(gateway) as client:
             hello = client.hello
     assert hello["v"] == PROTOCOL_VERSION
-    assert hello["scopes"] == ["request", "subscribe"]
+    assert hello["scopes"] == ["admin", "request", "subscribe"]
     assert hello["limits"]["max_in_flight"] == 3
     assert hello["limits"]["slow_consumer"] == "drop_oldest"
     assert gateway.url.startswith("ws://127.0.0.1:") and gateway.port > 0
