@@ -1,4 +1,5 @@
-"""The ``duckagents`` command: ask, status, providers, models, pull, serve, watch, top, config, completion.
+"""The ``duckagents`` command: ask, status, providers, models, breaker, drain, resume, reload, pull, serve,
+watch, top, config, completion.
 
 Layout: one private module per command group, each with ``add_commands(commands)`` adding its commands to
 the table (:class:`~._base.Commands`); :data:`COMMAND_GROUPS` lists them in ``--help`` order. A new group
@@ -21,7 +22,7 @@ import trio
 
 from .. import __version__
 from ..errors import ConfigError, DuckAgentsError, GatewayUnreachable, ProviderError
-from . import _ask, _completion, _config, _models, _pull, _serve, _status, _top, _watch
+from . import _ask, _completion, _config, _models, _operate, _pull, _serve, _status, _top, _watch
 from ._base import (
     EXIT_CODES_HELP,
     CommandError,
@@ -37,7 +38,7 @@ __all__ = ["COMMAND_GROUPS", "ExitCode", "build_parser", "main"]
 
 #: The modules that add commands, in ``--help`` order.
 COMMAND_GROUPS: tuple[ModuleType, ...] = (
-    _ask, _status, _models, _pull, _serve, _watch, _top, _config, _completion
+    _ask, _status, _models, _operate, _pull, _serve, _watch, _top, _config, _completion
 )
 
 log = logging.getLogger("duckagents.cli")

@@ -2,8 +2,8 @@
 
 * ``http://`` / ``https://``: the HTTP front door, ``GET /v1/status`` and ``GET /v1/models``.
 * ``ws://`` / ``wss://``: the WebSocket gateway. A gateway that answers the ``status`` message
-  (``{"type": "status", "id": ...}`` acked with ``providers``: the agents' ``ProviderStatus`` objects, and
-  optionally ``features``: ``FeatureReply`` objects) is asked directly; one that does not know it
+  (``{"type": "status", "id": ...}`` acked with ``status``: the status document, the same JSON as the
+  front door's ``GET /v1/status``, docs/gateway.md) is asked directly; one that does not know it
   (``unknown_type``) is watched instead: its ``provider_status`` signals, which every agent publishes at
   least every ``health_interval`` seconds and at once when its breaker changes.
 
@@ -67,7 +67,7 @@ class Server:
             return [_status_from(item) for item in _list_of(body, "data", self.url)]
         answer = await self._gateway_status()
         if answer is not None:
-            return [_status_from(item) for item in _list_of(answer, "providers", self.url)]
+            return [_status_from(item) for item in _list_of(answer.get("status"), "data", self.url)]
         return await self._watch_status()
 
     async def models(self) -> list[ModelRow]:
@@ -85,8 +85,11 @@ class Server:
                 f"the gateway at {_public(self.url)} does not answer the status message, so it cannot list "
                 "its models; use the HTTP front door's http:// URL instead",
             )
-        replies = [converter.structure(item, FeatureReply) for item in _list_of(answer, "features", self.url)]
-        return [ModelRow(r.provider, r.model, r) for r in replies]
+        return [
+            ModelRow(str(agent.get("provider")), str(model))
+            for agent in _list_of(answer.get("status"), "data", self.url)
+            for model in agent.get("models") or ()
+        ]
 
     # --- HTTP front door ---------------------------------------------------------------------------
 

@@ -2,8 +2,9 @@
 SIGINT, then stop gracefully.
 
 It prints each provider's health as soon as it is known, then only when it changes (state, breaker,
-reason), plus errors, supervisor events and progress as they happen. The gateway serves the dashboard page
-on its own address (and the front door at ``/``, when both run): docs/dashboard.md.
+reason), plus errors, supervisor events, progress and operator controls (who did what) as they happen.
+SIGHUP makes it re-read its config file (as ``duckagents reload`` does). The gateway serves the dashboard
+page on its own address (and the front door at ``/``, when both run): docs/dashboard.md.
 
 The graceful stop (docs/deploy.md): every door stops taking work, the tree drains (``Tree.drain``: the
 requests in flight may finish within ``drain_timeout``, the rest end with ``shutdown``), the doors hand
@@ -26,12 +27,13 @@ import trio
 
 from ..bus import Overflow, SignalFilter
 from ..config import Config
+from ..errors import ConfigError, ControlError
 from ..signals import ProviderStatus
-from ._base import CommandError, Commands, ExitCode, port_number, resolve_config
+from ._base import CommandError, Commands, ExitCode, config_path, note, port_number, resolve_config
 from ._status import health_state
 
 #: Signals ``serve`` prints besides provider health changes.
-_EVENTS = frozenset({"provider_error", "supervisor_event", "progress"})
+_EVENTS = frozenset({"provider_error", "supervisor_event", "progress", "control_reply"})
 
 
 def add_commands(commands: Commands) -> None:
@@ -103,7 +105,8 @@ async def run_serve(args: argparse.Namespace, out: TextIO) -> int:
     """Run the tree (and the gateway) until SIGTERM or SIGINT; then stop gracefully."""
     from ..app import open_tree
 
-    config = with_gateway(await resolve_config(args), args)
+    file_config = await resolve_config(args)
+    config = with_gateway(file_config, args)
     if args.http is not None:
         host, port = args.http
         http = attrs.evolve(config.http, enabled=True, host=host or config.http.host, port=port)
@@ -112,7 +115,8 @@ async def run_serve(args: argparse.Namespace, out: TextIO) -> int:
     # in whichever task runs when the signal comes (a server framework's request task may swallow it), and
     # SIGTERM's default is to die on the spot, leaving clients without an answer or a close frame.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
-        async with open_tree(config) as tree:
+        # The tree runs on the file's config (what a reload compares with); the doors on the command line's.
+        async with open_tree(file_config, source=config_path(args)) as tree:
             router = tree.router
             names = ", ".join(p.name for p in config.providers)
             out.write(f"duckagents serving providers: {names}\n")
@@ -180,6 +184,7 @@ async def _serve_until_stopped(
 
         nursery.start_soon(watch_signals)
         nursery.start_soon(print_events)
+        nursery.start_soon(_reload_on_sighup, tree.router, out)
         await stop.wait()
         if caught:
             name = signal.Signals(caught[0]).name
@@ -219,6 +224,21 @@ async def _stop_gracefully(tree: Any, out: TextIO, *, gateway: Any, http: Any) -
     cut = f"; {stopped} request(s) stopped at the drain timeout" if stopped else ""
     out.write(f"duckagents: drained{cut}\n")
     out.flush()
+
+
+async def _reload_on_sighup(router: Any, out: TextIO) -> None:
+    """Reload the configuration on each SIGHUP (the Unix way to ask a daemon to re-read its config)."""
+    if not hasattr(signal, "SIGHUP"):  # pragma: no cover - not on Windows
+        return
+    with trio.open_signal_receiver(signal.SIGHUP) as received:
+        async for _ in received:
+            try:
+                report = await router.controls.reload(principal="sighup")
+            except (ConfigError, ControlError) as exc:
+                note(f"duckagents: reload refused, the running configuration keeps serving: {exc}")
+                continue
+            out.write(f"reloaded: {report.describe()}\n")
+            out.flush()
 
 
 def _http_door() -> Any:

@@ -72,6 +72,8 @@ def health_state(status: ProviderStatus) -> tuple[str, str]:
     if not status.reachable:
         why = status.detail.get("error") or status.detail.get("kind") or "health probe failed"
         return "down", f"unreachable: {why}"
+    if status.draining:
+        return "degraded", "drained by an operator: no new requests"
     if status.breaker_state != "closed":
         return "degraded", f"circuit breaker {status.breaker_state}"
     return "up", ""

@@ -50,6 +50,7 @@ class OllamaServer(WireServer):
         models: Iterable[OllamaModel] = DEFAULT_MODELS,
         pull_chunks: int = 3,
         registry: Iterable[str] | None = None,
+        pull_interval: float = 0.0,
     ) -> None:
         super().__init__()
         self.api_key = api_key
@@ -57,6 +58,8 @@ class OllamaServer(WireServer):
         self.pull_chunks = pull_chunks
         #: Canonical names a pull can fetch; None: any.
         self.registry = None if registry is None else {canonical(name) for name in registry}
+        #: Seconds between two progress lines of a pull (a slow download, to watch or to walk away from).
+        self.pull_interval = pull_interval
 
     @property
     def server(self) -> LoopbackServer:
@@ -135,7 +138,7 @@ class OllamaServer(WireServer):
         if malformed:
             lines.insert(2, b"{garbage\n")
         lines += [ndjson({"status": s}) for s in ("verifying sha256 digest", "writing manifest", "success")]
-        return StreamReply(lines, headers={"content-type": NDJSON})
+        return StreamReply(lines, headers={"content-type": NDJSON}, interval=self.pull_interval)
 
     # --- generation ---------------------------------------------------------------------------------
 

@@ -30,7 +30,9 @@ CONFIG = '[[providers]]\nname = "a"\nkind = "mock"\n[[providers]]\nname = "b"\nk
 
 
 @asynccontextmanager
-async def served(tmp_path: Path, **gateway: object) -> AsyncIterator[tuple[Tree, Gateway, list[ControlReply]]]:
+async def served(
+    tmp_path: Path, **gateway: object
+) -> AsyncIterator[tuple[Tree, Gateway, list[ControlReply]]]:
     """A tree from a config file, its gateway with the tokens above, and the control replies it published."""
     path = tmp_path / "duck.toml"
     path.write_text(CONFIG)
@@ -77,7 +79,8 @@ async def test_controls_need_the_admin_scope_and_record_the_token_name(tmp_path:
                 {"type": "control", "id": 3, "action": "breaker_force_open", "provider": "a"}
             )
             assert ack["type"] == "ack", ack
-            assert {k: ack["reply"][k] for k in ("action", "provider", "ok", "breaker_state", "principal")} == {
+            fields = ("action", "provider", "ok", "breaker_state", "principal")
+            assert {k: ack["reply"][k] for k in fields} == {
                 "action": "breaker_force_open", "provider": "a", "ok": True, "breaker_state": "forced_open",
                 "principal": "token:OPS",
             }
@@ -106,7 +109,7 @@ async def test_reload_op_and_an_invalid_config(tmp_path: Path) -> None:
 
 
 async def test_client_functions(tmp_path: Path) -> None:
-    async with served(tmp_path) as (tree, gw, _):
+    async with served(tmp_path) as (_, gw, _):
         reply = await control(gw.url, "a", "breaker_disable", token=ADMIN)
         assert reply["breaker_state"] == "disabled"
         status = await fetch_status(gw.url, token=ADMIN)

@@ -162,7 +162,8 @@ async def test_status_counts_each_request_as_it_ends(autojump_clock: object) -> 
         document = router.status_document()
         assert json.loads(json.dumps(document)) == document  # plain JSON
         [doc_a, doc_b] = document["agents"]
-        assert {k: doc_a[k] for k in ("provider", "kind", "breaker_state", "draining", "requests", "failed")} == {
+        fields = ("provider", "kind", "breaker_state", "draining", "requests", "failed")
+        assert {k: doc_a[k] for k in fields} == {
             "provider": "a", "kind": "mock", "breaker_state": "closed", "draining": False, "requests": 1,
             "failed": 1,
         }
