@@ -16,9 +16,12 @@ from duckagents.codec import dumps_signal
 from duckagents.gateway._outbox import Outbox, SlowConsumer
 from duckagents.gateway._protocol import (
     Cancel,
+    Control,
     ErrorCode,
     Ping,
     ProtocolError,
+    Reload,
+    StatusQuery,
     Submit,
     Subscribe,
     Unsubscribe,
@@ -26,7 +29,7 @@ from duckagents.gateway._protocol import (
     signal_prefix,
 )
 from duckagents.gateway._wire import Frame, FrameCache, encode_text_frame
-from duckagents.signals import ProviderChunk, make_signal
+from duckagents.signals import ControlAction, ProviderChunk, make_signal
 
 
 def parse(obj: Any) -> Any:
@@ -179,6 +182,28 @@ def test_bad_messages_are_refused_with_a_code_and_a_precise_message(
     assert fragment in info.value.message
     frame = json.loads(info.value.frame())
     assert frame == {"type": "error", "id": msg_id, "code": code.value, "message": info.value.message}
+
+
+def test_operator_messages_parse_strictly() -> None:
+    assert parse({"type": "status", "id": 1}) == StatusQuery(1)
+    assert parse({"type": "reload", "id": "r", "v": 1}) == Reload("r")
+    assert parse({"type": "control", "id": 2, "action": "drain", "provider": "a"}) == Control(
+        2, ControlAction.DRAIN, "a"
+    )
+    pull = parse({"type": "control", "id": 3, "action": "model_pull", "provider": "gpu", "model": "m:1b"})
+    assert pull == Control(3, ControlAction.MODEL_PULL, "gpu", "m:1b")
+    for bad, where in [
+        ({"action": "reload", "provider": "a"}, "$.action"),
+        ({"action": "drain"}, "$.provider"),
+        ({"action": "drain", "provider": ""}, "$.provider"),
+        ({"action": "drain", "provider": "a", "model": 5}, "$.model"),
+        ({"action": "drain", "provider": "a", "force": True}, "'force'"),
+    ]:
+        with pytest.raises(ProtocolError) as info:
+            parse({"type": "control", "id": 9, **bad})
+        assert info.value.code is ErrorCode.INVALID_MESSAGE and where in info.value.message
+    with pytest.raises(ProtocolError, match="unknown field"):
+        parse({"type": "reload", "id": 1, "config": "/etc/passwd"})  # a client never sends a config
 
 
 def test_error_messages_never_echo_huge_input() -> None:
