@@ -8,13 +8,11 @@ an unknown route or method, is an OpenAI error object.
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from typing import Any, Protocol
 
 import attrs
-import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -22,11 +20,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..bus import SignalBus
-from ..codec import converter
 from ..config import Config
 from ..errors import ErrorKind
 from ..live import DASHBOARD_PATHS, dashboard_pages
-from ..router import AGENT_CHILD_PREFIX, ResponseStream
+from ..router import AGENT_CHILD_PREFIX, NOT_SERVING_BREAKER, ResponseStream
 from ..signals import ProviderResponse, ProviderStatus
 from ._asgi import JSON, Receive, Scope, Send
 from ._auth import Guard
@@ -38,8 +35,6 @@ from ._metrics import SCRAPE_CONTENT_TYPE, Metrics
 
 __all__ = ["FrontDoor", "RouterLike"]
 
-#: Breaker states in which an agent takes no requests.
-_NOT_SERVING = frozenset({"open", "forced_open", "disabled"})
 _ROUTES = frozenset(
     {"/v1/chat/completions", "/v1/models", "/v1/status", "/healthz", "/readyz", "/metrics", *DASHBOARD_PATHS}
 )
@@ -90,6 +85,10 @@ class RouterLike(Protocol):
 
     async def status(self) -> list[ProviderStatus]:
         """Every agent's latest status."""
+        ...
+
+    def status_document(self) -> dict[str, Any]:
+        """The status document (``GET /v1/status``; the gateway's ``status`` message returns it too)."""
         ...
 
 
@@ -177,8 +176,10 @@ class FrontDoor:
             elif not status.reachable:
                 why = status.detail.get("error") or status.detail.get("kind") or "no answer"
                 reasons.append(f"{status.provider}: upstream unreachable ({why[:200]})")
-            elif status.breaker_state in _NOT_SERVING:
+            elif status.breaker_state in NOT_SERVING_BREAKER:
                 reasons.append(f"{status.provider}: circuit breaker {status.breaker_state}")
+            elif status.draining:
+                reasons.append(f"{status.provider}: draining (an operator took it out of rotation)")
             else:
                 serving.append(status.provider)
         if not serving and not reasons:
@@ -235,36 +236,8 @@ class FrontDoor:
 
     async def _status(self, request: Request) -> Response:
         self.guard.check(request.scope, "subscribe")
-        now = trio.current_time()
-        agents = [self._agent_status(s, now) for s in await self.router.status()]
-        return _json({"object": "list", "data": agents, "in_flight": self.router.in_flight})
-
-    def _agent_status(self, status: ProviderStatus, now: float) -> dict[str, Any]:
-        data: dict[str, Any] = converter.unstructure(status)
-        # The limiter's retry time is on this process's Trio clock: say it as seconds from now instead.
-        headroom = data["headroom"]
-        retry_at = headroom.pop("retry_at", None)
-        headroom["retry_after"] = None if retry_at is None else max(0.0, retry_at - now)
-        down = self.metrics.down.get(AGENT_CHILD_PREFIX + status.provider)
-        data["down"] = down
-        data["serving"] = (
-            down is None
-            and status.reachable
-            and status.breaker_state not in _NOT_SERVING
-            and not self.in_flight.closed
-        )
-        return _finite(data)
-
-
-def _finite(value: Any) -> Any:
-    """Replace non-finite floats (an idle latency summary may hold one) by None: JSON has no NaN."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
+        await self.router.status()  # waits (bounded) for every agent's first report
+        return _json(self.router.status_document())
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -3,7 +3,7 @@ one final result per request (docs/signals.md)."""
 
 from ._agent_view import AgentView
 from ._controls import CONTROL_SOURCE, OperatorControls, Reloader
-from ._report import AgentReport, ReloadReport, StatusReport
+from ._report import NOT_SERVING_BREAKER, AgentReport, HeadroomReport, ReloadReport, StatusReport
 from ._request import DISPATCH, SOURCE, attempt_subject
 from ._router import RouterAgent, is_final
 from ._state import AGENT_CHILD_PREFIX
@@ -27,12 +27,14 @@ __all__ = [
     "CONTROL_SOURCE",
     "DEFAULT_OUTPUT_TOKENS",
     "DISPATCH",
+    "NOT_SERVING_BREAKER",
     "SOURCE",
     "STRATEGIES",
     "AgentReport",
     "AgentView",
     "Candidate",
     "CheapestStrategy",
+    "HeadroomReport",
     "LeastBusyStrategy",
     "LowestLatencyStrategy",
     "OperatorControls",

@@ -137,6 +137,8 @@ class AgentView:
     #: Drained by an operator: no new attempts; those in flight finish (from the agent's control replies,
     #: and set by the router as it sends a drain).
     draining: bool = False
+    #: Why its supervisor marked it down (``crashed: ...``, ``gave_up: ...``), until it is started again.
+    down: str | None = None
     #: What the agent answered, counted from its terminals (see :meth:`metrics`).
     answered: int = 0
     succeeded: int = 0

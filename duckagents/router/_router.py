@@ -286,7 +286,8 @@ class RouterAgent(Actor):
 
     def status_report(self) -> StatusReport:
         """What the router knows about each agent now (no waiting): see :class:`StatusReport`."""
-        return StatusReport.of(self.views.values(), len(self._requests), self.state.closing)
+        now = trio.current_time()
+        return StatusReport.of(self.views.values(), len(self._requests), self.state.closing, now)
 
     def status_document(self) -> dict[str, Any]:
         """:meth:`status_report` as JSON: the one status document of a running server, returned by the

@@ -217,9 +217,12 @@ class RouterState:
         gone = None
         if event.event in _BACK_EVENTS:
             view.up = True
+            view.down = None
             self.on_agent_seen(view)
         elif event.event in _GONE_EVENTS:
             view.up = False
+            if event.event in ("crashed", "gave_up"):
+                view.down = f"{event.event}: {event.reason}"[:200] if event.reason else event.event
             stopped = event.event in ("shutdown", "killed") and self.closing
             kind = ErrorKind.SHUTDOWN if stopped else ErrorKind.AGENT_CRASHED
             reason = f": {event.reason}" if event.reason else ""

@@ -104,7 +104,7 @@ def text(result: subprocess.CompletedProcess[bytes]) -> str:
 
 
 async def agents(url: str) -> dict[str, dict[str, Any]]:
-    return {a["provider"]: a for a in (await fetch_status(url, token=READ))["agents"]}
+    return {a["provider"]: a for a in (await fetch_status(url, token=READ))["data"]}
 
 
 async def test_breaker_switches_from_the_command_line(tmp_path: Path) -> None:
@@ -120,7 +120,8 @@ async def test_breaker_switches_from_the_command_line(tmp_path: Path) -> None:
         assert (status["a"]["breaker_state"], status["b"]["breaker_state"]) == ("forced_open", "closed")
         answer = await ask(url, "who answers?", token=ADMIN, out=io.StringIO())
         assert answer.provider == "b"
-        assert (await agents(url))["b"]["requests"] == 1  # counted as it ended, no status interval
+        assert (await agents(url))["b"]["metrics"]["total_requests"] == 1  # as it ended, no status interval
+        assert not (await agents(url))["a"]["serving"]
 
         disabled = await cli("breaker", "disable", "a", "--url", url)
         assert disabled.returncode == 0 and "breaker disabled" in disabled.stdout.decode()

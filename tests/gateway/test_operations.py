@@ -58,7 +58,9 @@ async def test_status_is_the_routers_status_document(tmp_path: Path) -> None:
         ack = await client.call({"type": "status", "id": "s"})
         assert ack["type"] == "ack"
         assert ack["status"] == json.loads(json.dumps(tree.router.status_document()))
-        assert [(a["provider"], a["breaker_state"], a["requests"]) for a in ack["status"]["agents"]] == [
+        data = ack["status"]["data"]
+        rows = [(a["provider"], a["breaker_state"], a["metrics"]["total_requests"]) for a in data]
+        assert rows == [
             ("a", "closed", 1), ("b", "closed", 0)
         ]
     async with served(tmp_path) as (_, gw, _), connect(gw, token=SUBMIT) as client:
@@ -113,7 +115,7 @@ async def test_client_functions(tmp_path: Path) -> None:
         reply = await control(gw.url, "a", "breaker_disable", token=ADMIN)
         assert reply["breaker_state"] == "disabled"
         status = await fetch_status(gw.url, token=ADMIN)
-        assert status["agents"][0]["breaker_state"] == "disabled"
+        assert status["data"][0]["breaker_state"] == "disabled" and status["data"][0]["serving"]
         with pytest.raises(ControlError, match="unknown provider"):
             await control(gw.url, "nope", "drain", token=ADMIN)
         with pytest.raises(GatewayError, match="forbidden"):

@@ -3,6 +3,7 @@ metrics parsed by prometheus_client's own parser, auth and scopes, body limits, 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import attrs
@@ -520,3 +521,22 @@ async def test_a_tokens_chat_requests_spend_its_budget_and_a_typo_gets_the_close
     assert refused["type"] == "budget_exceeded" and "token:both" in refused["message"]
     assert mock.calls == 2 and (spend.account, spend.spent) == ("token:both", 0.004)
     assert typo.status_code == 404 and "(did you mean 'mock-1'?)" in typo.json()["error"]["message"]
+
+
+async def test_v1_status_is_the_routers_status_document_and_follows_operator_controls() -> None:
+    """One status document for both doors: GET /v1/status returns what the gateway's status message does
+    (router.status_document()), current to the last control and request."""
+    async with running_door(mock_config()) as (tree, _, client):
+        await client.post("/v1/chat/completions", json=chat_body("hi"))
+        await tree.router.controls.drain("mock", principal="test")
+        response = await client.get("/v1/status")
+        document = strict_json(response.content)
+        assert document == json.loads(json.dumps(tree.router.status_document()))
+        (agent,) = document["data"]
+        assert agent["draining"] and not agent["serving"] and agent["metrics"]["total_requests"] == 1
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503 and any("draining" in r for r in ready.json()["reasons"])
+        await tree.router.controls.disable_breaker("mock")
+        await tree.router.controls.resume("mock")
+        (agent,) = (await client.get("/v1/status")).json()["data"]
+        assert agent["breaker_state"] == "disabled" and agent["serving"]  # a breaker switched off serves

@@ -161,14 +161,18 @@ async def test_status_counts_each_request_as_it_ends(autojump_clock: object) -> 
         assert response.attempts[0].latency == pytest.approx(0.5)
         document = router.status_document()
         assert json.loads(json.dumps(document)) == document  # plain JSON
-        [doc_a, doc_b] = document["agents"]
-        fields = ("provider", "kind", "breaker_state", "draining", "requests", "failed")
+        assert document["object"] == "list" and document["in_flight"] == 0 and not document["closing"]
+        [doc_a, doc_b] = document["data"]
+        fields = ("provider", "kind", "breaker_state", "draining", "serving", "down")
         assert {k: doc_a[k] for k in fields} == {
-            "provider": "a", "kind": "mock", "breaker_state": "closed", "draining": False, "requests": 1,
-            "failed": 1,
+            "provider": "a", "kind": "mock", "breaker_state": "closed", "draining": False, "serving": True,
+            "down": None,
         }
-        assert doc_b["succeeded"] == 2 and doc_b["up"] and doc_b["health"] == pytest.approx(1.0)
-        assert set(doc_b["latency"]) == {"p50", "p95", "p99", "samples"}
+        assert (doc_a["metrics"]["total_requests"], doc_a["metrics"]["failed_requests"]) == (1, 1)
+        assert doc_b["metrics"]["successful_requests"] == 2 and doc_b["up"]
+        assert doc_b["health"] == pytest.approx(1.0) and doc_b["metrics"]["in_flight"] == 0
+        assert set(doc_b["metrics"]["latency"]) == {"p50", "p95", "p99", "samples"}
+        assert doc_b["headroom"] == {"requests": None, "tokens": None, "retry_after": None}
     finals = [s.data for s in rec.signals if is_final(s)]
     assert [len(f.attempts) for f in finals] == [2, 0]  # type: ignore[union-attr]
     assert all(s.source != DISPATCH or s.type != "control_reply" for s in rec.signals)
