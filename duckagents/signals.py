@@ -109,7 +109,8 @@ class ProviderErrorData:
     (:meth:`to_error`). ``ProviderFailure`` is its former name, kept as an alias.
 
     ``partial`` is true when some chunks were already delivered, so the request must not be retried.
-    ``latency`` is seconds from the agent receiving the attempt to the failure (None when unknown);
+    ``latency`` is seconds from the agent receiving the attempt to the failure (the router's measure from
+    the dispatch when it answered on the agent's behalf; None for the router's own failures);
     ``attempts`` lists every attempt of a final result that took several (empty otherwise).
     """
 

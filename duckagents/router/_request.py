@@ -172,8 +172,8 @@ class RoutedRequest:
         self.answered = trio.Event()
         #: When the latest attempt was sent (Trio clock).
         self.sent_at = 0.0
-        #: How each attempt ended, kept from the first failure on (a first answer needs no history); the
-        #: final result lists them when there was more than one (``attempts``).
+        #: How each attempt ended, kept from the second attempt on (a request answered at once allocates
+        #: nothing for it); the final result lists them when there was more than one (``attempts``).
         self.history: list[AttemptOutcome] | None = None
         #: ``result`` was made up by the router (agent crashed / hung) and must still be published.
         self.on_behalf_pending = False
@@ -531,6 +531,8 @@ class RoutedRequest:
 
     def _outstanding_on(self, view: AgentView, attempt: int) -> None:
         """Attempt ``attempt`` goes to ``view``'s agent: it now awaits its terminal and holds a slot."""
+        if self.result is not None and self.history is None:
+            self.history = [self._outcome(self.result)]  # the first attempt, ended: keep how
         self.attempt = attempt
         self.agent = view.name
         self.outstanding = True
@@ -551,11 +553,8 @@ class RoutedRequest:
         self.result = result
         self.on_behalf_pending = on_behalf
         self.answered.set()
-        history = self.history
-        if history is not None or isinstance(result, ProviderErrorData):
-            if history is None:
-                history = self.history = []
-            history.append(self._outcome(result))
+        if self.history is not None:
+            self.history.append(self._outcome(result))
         view = self._view
         if view is not None:
             view.active = max(0, view.active - 1)
@@ -626,12 +625,9 @@ class RoutedRequest:
     # --- outcomes ----------------------------------------------------------------------------------
 
     def _outcome(self, result: Final) -> AttemptOutcome:
-        """How the attempt just answered ended, for the history."""
-        latency = result.latency
-        if latency is None:  # a terminal the router made up: its own measure
-            latency = trio.current_time() - self.sent_at
+        """How the current attempt ended (``result``), for the history."""
         outcome = "response" if isinstance(result, ProviderResponse) else result.kind.value
-        return AttemptOutcome(self.attempt, self.agent or "-", result.model, outcome, latency)
+        return AttemptOutcome(self.attempt, self.agent or "-", result.model, outcome, result.latency)
 
     def _may_retry(self, failure: ProviderErrorData, now: float) -> bool:
         """Is another attempt allowed after ``failure``? Never once chunks were delivered (a stream is
@@ -661,8 +657,10 @@ class RoutedRequest:
         return self._router_failure(ErrorKind.INTERNAL, message)
 
     def _failure_on_behalf(self, kind: ErrorKind, message: str) -> ProviderErrorData:
-        """The terminal of the outstanding attempt, made up by the router on the agent's behalf."""
-        return self._failure(ProviderError(kind, message, retryable=kind in _RETRYABLE_ON_BEHALF))
+        """The terminal of the outstanding attempt, made up by the router on the agent's behalf (its latency
+        is the router's measure, from the dispatch)."""
+        error = ProviderError(kind, message, retryable=kind in _RETRYABLE_ON_BEHALF)
+        return self._failure(error, latency=trio.current_time() - self.sent_at)
 
     def _router_failure(
         self, kind: ErrorKind, message: str, *, retry_after: float | None = None
@@ -670,11 +668,11 @@ class RoutedRequest:
         """A final failure decided by the router itself (no provider, shutdown, cancelled...)."""
         return self._failure(ProviderError(kind, message, retry_after=retry_after))
 
-    def _failure(self, error: ProviderError) -> ProviderErrorData:
+    def _failure(self, error: ProviderError, latency: float | None = None) -> ProviderErrorData:
         return ProviderErrorData.from_error(
             self.request_id, error,
             provider=self.agent, model=self.model or self.request.model, attempt=self.attempt,
-            partial=self.chunks > 0,
+            partial=self.chunks > 0, latency=latency,
         )
 
     def _no_provider(self, reasons: Sequence[str]) -> str:
