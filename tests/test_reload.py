@@ -83,9 +83,8 @@ async def test_invalid_config_is_refused_whole_and_the_old_one_keeps_serving(
     cases = [
         "[[providers]]\nname = 'x'\nkind = 'nope'\n",  # unknown kind
         "[[providers]\nname = 'x'",  # not TOML
-        # a good new provider and one whose API key is missing: neither starts
-        provider("a") + provider("b") + '[[providers]]\nname = "k"\nkind = "openai"\n'
-        'api_key_env = "NOT_SET_ANYWHERE"\n',
+        # a good new provider and one with a misspelt key: neither starts
+        provider("a") + provider("b") + '[[providers]]\nname = "k"\nkind = "openai"\ndefualt_model = "x"\n',
     ]
     bus = SignalBus()
     rec = Recorder(bus)
@@ -106,7 +105,7 @@ async def test_invalid_config_is_refused_whole_and_the_old_one_keeps_serving(
                 assert tree.source == config
                 assert (await router.complete("still there")).provider == "a"
         bus.close()
-    assert "NOT_SET_ANYWHERE" in str(refused.value)
+    assert "defualt_model" in str(refused.value)
     announced = [s.data for s in rec.of("control_reply")]
     assert [(r.action, r.ok, r.principal) for r in announced] == [  # type: ignore[union-attr]
         (ControlAction.RELOAD, False, "token:OPS")

@@ -69,7 +69,7 @@ def agent_report(view: AgentView, now: float, closing: bool = False) -> AgentRep
     """The report of one agent's view at ``now`` (Trio clock)."""
     status = view.status
     config = view.config
-    models = (*((config.default_model,) if config.default_model else ()), *config.models)
+    models = (config.model, *config.models)
     headroom = HeadroomReport()
     if status is not None:
         retry_at = status.headroom.retry_at

@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 import trio
 
-from duckagents.gateway import ask, connect, fetch_status
+from duckagents.gateway import ask, connect, control, fetch_status
 from duckagents.testing import open_ollama_server
 
 CLI = [sys.executable, "-m", "duckagents"]
@@ -115,9 +115,15 @@ async def test_breaker_switches_from_the_command_line(tmp_path: Path) -> None:
         forced = await cli("breaker", "force-open", "a", "--url", url)
         assert forced.returncode == 0, text(forced)
         assert forced.stdout.decode().strip() == "a: breaker forced_open (by token:OPS_TOKEN)"
-        # What `status --url --json` shows: the gateway's status document of the running server.
+        # The gateway's status document of the running server, and `status --url --json` rendering it.
         status = await agents(url)
         assert (status["a"]["breaker_state"], status["b"]["breaker_state"]) == ("forced_open", "closed")
+        shown = await cli("status", "--url", url, "--json", token=READ)
+        assert shown.returncode == 0, text(shown)
+        rows = {row["provider"]: row for row in json.loads(shown.stdout)}
+        assert rows["a"]["breaker_state"] == "forced_open" and rows["a"]["state"] == "down"
+        checked = await cli("status", "--url", url, "--check", token=READ)
+        assert checked.returncode == 5  # a provider is down
         answer = await ask(url, "who answers?", token=ADMIN, out=io.StringIO())
         assert answer.provider == "b"
         assert (await agents(url))["b"]["metrics"]["total_requests"] == 1  # as it ended, no status interval
@@ -222,10 +228,9 @@ async def test_model_pull_goes_on_when_the_cli_leaves(tmp_path: Path) -> None:
                         if event.get("type") == "progress" and event["data"]["outcome"]:
                             break
                 assert event["data"]["outcome"] == "success" and event["data"]["task"] == "pull tinyduck:1b"
-            listed = await cli("models", "list", "--url", url)
-            assert listed.returncode == 0, text(listed)
-            rows = [line.split()[:2] for line in listed.stdout.decode().splitlines()]
-            assert ["gpu", "tinyduck:1b"] in rows
+            # The server's own list (the models_list control) has it now.
+            listed = await control(url, "gpu", "models_list", token=ADMIN)
+            assert "tinyduck:1b" in [m["name"] for m in listed["models"]]
             loaded = await cli("models", "load", "tinyduck:1b", "--url", url)
             assert loaded.returncode == 0 and "loaded tinyduck:1b" in loaded.stdout.decode(), text(loaded)
             assert "tinyduck:1b" in upstream.loaded_models()
@@ -249,13 +254,13 @@ async def test_reload_from_the_command_line_and_on_sighup(tmp_path: Path) -> Non
         assert reloaded.stdout.decode().strip() == "reloaded: added b"
         assert list(await agents(url)) == ["a", "b"]
 
-        keyless = '[[providers]]\nname = "k"\nkind = "openai"\napi_key_env = "NOT_SET_X"\n'
-        config.write_text(GATEWAY + mock("a") + keyless)
+        typo = '[[providers]]\nname = "k"\nkind = "mock"\nprioritty = 2\n'
+        config.write_text(GATEWAY + mock("a") + typo)
         at_start = await cli("--config", str(config), "ask", "hi")  # what the same file says at start
         refused = await cli("reload", "--url", url)
         assert refused.returncode == 1
         assert at_start.stderr.decode().strip() in refused.stderr.decode()
-        assert "NOT_SET_X" in refused.stderr.decode() and "Traceback" not in refused.stderr.decode()
+        assert "prioritty" in refused.stderr.decode() and "Traceback" not in refused.stderr.decode()
         assert list(await agents(url)) == ["a", "b"]  # the running config keeps serving
         assert (await ask(url, "still?", token=ADMIN, out=io.StringIO())).content
 
