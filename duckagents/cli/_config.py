@@ -234,5 +234,5 @@ host = "127.0.0.1"
 port = 8765
 # [[gateway.tokens]]            # with tokens, every client must present one
 # env = "DUCKAGENTS_TOKEN"
-# scopes = ["subscribe", "request"]
+# scopes = ["subscribe", "request"]   # add "admin" for breaker, drain, models and reload
 """

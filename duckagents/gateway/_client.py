@@ -118,7 +118,7 @@ def _public(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
-def _why_unreachable(exc: BaseException, url: str, timeout: float = CONNECT_TIMEOUT) -> str:
+def _why_unreachable(exc: BaseException, url: str, timeout: float | None = None) -> str:
     """Why a connection attempt failed, from the exception and what caused it: DNS, refused, timeout."""
     parts = urllib.parse.urlsplit(url)
     where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'wss' else 80)}"
@@ -140,7 +140,8 @@ def _why_unreachable(exc: BaseException, url: str, timeout: float = CONNECT_TIME
             )
     for cause in seen:
         if isinstance(cause, trio.TooSlowError | trio_websocket.ConnectionTimeout):
-            return f"timed out after {timeout:g} s: {where} did not complete a WebSocket handshake"
+            seconds = CONNECT_TIMEOUT if timeout is None else timeout
+            return f"timed out after {seconds:g} s: {where} did not complete a WebSocket handshake"
     for cause in seen:
         if isinstance(cause, OSError):
             return f"{where}: {cause.strerror or cause}"
@@ -149,7 +150,7 @@ def _why_unreachable(exc: BaseException, url: str, timeout: float = CONNECT_TIME
 
 @asynccontextmanager
 async def connect(
-    url: str, token: str | Secret | None = None, *, connect_timeout: float = CONNECT_TIMEOUT
+    url: str, token: str | Secret | None = None, *, connect_timeout: float | None = None
 ) -> AsyncIterator[WebSocketConnection]:
     """Open a WebSocket to the gateway at ``url``; refusals and network failures become
     :class:`~duckagents.errors.GatewayUnreachable` with a clear, token-free message saying why (HTTP 401,
@@ -159,6 +160,8 @@ async def connect(
     connected = False
     # trio-websocket's own connect_timeout does not end a handshake the server never answers (its
     # reader task keeps the connection's nursery open), so the handshake runs under this deadline.
+    if connect_timeout is None:
+        connect_timeout = CONNECT_TIMEOUT  # read now: tests shorten it
     handshake = trio.CancelScope(deadline=trio.current_time() + connect_timeout)
     try:
         with handshake:
