@@ -33,13 +33,15 @@ class BreakerNotice:
     state: BreakerState
     #: When it opened, in the receiver's clock (approximate: moved by the clocks' difference at receipt).
     opened_at: float | None
+    #: True in the operator state ``forced_open``.
     forced: bool
     #: When an open breaker admits a trial, in the receiver's clock; None when not open or forced.
     retry_at: float | None
 
 
 class SharedBreaker:
-    """Closed / open / half-open for a whole fleet; the async twin of ``CircuitBreaker``.
+    """Closed / open / half-open, and the operator states forced-open and disabled, for a whole fleet; the
+    async twin of ``CircuitBreaker`` (the same transitions, docs/resilience.md).
 
     Same call protocol (every admitted call ends with one ``record_success``, ``record_failure`` or
     ``release``), same ``now``/clock convention as :class:`SharedRateLimiter` (``server_clock``). The
@@ -121,21 +123,28 @@ class SharedBreaker:
         await self._run("success", now)
 
     async def record_failure(self, now: float, kind: ErrorKind | None = None) -> bool:
-        """An allowed call failed; returns False (no verdict) when ``kind`` does not trip the breaker."""
+        """An allowed call failed; returns False (no verdict) when ``kind`` does not trip the breaker or
+        the breaker is disabled."""
         counted = kind is None or ErrorKind(kind) in self.config.tripping_kinds
-        await self._run("failure", now, "1" if counted else "0")
-        return counted
+        verdict, _, _ = await self._run("failure", now, "1" if counted else "0")
+        return verdict
 
     async def release(self, now: float) -> None:
         """An allowed call ended with no verdict (cancelled): frees its slot, changes no state."""
         await self._run("release", now)
 
     async def force_open(self, now: float) -> None:
-        """Open the breaker for the whole fleet and hold it open until :meth:`reset`."""
+        """Hold the breaker open for the whole fleet (``forced_open``) until :meth:`reset` or
+        :meth:`disable`."""
         await self._run("force_open", now)
 
+    async def disable(self, now: float) -> None:
+        """Switch the breaker off for the whole fleet (``disabled``: admits all, never trips) until
+        :meth:`reset` or :meth:`force_open`."""
+        await self._run("disable", now)
+
     async def reset(self, now: float) -> None:
-        """Close the breaker for the whole fleet and forget the failure count."""
+        """Close the breaker for the whole fleet and forget the failure count (ends forced/disabled)."""
         await self._run("reset", now)
 
     # --- internals -------------------------------------------------------------------------------
@@ -156,12 +165,11 @@ class SharedBreaker:
                 consecutive_failures=int(reply[2]),
                 opened_at=None if opened is None else self._caller_time(opened, script_now, now),
                 trials_in_flight=int(reply[4]),
-                forced=reply[5] == "1",
             )
         except (ValueError, IndexError) as exc:
             raise self.fleet.unavailable(f"{what}: unexpected script reply {reply!r}: {exc}") from None
         retry_at = None
-        if state is BreakerState.OPEN and not snapshot.forced and opened is not None:
+        if state is BreakerState.OPEN and opened is not None:
             # Computed in the script's clock, then moved: with server_clock=False this is exactly the
             # Python machine's opened_at + open_timeout.
             retry_at = self._caller_time(opened + self.config.open_timeout, script_now, now)
@@ -189,10 +197,10 @@ class SharedBreaker:
         now = trio.current_time()
         opened_at = None if opened is None else self._caller_time(opened, script_now, now)
         retry_at = None
-        if state is BreakerState.OPEN and not forced and opened is not None:
+        if state is BreakerState.OPEN and opened is not None:
             retry_at = self._caller_time(opened + self.config.open_timeout, script_now, now)
         notice = BreakerNotice(self.provider, instance, state, opened_at, forced, retry_at)
-        self.latest = BreakerSnapshot(state, failures, opened_at, trials, forced)
+        self.latest = BreakerSnapshot(state, failures, opened_at, trials)
         for listener in list(self._listeners):
             try:
                 listener(notice)

@@ -1,17 +1,22 @@
 -- duckagents fleet circuit breaker: the transitions of duckagents.resilience.CircuitBreaker, step for step,
 -- shared by every replica (tests/fleet/test_breaker_equivalence.py checks it against the Python class).
 --
--- KEYS[1]  the breaker's hash: st = state (closed | open | half_open; absent = closed), f = consecutive
---          failures, oa = opened_at (absent = None), fo = "1" when forced open, tr = trials in flight,
+-- KEYS[1]  the breaker's hash: st = state (closed | open | half_open | forced_open | disabled; absent =
+--          closed), f = consecutive failures, oa = opened_at (absent = None), tr = trials in flight,
 --          ot = other calls in flight, ta = when the latest trial slot was taken (for the lease).
--- ARGV[1]  op: allow | success | failure | release | force_open | reset | snapshot
+-- ARGV[1]  op: allow | success | failure | release | force_open | disable | reset | snapshot
 -- ARGV[2]  now in seconds, or "" to use the server's TIME (production)
 -- ARGV[3]  failure_threshold, ARGV[4] open_timeout, ARGV[5] half_open_trials
 -- ARGV[6]  trial lease in seconds, "" = none (see below)
 -- ARGV[7]  notice channel, "" = publish nothing;  ARGV[8] provider, ARGV[9] instance (for the notice)
 -- ARGV[10] for failure: "1" when the failure's kind counts (the caller knows the tripping kinds)
 --
--- Reply: { result "1"/"0", state, failures, opened_at, trials, forced "1"/"0", now } as strings.
+-- Reply: { result "1"/"0", state, failures, opened_at, trials, forced "1"/"0", now } as strings
+-- (forced: the state is forced_open).
+--
+-- forced_open and disabled are the operator states (resilience4j's): forced_open refuses every call and
+-- never moves by itself, disabled admits every call and counts nothing; only force_open, disable and
+-- reset leave them.
 --
 -- The lease is the one addition to the Python machine, off when ARGV[6] is "": a replica that dies (or
 -- times out) while holding a half-open trial slot would hold it forever, and the whole fleet would stay
@@ -38,15 +43,14 @@ local function fmt(x)
   return string.format('%.17g', x)
 end
 
-local h = redis.call('HMGET', key, 'st', 'f', 'oa', 'fo', 'tr', 'ot', 'ta')
+local h = redis.call('HMGET', key, 'st', 'f', 'oa', 'tr', 'ot', 'ta')
 local state = h[1] or 'closed'
 local failures = tonumber(h[2] or '0')
 local opened_at = h[3] and tonumber(h[3]) or nil
-local forced = h[4] == '1'
-local trials = tonumber(h[5] or '0')
-local others = tonumber(h[6] or '0')
-local trial_at = h[7] and tonumber(h[7]) or nil
-local before = { state, opened_at, forced }
+local trials = tonumber(h[4] or '0')
+local others = tonumber(h[5] or '0')
+local trial_at = h[6] and tonumber(h[6]) or nil
+local before = { state, opened_at }
 
 local function retire_trials()
   others = others + trials
@@ -54,7 +58,7 @@ local function retire_trials()
 end
 
 local function advance()
-  if state == 'open' and not forced and opened_at ~= nil and now >= opened_at + open_timeout then
+  if state == 'open' and opened_at ~= nil and now >= opened_at + open_timeout then
     state = 'half_open'
     retire_trials()
   end
@@ -66,7 +70,6 @@ end
 local function open()
   state = 'open'
   opened_at = now
-  forced = false
   retire_trials()
 end
 
@@ -74,7 +77,6 @@ local function close()
   state = 'closed'
   failures = 0
   opened_at = nil
-  forced = false
   retire_trials()
 end
 
@@ -89,7 +91,7 @@ end
 local result = true
 if op == 'allow' then
   advance()
-  if state == 'closed' then
+  if state == 'closed' or state == 'disabled' then
     others = others + 1
   elseif state == 'half_open' and trials < half_open_trials then
     trials = trials + 1
@@ -108,7 +110,7 @@ elseif op == 'success' then
 elseif op == 'failure' then
   advance()
   end_call()
-  if ARGV[10] ~= '1' then
+  if state == 'disabled' or ARGV[10] ~= '1' then
     result = false
   elseif state == 'closed' then
     failures = failures + 1
@@ -122,7 +124,10 @@ elseif op == 'release' then
   end_call()
 elseif op == 'force_open' then
   open()
-  forced = true
+  state = 'forced_open'
+elseif op == 'disable' then
+  close()
+  state = 'disabled'
 elseif op == 'reset' then
   close()
 elseif op == 'snapshot' then
@@ -143,10 +148,6 @@ if not (state == 'closed' and failures == 0 and trials == 0 and others == 0) the
     table.insert(fields, 'oa')
     table.insert(fields, fmt(opened_at))
   end
-  if forced then
-    table.insert(fields, 'fo')
-    table.insert(fields, '1')
-  end
   if trial_at ~= nil and state == 'half_open' then
     table.insert(fields, 'ta')
     table.insert(fields, fmt(trial_at))
@@ -154,8 +155,9 @@ if not (state == 'closed' and failures == 0 and trials == 0 and others == 0) the
   redis.call('HSET', key, unpack(fields))
 end
 
-if ARGV[7] ~= '' and (state ~= before[1] or opened_at ~= before[2] or forced ~= before[3]) then
-  -- A notice per change of state, opening time or forcing; the shared hash stays the truth.
+local forced = state == 'forced_open'
+if ARGV[7] ~= '' and (state ~= before[1] or opened_at ~= before[2]) then
+  -- A notice per change of state or opening time; the shared hash stays the truth.
   redis.call('PUBLISH', ARGV[7], cjson.encode({
     provider = ARGV[8], instance = ARGV[9], state = state, opened_at = fmt(opened_at),
     forced = forced, failures = failures, trials = trials, now = fmt(now),

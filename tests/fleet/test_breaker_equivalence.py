@@ -1,7 +1,7 @@
 """The Lua circuit breaker makes exactly the Python CircuitBreaker's decisions, fleet-wide.
 
-Hypothesis generates call sequences (allow, success, failure of any kind, release, force_open, reset,
-time steps) run against ``resilience.CircuitBreaker`` and against ``breaker.lua`` in a real
+Hypothesis generates call sequences (allow, success, failure of any kind, release, force_open, disable,
+reset, time steps) run against ``resilience.CircuitBreaker`` and against ``breaker.lua`` in a real
 redis-server, through two replicas taking turns on one shared breaker. Every answer, the snapshot and
 ``retry_at`` after every step must be identical.
 """
@@ -57,7 +57,7 @@ long_call = st.tuples(st.just("start"), replica)
 long_call_end = st.tuples(st.just("end"), replica, outcome)
 # The operator switches are rare: a forced breaker never goes half-open, so frequent forcing would hide
 # that part of the machine.
-switches = st.tuples(st.sampled_from(["force_open", "reset"]), replica)
+switches = st.tuples(st.sampled_from(["force_open", "disable", "reset"]), replica)
 operation = st.one_of(
     advance, advance, short_call, short_call, short_call, long_call, long_call_end, long_call_end, switches
 )
@@ -115,6 +115,9 @@ async def run_both(
                 elif name == "force_open":
                     python.force_open(now)
                     await shared.force_open(now)
+                elif name == "disable":
+                    python.disable(now)
+                    await shared.disable(now)
                 elif name == "reset":
                     python.reset(now)
                     await shared.reset(now)

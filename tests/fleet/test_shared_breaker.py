@@ -116,7 +116,7 @@ async def test_a_malformed_notice_is_ignored(redis_server: RedisServer) -> None:
                 await a.client.publish(a.keys.notices, junk)
             await breaker.force_open(trio.current_time())  # a real notice after the junk
             await arrived.wait()
-            assert [n.state for n in heard] == [BreakerState.OPEN] and heard[0].forced
+            assert [n.state for n in heard] == [BreakerState.FORCED_OPEN] and heard[0].forced
 
 
 async def test_a_trial_lease_frees_slots_of_a_replica_that_vanished(redis_server: RedisServer) -> None:
