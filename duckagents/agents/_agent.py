@@ -536,6 +536,10 @@ class ProviderAgent(Actor):
                 raise ProviderError(ErrorKind.INVALID_REQUEST, f"{action.value} {kind}")
         except ProviderError as exc:
             reply = self._control_reply(control, False, self.redact(f"{exc.kind.value}: {exc.message}"))
+        except Exception as exc:  # a bug met by this control: it fails alone, the agent serves on
+            what = f"agent {self.agent_id}: control {control.action.value} ({control.request_id})"
+            description = self.faults.request_failed(exc, what, self.provider.secrets)
+            reply = self._control_reply(control, False, f"internal error: {description}")
         else:
             reply = self._control_reply(control, True, message, models=models, detail=detail)
         await self._publish_reply(reply)
