@@ -190,8 +190,9 @@ class LiveState:
         return found
 
     def apply_status_document(self, document: Mapping[str, Any], now: float) -> None:
-        """The gateway's ``status`` answer (one object per agent) as a snapshot."""
-        entries = document.get("agents")
+        """The gateway's ``status`` answer, the status document (``data``: one object per agent, its counts
+        under ``metrics``; docs/gateway.md), as a snapshot. An older flat form (``agents``) is read too."""
+        entries = document.get("data", document.get("agents"))
         for entry in entries if isinstance(entries, list) else ():
             if not isinstance(entry, Mapping) or not isinstance(entry.get("provider"), str):
                 continue
@@ -211,15 +212,25 @@ class LiveState:
                 agent.reachable = bool(entry.get("reachable"))
             agent.draining = bool(entry.get("draining"))
             self._breaker(agent, entry.get("breaker_state"), detail.get("breaker_retry_in"), now)
-            latency = entry.get("latency")
+            metrics = entry.get("metrics") if isinstance(entry.get("metrics"), Mapping) else {}
+            assert isinstance(metrics, Mapping)
+            latency = metrics.get("latency", entry.get("latency"))
             if isinstance(latency, Mapping) and latency.get("samples"):
                 agent.status_p50, agent.status_p95 = _number(latency.get("p50")), _number(latency.get("p95"))
-            if isinstance(entry.get("in_flight"), int):
-                agent.active_reported = entry["in_flight"]
-            if isinstance(entry.get("requests"), int):
-                agent.requests = entry["requests"]
-            if _number(entry.get("spend")) is not None:
-                agent.spend_base, agent.spend_live = _number(entry.get("spend")), 0.0
+            in_flight = metrics.get("in_flight", entry.get("in_flight"))
+            if isinstance(in_flight, int) and not isinstance(in_flight, bool):
+                agent.active_reported = in_flight
+            requests = metrics.get("total_requests", entry.get("requests"))
+            if isinstance(requests, int) and not isinstance(requests, bool):
+                agent.requests = requests
+            spend = _number(metrics.get("cost", entry.get("spend")))
+            if spend is not None:
+                agent.spend_base, agent.spend_live = spend, 0.0
+            headroom = entry.get("headroom")
+            if isinstance(headroom, Mapping):
+                agent.headroom_requests = _number(headroom.get("requests"))
+                agent.headroom_tokens = _number(headroom.get("tokens"))
+                agent.refusing = headroom.get("retry_after") is not None
             if isinstance(entry.get("restarts"), int):
                 agent.restarts = max(agent.restarts, entry["restarts"])
             self._from_detail(agent, detail)

@@ -159,10 +159,12 @@ def test_spend_is_the_last_status_total_plus_the_answers_since() -> None:
 def test_the_status_document_is_a_snapshot_and_fleet_replicas_are_kept_apart() -> None:
     state = LiveState()
     document = {
-        "agents": [
+        "object": "list",
+        "data": [
             {"provider": "alpha", "kind": "openai", "up": True, "health": 0.5, "breaker_state": "disabled",
-             "draining": True, "in_flight": 4, "requests": 10, "models": ["gpt-x"],
-             "latency": {"p50": 0.1, "p95": 0.3, "samples": 5}, "detail": {"agent_id": "alpha#1"}},
+             "draining": True, "models": ["gpt-x"], "detail": {"agent_id": "alpha#1"},
+             "metrics": {"in_flight": 4, "total_requests": 10, "cost": 0.25,
+                         "latency": {"p50": 0.1, "p95": 0.3, "samples": 5}}},
             {"provider": "alpha", "instance": "eu-2", "up": False, "breaker_state": "open"},
             {"not": "an agent"},
         ],
@@ -172,6 +174,7 @@ def test_the_status_document_is_a_snapshot_and_fleet_replicas_are_kept_apart() -
     assert set(state.agents) == {"alpha", "eu-2/alpha"}
     alpha = state.agents["alpha"]
     assert (alpha.breaker, alpha.draining, alpha.in_flight(T0), alpha.model) == ("disabled", True, 4, "gpt-x")
+    assert (alpha.requests, alpha.spend) == (10, 0.25)
     assert state.agents["eu-2/alpha"].up is False and set(state.replicas) == {"eu-2"}
     degraded = {
         "type": "fleet_degraded",

@@ -218,7 +218,10 @@
 
   function applyStatusDocument(doc) {
     const now = Date.now();
-    for (const entry of doc.agents || []) {
+    // The status document: one object per agent in `data`, its counts under `metrics` (an older flat
+    // form, `agents`, is read too).
+    for (const entry of doc.data || doc.agents || []) {
+      const metrics = entry.metrics || {};
       const instance = entry.instance || entry.replica || null;
       if (instance) touchReplica(instance, now);
       const agent = agentOf(entry.provider, instance);
@@ -230,10 +233,20 @@
       if (entry.reachable != null) agent.reachable = entry.reachable;
       agent.draining = !!entry.draining;
       setBreaker(agent, entry.breaker_state, detail.breaker_retry_in, now);
-      if (entry.latency && entry.latency.samples) agent.statusLatency = entry.latency;
-      if (typeof entry.in_flight === "number") agent.activeReported = entry.in_flight;
-      if (typeof entry.requests === "number") agent.requests = entry.requests;
-      if (typeof entry.spend === "number") { agent.spendBase = entry.spend; agent.spendLive = 0; }
+      const latency = metrics.latency || entry.latency;
+      if (latency && latency.samples) agent.statusLatency = latency;
+      const inFlight = metrics.in_flight != null ? metrics.in_flight : entry.in_flight;
+      if (typeof inFlight === "number") agent.activeReported = inFlight;
+      const requests = metrics.total_requests != null ? metrics.total_requests : entry.requests;
+      if (typeof requests === "number") agent.requests = requests;
+      const spend = metrics.cost != null ? metrics.cost : entry.spend;
+      if (typeof spend === "number") { agent.spendBase = spend; agent.spendLive = 0; }
+      if (entry.headroom) {
+        if (!agent.headroom) agent.headroom = {requests: null, tokens: null, refusing: false};
+        agent.headroom.requests = entry.headroom.requests;
+        agent.headroom.tokens = entry.headroom.tokens;
+        agent.headroom.refusing = entry.headroom.retry_after != null;
+      }
       if (typeof entry.restarts === "number") agent.restarts = Math.max(agent.restarts, entry.restarts);
       restartsFromId(agent, detail.agent_id);
       limitsFromDetail(agent, detail);
