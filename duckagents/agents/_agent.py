@@ -425,7 +425,7 @@ class ProviderAgent(Actor):
         elif isinstance(data, TokenEstimate):
             self._spawn(self._reply_tokens, data)
         elif isinstance(data, ProviderErrorData) and signal.source != self.source:
-            self._answered_elsewhere(data)
+            self._answered_elsewhere(data, signal.subject)
         elif isinstance(data, ProviderControl):
             self._take_control(data)
         return None
@@ -451,12 +451,15 @@ class ProviderAgent(Actor):
         active[key] = accepted
         return accepted
 
-    def _answered_elsewhere(self, failure: ProviderErrorData) -> None:
-        """Someone (the router) published the terminal of one of our requests: stop it, stay silent."""
+    def _answered_elsewhere(self, failure: ProviderErrorData, subject: str | None) -> None:
+        """Someone (the router) published the terminal of one of our requests: stop it, stay silent.
+        The router took the attempt's claim to do so; taking it too settles it. (For a request not
+        started yet the claim stays, and refuses our terminal when the request has run.)"""
         active = self.active_requests.get((failure.request_id, failure.attempt))
         if active is not None:
             active.answered = True
             active.scope.cancel()
+            self.bus.claims.take(subject)
 
     async def _serve_broadcasts(self, broadcast: Subscription) -> None:
         """Answer the feature checks and token estimates addressed to every agent."""
@@ -843,14 +846,16 @@ class ProviderAgent(Actor):
         a stalled subscriber cannot hold a shutdown forever (the router then answers on the agent's
         behalf): ``within`` seconds, default ``publish_timeout``. Usually nobody's buffer is full and it goes
         out at once, with no cancel scope and no scheduler turn.
+
+        Not published at all when the router already took the claim on it (it answered on the agent's
+        behalf: see :class:`~duckagents.bus.TerminalClaims`); the claim is taken in the same step as the
+        publish, with nothing in between that could yield.
         """
-        signal = Signal(
-            payload.TYPE,
-            self.source,
-            payload,
-            subject=subject if subject is not None else getattr(payload, "request_id", None),
-            provider=getattr(payload, "provider", None),
-        )
+        subject = subject if subject is not None else getattr(payload, "request_id", None)
+        if not self.bus.claims.take(subject):
+            return
+        provider = getattr(payload, "provider", None)
+        signal = Signal(payload.TYPE, self.source, payload, subject=subject, provider=provider)
         await self.bus.deliver(signal, shielded_for=self.publish_timeout if within is None else within)
 
     async def _reply_features(self, check: FeatureCheck) -> None:

@@ -2,6 +2,15 @@
 bounded Trio memory channels (see :class:`SignalBus`)."""
 
 from ._bus import BusStats, Overflow, SignalBus, Subscription, TerminalWaiter
+from ._claims import TerminalClaims
 from ._filter import SignalFilter
 
-__all__ = ["BusStats", "Overflow", "SignalBus", "SignalFilter", "Subscription", "TerminalWaiter"]
+__all__ = [
+    "BusStats",
+    "Overflow",
+    "SignalBus",
+    "SignalFilter",
+    "Subscription",
+    "TerminalClaims",
+    "TerminalWaiter",
+]

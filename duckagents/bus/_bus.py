@@ -32,6 +32,7 @@ import trio
 
 from ..errors import BusClosed, ErrorKind, ProviderError
 from ..signals import TERMINAL_TYPES, Signal
+from ._claims import TerminalClaims
 from ._filter import SignalFilter
 
 __all__ = ["BusStats", "Overflow", "SignalBus", "Subscription", "TerminalWaiter"]
@@ -242,6 +243,8 @@ class SignalBus:
         self._published = 0
         self._delivered = 0
         self._dropped = 0
+        #: Who publishes each attempt's one terminal, its agent or the router on its behalf.
+        self.claims = TerminalClaims()
 
     @property
     def closed(self) -> bool:

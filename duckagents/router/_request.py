@@ -116,8 +116,8 @@ class RoutedRequest:
     """
 
     __slots__ = (
-        "_view", "agent", "answered", "attempt", "choice_trigger", "chunks", "chunks_out", "context",
-        "crashes", "deadline", "dispatch_mark", "done", "excluded", "final", "history", "hold",
+        "_view", "agent", "answered", "attempt", "choice_trigger", "chunks", "chunks_out", "claimed",
+        "context", "crashes", "deadline", "dispatch_mark", "done", "excluded", "final", "history", "hold",
         "hold_attempt", "hop_tried", "inline", "intake_sent", "model", "models", "needs", "no_fallback",
         "on_behalf_pending", "outstanding", "pull_hint", "request", "result", "scope", "sent_at",
         "stop_kind", "stop_message", "tried",
@@ -177,6 +177,8 @@ class RoutedRequest:
         self.history: list[AttemptOutcome] | None = None
         #: ``result`` was made up by the router (agent crashed / hung) and must still be published.
         self.on_behalf_pending = False
+        #: The router took the claim on the outstanding attempt's terminal (it answers for the agent).
+        self.claimed = False
         #: Position in the router's inbox when the attempt went on the bus (see
         #: :attr:`RouterState.position`): a crash reported at a later position may have hit the attempt.
         self.dispatch_mark: float = math.inf
@@ -249,6 +251,8 @@ class RoutedRequest:
         attempt's; anything else is late (its attempt was already answered) and is ignored."""
         if self.outstanding and payload.attempt == self.attempt and payload.provider == self.agent:
             self._answer(payload, on_behalf=False)
+            # The agent took the claim to publish it, and will not try again.
+            self.context.bus.claims.forget(attempt_subject(self.request_id, self.attempt))
 
     def agent_gone(self, gone: AgentGone) -> None:
         """``gone.agent`` went down: the outstanding attempt ends if it may have been lost with it."""
@@ -514,15 +518,27 @@ class RoutedRequest:
             r.principal,
         )
         self._outstanding_on(view, attempt)
+        subject = attempt_subject(r.request_id, attempt)
+        claims = context.bus.claims
+        claims.open(subject)
         # Taken right before the publish, which delivers before it can yield: a crash the router handles
         # later than this position happened after the attempt went out.
         self.dispatch_mark = context.inbox_position()
-        await self._publish(request, DISPATCH, attempt_subject(r.request_id, attempt))
+        await self._publish(request, DISPATCH, subject)
         with trio.move_on_at(deadline + context.terminal_grace):
             await self.answered.wait()
-        if self.outstanding:  # the agent neither answered nor crashed: it hangs
+        if self.outstanding and not claims.take(subject):
+            # The agent took the claim first: its terminal is on its way (a busy machine delivered it
+            # late, or it is still being handled). Wait for it, bounded, rather than answer twice.
+            with trio.move_on_after(context.publish_timeout):
+                await self.answered.wait()
+            if self.outstanding:
+                message = f"provider agent {agent}'s answer did not reach the router"
+                self._answer(self._failure_on_behalf(ErrorKind.TIMEOUT, message), on_behalf=False)
+        if self.outstanding:  # the agent neither answered nor crashed: it hangs (the claim is ours)
             message = f"provider agent {agent} gave no answer by the deadline"
             self._answer(self._failure_on_behalf(ErrorKind.TIMEOUT, message), on_behalf=True)
+            self.claimed = True
         await self._publish_on_behalf()
         assert self.result is not None
         if self.hold is not None:
@@ -539,6 +555,7 @@ class RoutedRequest:
         self.dispatch_mark = math.inf
         self.result = None
         self.on_behalf_pending = False
+        self.claimed = False
         if self.answered.is_set():
             self.answered = trio.Event()
         self.tried.append(view.name)
@@ -616,11 +633,14 @@ class RoutedRequest:
         await context.bus.deliver(signal, shielded_for=context.publish_timeout if shielded else None)
 
     async def _publish_on_behalf(self, *, shielded: bool = False) -> None:
-        """Publish the outstanding attempt's terminal the router made up, if it has not gone out yet."""
+        """Publish the outstanding attempt's terminal the router made up, if it has not gone out yet and
+        the agent did not take the claim to publish its own (see :class:`~duckagents.bus.TerminalClaims`)."""
         if self.on_behalf_pending and self.result is not None:
             self.on_behalf_pending = False
             subject = attempt_subject(self.request_id, self.attempt)
-            await self._publish(self.result, DISPATCH, subject, shielded=shielded)
+            claimed, self.claimed = self.claimed, False
+            if claimed or self.context.bus.claims.take(subject):
+                await self._publish(self.result, DISPATCH, subject, shielded=shielded)
 
     # --- outcomes ----------------------------------------------------------------------------------
 

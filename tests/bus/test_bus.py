@@ -8,7 +8,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from duckagents.bus import Overflow, SignalBus, SignalFilter, Subscription
+from duckagents.bus import Overflow, SignalBus, SignalFilter, Subscription, TerminalClaims
 from duckagents.errors import BusClosed, ErrorKind, ProviderError
 from duckagents.signals import (
     ProviderChunk,
@@ -554,6 +554,7 @@ def test_every_public_name_is_importable_from_duckagents_bus() -> None:
         "SignalBus",
         "SignalFilter",
         "Subscription",
+        "TerminalClaims",
         "TerminalWaiter",
     ]
     for name in bus_module.__all__:
@@ -565,3 +566,18 @@ def test_every_public_name_is_importable_from_duckagents_bus() -> None:
         assert isinstance(waiter, bus_module.TerminalWaiter)
         assert sub.overflow is Overflow.BLOCK
     assert isinstance(bus.stats(), bus_module.BusStats)
+
+
+def test_terminal_claims_let_exactly_one_party_publish_and_stay_bounded() -> None:
+    claims = TerminalClaims(capacity=2)
+    assert claims.take("nobody-coordinates") and claims.take(None)  # not opened: nothing to decide
+    claims.open("r#1")
+    assert claims.take("r#1")  # the first taker publishes...
+    assert not claims.take("r#1")  # ...the second stays silent, and the claim is settled
+    assert len(claims) == 0
+    claims.open("r#2")
+    claims.forget("r#2")  # the router saw the agent's terminal: done with it
+    assert len(claims) == 0
+    for subject in ("a#1", "b#1", "c#1"):
+        claims.open(subject)
+    assert len(claims) == 2 and claims.forgotten == 1  # bounded: the oldest goes first

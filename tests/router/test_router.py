@@ -30,7 +30,7 @@ from duckagents.router import (
     is_final,
     make_strategy,
 )
-from duckagents.signals import ProviderErrorData, ProviderRequest, ProviderResponse
+from duckagents.signals import ProviderErrorData, ProviderRequest, ProviderResponse, Signal
 from tests.helpers import Recorder, assert_one_terminal_per_request, mock_config, running_tree
 
 TOOLS = (ToolSpec("lookup"),)
@@ -672,3 +672,50 @@ async def test_a_cancelled_or_failed_attempt_releases_its_budget_hold(autojump_c
         [spend] = await tree.router.spend()
         assert answer.usage.cost is not None and spend.spent == pytest.approx(answer.usage.cost)
         assert spend.held == 0.0
+
+
+async def test_an_answer_the_router_has_not_handled_yet_is_not_answered_again(autojump_clock: object) -> None:
+    # A starved router: the agent's terminal is on the bus (handed to the router's signal loop) well
+    # before the deadline, but the loop only gets to it after the grace, when the request has stopped
+    # waiting. The router must not make up a second terminal for the attempt: the agent took the claim.
+    never_trips = BreakerConfig(failure_threshold=1000)
+    mocks = {"a": MockProvider()}
+    async with running_tree(mock_config("a", breaker=never_trips), mocks=mocks) as (tree, rec):
+        router = tree.router
+        handle = router._handle
+        late: list[Signal] = []
+
+        def starved_handle(signal: Signal) -> None:
+            if signal.type in ("provider_response", "provider_error") and signal.source != DISPATCH:
+                late.append(signal)  # the loop will get to it later
+            else:
+                handle(signal)
+
+        router._handle = starved_handle  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+
+            async def catch_up_late() -> None:
+                await trio.sleep(5 + router.terminal_grace + 0.5)
+                router._handle = handle  # type: ignore[method-assign]
+                for signal in late:
+                    handle(signal)
+
+            nursery.start_soon(catch_up_late)
+            response = await router.complete("hi", request_id="starved", timeout=5)
+        assert response.provider == "a" and response.content  # the agent's answer, not a made-up timeout
+        assert len(rec.terminals("starved#1")) == 1
+        assert len(router.bus.claims) == 0  # both parties are done with the claim
+    assert_one_terminal_per_request(rec)
+
+
+async def test_a_hung_agent_settles_the_claim_the_router_took_for_it(autojump_clock: object) -> None:
+    mocks = {"a": MockProvider()}
+    mocks["a"].hang_next(duration=500.0)
+    async with running_tree(mock_config("a", timeout=10.0), mocks=mocks) as (tree, rec):
+        response = await tree.router.complete("hi", request_id="hung", timeout=100)
+        assert response.attempt == 2
+        await trio.sleep(600)
+        # The router answered on the agent's behalf (taking the claim); the agent, told so, settled it.
+        assert len(rec.terminals("hung#1")) == 1 and rec.terminals("hung#1")[0].source == DISPATCH
+        assert len(tree.router.bus.claims) == 0
+    assert_one_terminal_per_request(rec)
