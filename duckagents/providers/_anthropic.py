@@ -8,30 +8,29 @@ headers :mod:`._anthropic_errors`.
 from __future__ import annotations
 
 import functools
-import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, ClassVar
 
 import httpx
 
 from ..errors import ProviderError, Secret
 from ..messages import Features, Message
 from ..signals import ProviderRequest
+from . import _anthropic_errors
 from . import _anthropic_wire as wire
-from ._anthropic_errors import PROVIDER, make_error, rate_limit
+from ._anthropic_errors import PROVIDER
 from ._anthropic_models import features_for, model_family
 from ._anthropic_wire import MAX_IMAGE_BYTES, MEDIA_TYPES, image_problem
 from ._base import (
     Completion,
     HealthProbe,
     ModelInfo,
-    RateLimitInfo,
     StreamEvent,
     TokenCount,
     WireFormatError,
     heuristic_token_count,
 )
-from ._client import HTTPProvider
+from ._client import ErrorFormat, HTTPProvider
 from ._streams import SSEParser
 
 __all__ = [
@@ -64,6 +63,8 @@ class AnthropicProvider(HTTPProvider):
     setting both ``temperature`` and ``top_p`` for a model that refuses both sends ``temperature`` only
     (:class:`~._anthropic_models.AnthropicModelFamily`).
     """
+
+    errors: ClassVar[ErrorFormat] = _anthropic_errors
 
     name = PROVIDER
     #: Image media types the API accepts.
@@ -181,20 +182,4 @@ class AnthropicProvider(HTTPProvider):
 
     # --- errors ----------------------------------------------------------------------------------
 
-    def _error(
-        self,
-        status: int | None,
-        headers: Mapping[str, str],
-        body: Any,
-        model: str | None,
-        *,
-        request_id: str | None = None,
-        partial: bool = False,
-    ) -> ProviderError:
-        return make_error(
-            status, headers, body, provider=self.name, model=model, secrets=self.secrets,
-            now=time.time(), request_id=request_id, partial=partial,
-        )
 
-    def _rate_limit(self, headers: Mapping[str, str]) -> RateLimitInfo | None:
-        return rate_limit(headers, time.time())

@@ -16,9 +16,10 @@ A provider implements :meth:`HTTPProvider._error` and :meth:`HTTPProvider._rate_
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 import httpx
 import trio
@@ -28,7 +29,6 @@ from ._base import Completion, HealthProbe, InBandError, RateLimitInfo, WireForm
 from ._http import (
     decode_error_body,
     make_client,
-    parse_rate_limit,
     request_id_note,
     translate_transport_errors,
     with_notes,
@@ -74,14 +74,40 @@ class StreamDecoder(Protocol[T_co]):
         ...
 
 
+class ErrorFormat(Protocol):
+    """What an API's ``_<p>_errors`` module offers: its error replies and its rate-limit headers."""
+
+    def make_error(
+        self,
+        status: int | None,
+        headers: Mapping[str, str],
+        body: Any,
+        *,
+        provider: str,
+        model: str | None,
+        secrets: Iterable[Secret | str | None],
+        now: float,
+        request_id: str | None = None,
+        partial: bool = False,
+    ) -> ProviderError:
+        """The error of an error reply (``status``) or of one reported in band (``status`` None)."""
+        ...
+
+    def rate_limit(self, headers: Mapping[str, str], now: float) -> RateLimitInfo | None:
+        """What a reply's headers say about the limits, or None when they say nothing."""
+        ...
+
+
 class HTTPProvider:
     """Base of the providers that speak HTTP through one :class:`httpx.AsyncClient`.
 
     Holds the API key (sent as :meth:`_auth_headers`, never shown: see :attr:`secrets`), the client and
-    the async context manager. Subclasses set ``name`` and implement :meth:`_error`.
+    the async context manager. Subclasses set ``name`` and ``errors`` (their ``_<p>_errors`` module).
     """
 
     name: str
+    #: The API's error replies and rate-limit headers: its ``_<p>_errors`` module.
+    errors: ClassVar[ErrorFormat]
 
     def __init__(
         self,
@@ -136,12 +162,15 @@ class HTTPProvider:
         partial: bool = False,
     ) -> ProviderError:
         """The error of an error reply (``status``) or of an error reported in band (``status`` None);
-        ``body`` is parsed JSON or text, ``request_id`` ours. Implemented with ``_<p>_errors.make_error``."""
-        raise NotImplementedError
+        ``body`` is parsed JSON or text, ``request_id`` ours: the API's ``_<p>_errors.make_error``."""
+        return self.errors.make_error(
+            status, headers, body, provider=self.name, model=model, secrets=self.secrets,
+            now=time.time(), request_id=request_id, partial=partial,
+        )
 
     def _rate_limit(self, headers: Mapping[str, str]) -> RateLimitInfo | None:
-        """What a reply's headers say about the limits; the ``x-ratelimit-*`` family unless overridden."""
-        return parse_rate_limit(headers)
+        """What a reply's headers say about the limits: the API's ``_<p>_errors.rate_limit``."""
+        return self.errors.rate_limit(headers, time.time())
 
     def _http_error(
         self, response: httpx.Response, model: str | None, request_id: str | None = None

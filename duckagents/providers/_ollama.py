@@ -8,27 +8,25 @@ HTTP only, on :class:`~._client.HTTPProvider`: the model table is :mod:`._ollama
 from __future__ import annotations
 
 import functools
-import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, ClassVar
 
 import httpx
 
-from ..errors import ProviderError, Secret
+from ..errors import Secret
 from ..messages import Features, Message
 from ..signals import ProviderRequest
+from . import _ollama_errors
 from . import _ollama_wire as wire
 from ._base import (
     Completion,
     HealthProbe,
     ModelInfo,
-    RateLimitInfo,
     StreamEvent,
     TokenCount,
     heuristic_token_count,
 )
-from ._client import HTTPProvider
-from ._ollama_errors import make_error, rate_limit
+from ._client import ErrorFormat, HTTPProvider
 from ._ollama_models import OllamaModelDetails, canonical_model_name, features_for
 from ._streams import NDJSONParser
 
@@ -51,6 +49,8 @@ class OllamaProvider(HTTPProvider):
     ``keep_alive`` is sent with every chat (how long Ollama keeps the model loaded); ``num_ctx`` is sent
     as ``options.num_ctx`` and caps :meth:`features` since Ollama truncates input beyond it.
     """
+
+    errors: ClassVar[ErrorFormat] = _ollama_errors
 
     name = "ollama"
 
@@ -208,20 +208,4 @@ class OllamaProvider(HTTPProvider):
     async def _model_list(self, path: str) -> list[dict[str, Any]]:
         return await self._decode("GET", path, None, lambda body, _: wire.parse_model_list(body, path))
 
-    def _error(
-        self,
-        status: int | None,
-        headers: Mapping[str, str],
-        body: Any,
-        model: str | None,
-        *,
-        request_id: str | None = None,
-        partial: bool = False,
-    ) -> ProviderError:
-        return make_error(
-            status, headers, body, provider=self.name, model=model, secrets=self.secrets,
-            now=time.time(), request_id=request_id, partial=partial,
-        )
 
-    def _rate_limit(self, headers: Mapping[str, str]) -> RateLimitInfo | None:
-        return rate_limit(headers)

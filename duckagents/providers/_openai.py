@@ -7,27 +7,25 @@ HTTP only, on :class:`~._client.HTTPProvider`: the model table is :mod:`._openai
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
-from ..errors import ProviderError, Secret
+from ..errors import Secret
 from ..messages import Features, Message
 from ..signals import ProviderRequest
+from . import _openai_errors
 from . import _openai_wire as wire
 from ._base import (
     Completion,
     HealthProbe,
     ModelInfo,
-    RateLimitInfo,
     StreamEvent,
     TokenCount,
     heuristic_token_count,
 )
-from ._client import HTTPProvider
-from ._openai_errors import make_error, rate_limit
+from ._client import ErrorFormat, HTTPProvider
 from ._openai_models import (
     MODEL_FAMILIES,
     UNKNOWN_MODEL_FEATURES,
@@ -49,6 +47,8 @@ class OpenAIProvider(HTTPProvider):
     are left out (the API rejects them). Streams ask for ``stream_options.include_usage`` unless
     ``stream_usage=False`` (for compatible servers that reject it).
     """
+
+    errors: ClassVar[ErrorFormat] = _openai_errors
 
     def __init__(
         self,
@@ -141,23 +141,7 @@ class OpenAIProvider(HTTPProvider):
 
     # --- errors ----------------------------------------------------------------------------------
 
-    def _error(
-        self,
-        status: int | None,
-        headers: Mapping[str, str],
-        body: Any,
-        model: str | None,
-        *,
-        request_id: str | None = None,
-        partial: bool = False,
-    ) -> ProviderError:
-        return make_error(
-            status, headers, body, provider=self.name, model=model, secrets=self.secrets,
-            now=time.time(), request_id=request_id, partial=partial,
-        )
 
-    def _rate_limit(self, headers: Mapping[str, str]) -> RateLimitInfo | None:
-        return rate_limit(headers)
 
 
 __all__ = [

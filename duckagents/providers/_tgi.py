@@ -12,28 +12,26 @@ wire format :mod:`._tgi_wire`, error replies :mod:`._tgi_errors`.
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
 from ..errors import ProviderError, Secret
 from ..messages import Features, Message
 from ..signals import ProviderRequest
+from . import _tgi_errors
 from . import _tgi_wire as wire
 from ._base import (
     Completion,
     HealthProbe,
     ModelInfo,
-    RateLimitInfo,
     StreamEvent,
     TokenCount,
     heuristic_token_count,
 )
-from ._client import HTTPProvider
+from ._client import ErrorFormat, HTTPProvider
 from ._streams import SSEParser
-from ._tgi_errors import make_error, rate_limit
 from ._tgi_models import TGIInfo, features_for
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_MODEL", "TGIInfo", "TGIProvider"]
@@ -45,6 +43,8 @@ DEFAULT_MODEL = "tgi"
 
 class TGIProvider(HTTPProvider):
     """The TGI provider (see the module docstring). Use as ``async with TGIProvider() as p:``."""
+
+    errors: ClassVar[ErrorFormat] = _tgi_errors
 
     name = "tgi"
 
@@ -154,20 +154,4 @@ class TGIProvider(HTTPProvider):
     def _model_id(self) -> str:
         return self._info.model_id if self._info else self.default_model
 
-    def _error(
-        self,
-        status: int | None,
-        headers: Mapping[str, str],
-        body: Any,
-        model: str | None,
-        *,
-        request_id: str | None = None,
-        partial: bool = False,
-    ) -> ProviderError:
-        return make_error(
-            status, headers, body, provider=self.name, model=model, secrets=self.secrets,
-            now=time.time(), request_id=request_id, partial=partial,
-        )
 
-    def _rate_limit(self, headers: Mapping[str, str]) -> RateLimitInfo | None:
-        return rate_limit(headers)
