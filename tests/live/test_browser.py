@@ -10,6 +10,7 @@ itself (its two addresses), and it must log no error. The last test takes the RE
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,6 +157,35 @@ def test_a_breaker_opening_shows_on_its_card_within_a_second(watched: Watched, s
     page.select_option("#filter-kind", "failover")
     expect(page.locator("#feed tbody tr")).to_have_count(2)
     expect(page.locator("#error-legend")).to_contain_text("upstream_5xx")
+
+
+def test_an_operators_force_open_shows_on_the_card_and_reset_closes_it(
+    watched: Watched, server: Server
+) -> None:
+    page = open_dashboard(watched, server)
+    breaker = card(page, "alpha").locator(".breaker")
+    operator("reset", server)  # an earlier test may have left it open
+    expect(breaker).to_have_attribute("data-state", "closed", timeout=2_000)
+    try:
+        operator("force-open", server)
+        expect(breaker).to_have_attribute("data-state", "forced_open", timeout=2_000)
+        expect(breaker).to_have_text("forced open")
+        # Held open: alpha gets nothing, beta answers.
+        request_id, final = ask(server.ws_url, "while alpha is held open")
+        assert final["data"]["provider"] == "beta"
+        expect(page.locator(f'#feed tr[data-request-id="{request_id}"] .provider')).to_have_text("beta")
+    finally:
+        operator("reset", server)
+    expect(breaker).to_have_attribute("data-state", "closed", timeout=2_000)
+
+
+def operator(switch: str, server: Server) -> None:
+    """``duckagents breaker SWITCH alpha`` against the running server, as an operator types it."""
+    done = subprocess.run(
+        [*CLI, "breaker", switch, "alpha", "--url", server.ws_url],
+        capture_output=True, text=True, env=ENV, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
 
 
 def test_a_crash_shows_the_restart_count_go_up(watched: Watched, server: Server) -> None:
