@@ -39,6 +39,16 @@ class ImagePart:
 Part = TextPart | ImagePart
 
 
+def _content(value: str | Sequence[Part]) -> tuple[Part, ...]:
+    """A message's parts: plain text becomes one text part (``Message("user", "hi")`` is the usual slip,
+    which would otherwise iterate the string's characters); any sequence becomes a tuple."""
+    if isinstance(value, tuple):
+        return value
+    if isinstance(value, str):
+        return (TextPart(value),)
+    return tuple(value)
+
+
 @attrs.frozen
 class ToolCall:
     """A tool (function) call made by the assistant. ``arguments`` is the JSON text of the arguments (for an
@@ -63,7 +73,7 @@ class Message:
     """One chat turn. ``content`` is a tuple of parts; use :meth:`text` helpers to build plain turns."""
 
     role: Role
-    content: tuple[Part, ...] = ()
+    content: tuple[Part, ...] = attrs.field(default=(), converter=_content)
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     name: str | None = None
