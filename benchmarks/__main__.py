@@ -5,7 +5,7 @@ Examples::
     python -m benchmarks                          # everything, 3 repeats (about 5 minutes on 2 cores)
     python -m benchmarks --quick                  # 1 short repeat, smaller internal runs
     python -m benchmarks --scenarios direct,duckagents --concurrency 1,32
-    python -m benchmarks --scenarios direct,door-duckagents,door-litellm --concurrency 1,32   # front doors
+    python -m benchmarks --scenarios direct,door-duckagents,door-litellm,door-floor --concurrency 1,32
     python -m benchmarks soak --duration 60       # the soak run: RSS under mixed traffic (default 10 min)
 """
 

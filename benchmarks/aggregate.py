@@ -119,6 +119,14 @@ def http_ratios(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "door_litellm_added_p50_ms": _paired(
                     records, stream, concurrency, "door-litellm", "direct", "p50_ms", "diff"
                 ),
+                # The floor: a bare hypercorn forwarder; duckagents' door over it is what duckagents costs.
+                "door_floor_added_p50_ms": _paired(
+                    records, stream, concurrency, "door-floor", "direct", "p50_ms", "diff"
+                ),
+                "door_duckagents_over_floor_p50_ms": _paired(
+                    records, stream, concurrency, "door-duckagents", "door-floor", "p50_ms", "diff"
+                ),
+                "door_duckagents_vs_floor_throughput": ratio("door-duckagents", "door-floor"),
                 "door_duckagents_added_ttfc_p50_ms": _paired(
                     records, stream, concurrency, "door-duckagents", "direct", "ttfc_p50_ms", "diff"
                 )

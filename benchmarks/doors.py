@@ -1,5 +1,6 @@
-"""The HTTP front doors under test, as servers of their own: ``duckagents serve --http`` and LiteLLM's
-proxy server (``litellm --config``), both in front of the same upstream.
+"""The HTTP front doors under test, as servers of their own: ``duckagents serve --http``, LiteLLM's
+proxy server (``litellm --config``) and the floor (a bare hypercorn forwarder, :mod:`benchmarks.door_floor`),
+all in front of the same upstream.
 
 Each runs as a subprocess for the whole HTTP section (started once, before the first run, so start-up is
 never measured), with the settings a user gets from a minimal config file. The load generator sends them
@@ -139,6 +140,34 @@ def run_duckagents_door(upstream: Upstream) -> Iterator[Door]:
             if url is None:
                 raise RuntimeError(f"duckagents serve --http did not start: {_tail(out)}")
             yield Door("door-duckagents", f"{url}/v1", proc.pid, "duckagents serve (router, 2 OpenAI agents)")
+        finally:
+            _stop(proc)
+
+
+@contextmanager
+def run_door_floor(upstream: Upstream) -> Iterator[Door]:
+    """The floor (:mod:`benchmarks.door_floor`): bare hypercorn on Trio forwarding with httpx."""
+    with tempfile.TemporaryDirectory(prefix="duckagents-bench-floor-") as tmp:
+        out = Path(tmp) / "out.txt"
+        port = free_port()
+        upstream_bases = (upstream.json_base, upstream.sse_base)
+        with out.open("w") as sink:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.door_floor", str(port), *upstream_bases],
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                cwd=str(ROOT),
+            )
+        try:
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            while not _ready(port, "/health"):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the hypercorn floor did not start: {_tail(out)}")
+                time.sleep(0.05)
+            yield Door(
+                "door-floor", f"http://127.0.0.1:{port}/v1", proc.pid, "bare hypercorn/Trio + httpx forwarder"
+            )
         finally:
             _stop(proc)
 

@@ -109,6 +109,7 @@ def _doors_section(rows: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> 
         "direct": "nginx directly",
         "door-duckagents": "duckagents serve --http",
         "door-litellm": "litellm proxy",
+        "door-floor": "floor: bare hypercorn + httpx",
     }
     share = {(x["stream"], x["concurrency"]): x for x in ratios}
     body = []
@@ -120,6 +121,7 @@ def _doors_section(rows: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> 
             "direct": "1.00",
             "door-duckagents": fmt(rel.get("door_duckagents_vs_direct_throughput"), 2),
             "door-litellm": fmt(rel.get("door_litellm_vs_direct_throughput"), 2),
+            "door-floor": "-",
         }[r["client"]]
         body.append(
             [
@@ -156,6 +158,9 @@ def _doors_section(rows: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> 
             fmt(x["door_duckagents_added_p50_ms"], 3),
             fmt(x["door_litellm_added_p50_ms"], 3),
             fmt(x["door_duckagents_vs_litellm_throughput"], 2),
+            fmt(x["door_floor_added_p50_ms"], 3),
+            fmt(x["door_duckagents_over_floor_p50_ms"], 3),
+            fmt(x["door_duckagents_vs_floor_throughput"], 2),
         ]
         for x in ratios
         if x["door_duckagents_added_p50_ms"] is not None or x["door_litellm_added_p50_ms"] is not None
@@ -166,10 +171,17 @@ def _doors_section(rows: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> 
         "duckagents door added p50 ms",
         "litellm proxy added p50 ms",
         "x litellm proxy req/s",
+        "floor added p50 ms",
+        "duckagents over floor p50 ms",
+        "x floor req/s",
     ]
     return (
         "### HTTP front doors (one HTTP client: nginx directly, duckagents serve --http -> nginx, "
-        "litellm proxy -> nginx)\n\n" + table(header, body) + "\n\n" + table(ratio_header, ratio_rows)
+        "litellm proxy -> nginx, and the floor: a bare hypercorn/Trio forwarder -> nginx, what our HTTP "
+        "stack costs before duckagents adds anything)\n\n"
+        + table(header, body)
+        + "\n\n"
+        + table(ratio_header, ratio_rows)
     )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 
 from .clients_litellm import available as litellm_available
-from .doors import Door, cpu_seconds, model_for, run_duckagents_door, run_litellm_proxy
+from .doors import Door, cpu_seconds, model_for, run_door_floor, run_duckagents_door, run_litellm_proxy
 from .doors import peak_rss_mib as doors_peak_rss
 from .upstream import MODEL, Upstream, open_upstream, run_loopback
 from .workload import CLIENTS, HttpSpec
@@ -99,7 +99,12 @@ def _rotated(items: Sequence[str], shift: int) -> list[str]:
 def _start_doors(clients: list[str], upstream: Upstream, stack: ExitStack, log: Log) -> dict[str, Door]:
     """Start the front doors among ``clients`` (dropping those that cannot start, with a note)."""
     doors: dict[str, Door] = {}
-    for client, opener in (("door-duckagents", run_duckagents_door), ("door-litellm", run_litellm_proxy)):
+    openers = (
+        ("door-duckagents", run_duckagents_door),
+        ("door-litellm", run_litellm_proxy),
+        ("door-floor", run_door_floor),
+    )
+    for client, opener in openers:
         if client not in clients:
             continue
         try:

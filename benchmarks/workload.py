@@ -12,11 +12,13 @@ import attrs
 from ._stats import CallOutcome, LoadWindow
 from .upstream import MODEL, PROMPT
 
-ClientName = Literal["direct", "duckagents", "litellm", "door-duckagents", "door-litellm"]
-CLIENTS: tuple[ClientName, ...] = ("direct", "duckagents", "litellm", "door-duckagents", "door-litellm")
+ClientName = Literal["direct", "duckagents", "litellm", "door-duckagents", "door-litellm", "door-floor"]
+CLIENTS: tuple[ClientName, ...] = (
+    "direct", "duckagents", "litellm", "door-duckagents", "door-litellm", "door-floor"
+)
 #: HTTP front doors: the same HTTP client as ``direct``, sent to a server in front of the upstream
 #: (``duckagents serve --http``, LiteLLM's proxy) instead of the upstream itself (:mod:`benchmarks.doors`).
-DOORS: tuple[ClientName, ...] = ("door-duckagents", "door-litellm")
+DOORS: tuple[ClientName, ...] = ("door-duckagents", "door-litellm", "door-floor")
 
 
 @attrs.frozen

@@ -359,7 +359,7 @@ def test_front_door_section_runs_the_door_and_reports_the_server(
     output = tmp_path / "latest.json"
     argv = [
         "--quick", "--upstream", "loopback", "--profile", "never", "--output", str(output),
-        "--scenarios", "direct,door-duckagents,door-litellm", "--concurrency", "2",
+        "--scenarios", "direct,door-duckagents,door-litellm,door-floor", "--concurrency", "2",
         "--warmup", "0", "--duration", "30", "--max-requests", "6",
     ]  # fmt: skip
     assert cli.main(argv) == 0
@@ -367,16 +367,18 @@ def test_front_door_section_runs_the_door_and_reports_the_server(
     assert "door-litellm unavailable" in captured.err
     data = json.loads(output.read_text())
     rows = {(r["client"], r["stream"]): r for r in data["derived"]["http_rows"]}
-    assert set(rows) == {(c, s) for c in ("direct", "door-duckagents") for s in (False, True)}
+    assert set(rows) == {(c, s) for c in ("direct", "door-duckagents", "door-floor") for s in (False, True)}
     for (client, stream), row in rows.items():
         assert row["failed_runs"] == 0 and row["errors"] == 0, row
-        if client == "door-duckagents":
+        if client != "direct":
             assert row["server_peak_rss_mib"] > 10 and row["server_cpu_us_per_request"] > 0
             if stream:
                 assert row["ttfc_p50_ms"] is not None and row["chunks_per_s"] > 0
     ratios = {r["stream"]: r for r in data["derived"]["http_ratios"]}
     assert all(ratios[s]["door_duckagents_added_p50_ms"] is not None for s in (False, True))
     assert all(ratios[s]["door_duckagents_vs_litellm_throughput"] is None for s in (False, True))
+    assert all(ratios[s]["door_duckagents_over_floor_p50_ms"] is not None for s in (False, True))
+    assert "floor: bare hypercorn + httpx" in captured.out
     assert "### HTTP front doors" in captured.out and "duckagents serve --http" in captured.out
     verdicts = {t["name"]: t for t in data["targets"]}
     assert verdicts["front door throughput vs LiteLLM proxy, c=32, streaming"]["met"] is None
