@@ -8,7 +8,7 @@ headers :mod:`._anthropic_errors`.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import httpx
@@ -22,15 +22,13 @@ from ._anthropic_errors import PROVIDER
 from ._anthropic_models import features_for, model_family
 from ._anthropic_wire import MAX_IMAGE_BYTES, MEDIA_TYPES, image_problem
 from ._base import (
-    Completion,
     HealthProbe,
     ModelInfo,
-    StreamEvent,
     TokenCount,
     WireFormatError,
     heuristic_token_count,
 )
-from ._client import ErrorFormat, HTTPProvider
+from ._client import ChatFormat, ErrorFormat, HTTPProvider, StreamParser
 from ._streams import SSEParser
 
 __all__ = [
@@ -65,6 +63,9 @@ class AnthropicProvider(HTTPProvider):
     """
 
     errors: ClassVar[ErrorFormat] = _anthropic_errors
+    chat_path = "/v1/messages"
+    chat: ClassVar[ChatFormat] = wire
+    stream_headers = _STREAM_HEADERS
 
     name = PROVIDER
     #: Image media types the API accepts.
@@ -114,26 +115,9 @@ class AnthropicProvider(HTTPProvider):
             exclusive_sampling=model_family(model).exclusive_sampling,
         )
 
-    async def complete(self, request: ProviderRequest) -> Completion:
-        """Run one non-streaming completion; raises :class:`~duckagents.errors.ProviderError`."""
-        model = request.model or self.default_model
-        return await self._complete(
-            "/v1/messages", model, request.request_id, self._build(request, model, stream=False),
-            wire.parse_completion,
-        )
-
-    def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamEvent, None]:
-        """Stream a completion: text / tool-call deltas, then exactly one :class:`StreamEnd`."""
-        model = request.model or self.default_model
-        return self._stream(
-            "/v1/messages",
-            model,
-            self._build(request, model, stream=True),
-            wire.StreamAssembler(model),
-            SSEParser(),
-            headers=_STREAM_HEADERS,
-            request_id=request.request_id,
-        )
+    def _stream_parser(self) -> StreamParser:
+        """Server-sent events with their event names (the Messages API's stream types them)."""
+        return SSEParser()
 
     # --- tokens, models, health ------------------------------------------------------------------
 

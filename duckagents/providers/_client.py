@@ -25,7 +25,8 @@ import httpx
 import trio
 
 from ..errors import ErrorKind, ProviderError, Secret, StreamProtocolError, redact
-from ._base import Completion, HealthProbe, InBandError, RateLimitInfo, WireFormatError
+from ..signals import ProviderRequest
+from ._base import Completion, HealthProbe, InBandError, RateLimitInfo, StreamEvent, WireFormatError
 from ._http import (
     decode_error_body,
     make_client,
@@ -33,6 +34,7 @@ from ._http import (
     translate_transport_errors,
     with_notes,
 )
+from ._streams import SSEParser
 
 #: Seconds to wait for the end of a streamed body after its terminal event.
 DRAIN_TIMEOUT = 1.0
@@ -74,6 +76,19 @@ class StreamDecoder(Protocol[T_co]):
         ...
 
 
+class ChatFormat(Protocol):
+    """What an API's ``_<p>_wire`` module offers for its chat endpoint's replies (each API builds its
+    bodies with options of its own: :meth:`HTTPProvider._build`)."""
+
+    def parse_completion(self, body: Any, model: str, rate_limit: RateLimitInfo | None = None) -> Completion:
+        """The completion a JSON reply holds."""
+        ...
+
+    def StreamAssembler(self, model: str) -> StreamDecoder[StreamEvent]:
+        """The decoder of one streamed reply."""
+        ...
+
+
 class ErrorFormat(Protocol):
     """What an API's ``_<p>_errors`` module offers: its error replies and its rate-limit headers."""
 
@@ -108,6 +123,11 @@ class HTTPProvider:
     name: str
     #: The API's error replies and rate-limit headers: its ``_<p>_errors`` module.
     errors: ClassVar[ErrorFormat]
+    #: The API's chat endpoint (relative to ``base_url``) and its wire format: its ``_<p>_wire`` module.
+    chat_path: ClassVar[str]
+    chat: ClassVar[ChatFormat]
+    #: The headers that ask for a streamed chat reply, when the API wants some.
+    stream_headers: ClassVar[dict[str, str] | None] = None
 
     def __init__(
         self,
@@ -148,6 +168,37 @@ class HTTPProvider:
     async def aclose(self) -> None:
         """Release the HTTP client and its connections."""
         await self._client.aclose()
+
+    # --- chat --------------------------------------------------------------------------------------
+
+    async def complete(self, request: ProviderRequest) -> Completion:
+        """One non-streaming chat completion; raises :class:`~duckagents.errors.ProviderError`."""
+        model = request.model or self.default_model
+        return await self._complete(
+            self.chat_path, model, request.request_id, self._build(request, model, stream=False),
+            self.chat.parse_completion,
+        )  # fmt: skip
+
+    def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamEvent, None]:
+        """Stream a chat completion: text and tool-call deltas, then exactly one ``StreamEnd``."""
+        model = request.model or self.default_model
+        return self._stream(
+            self.chat_path,
+            model,
+            self._build(request, model, stream=True),
+            self.chat.StreamAssembler(model),
+            self._stream_parser(),
+            headers=self.stream_headers,
+            request_id=request.request_id,
+        )
+
+    def _build(self, request: ProviderRequest, model: str, *, stream: bool) -> Callable[[], dict[str, Any]]:
+        """The chat body, built when sent: each API's ``build_body`` with the options it takes."""
+        raise NotImplementedError
+
+    def _stream_parser(self) -> StreamParser:
+        """How a streamed chat reply is framed: server-sent events of JSON data by default."""
+        return SSEParser(data_only=True)
 
     # --- errors ----------------------------------------------------------------------------------
 

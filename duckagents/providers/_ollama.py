@@ -19,14 +19,12 @@ from ..signals import ProviderRequest
 from . import _ollama_errors
 from . import _ollama_wire as wire
 from ._base import (
-    Completion,
     HealthProbe,
     ModelInfo,
-    StreamEvent,
     TokenCount,
     heuristic_token_count,
 )
-from ._client import ErrorFormat, HTTPProvider
+from ._client import ChatFormat, ErrorFormat, HTTPProvider, StreamParser
 from ._ollama_models import OllamaModelDetails, canonical_model_name, features_for
 from ._streams import NDJSONParser
 
@@ -51,6 +49,8 @@ class OllamaProvider(HTTPProvider):
     """
 
     errors: ClassVar[ErrorFormat] = _ollama_errors
+    chat_path = "/api/chat"
+    chat: ClassVar[ChatFormat] = wire
 
     name = "ollama"
 
@@ -79,25 +79,9 @@ class OllamaProvider(HTTPProvider):
             wire.build_body, request, model, stream=stream, keep_alive=self.keep_alive, num_ctx=self.num_ctx
         )
 
-    async def complete(self, request: ProviderRequest) -> Completion:
-        """One non-streaming ``/api/chat`` call."""
-        model = request.model or self.default_model
-        return await self._complete(
-            "/api/chat", model, request.request_id, self._build(request, model, stream=False),
-            wire.parse_completion,
-        )
-
-    def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamEvent, None]:
-        """Stream ``/api/chat``: text deltas, whole tool calls as deltas, then one :class:`StreamEnd`."""
-        model = request.model or self.default_model
-        return self._stream(
-            "/api/chat",
-            model,
-            self._build(request, model, stream=True),
-            wire.StreamAssembler(model),
-            NDJSONParser(),
-            request_id=request.request_id,
-        )
+    def _stream_parser(self) -> StreamParser:
+        """Newline-delimited JSON, one object per line."""
+        return NDJSONParser()
 
     # --- model management -------------------------------------------------------------------------
 

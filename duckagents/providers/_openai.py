@@ -7,7 +7,7 @@ HTTP only, on :class:`~._client.HTTPProvider`: the model table is :mod:`._openai
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import httpx
@@ -18,14 +18,12 @@ from ..signals import ProviderRequest
 from . import _openai_errors
 from . import _openai_wire as wire
 from ._base import (
-    Completion,
     HealthProbe,
     ModelInfo,
-    StreamEvent,
     TokenCount,
     heuristic_token_count,
 )
-from ._client import ErrorFormat, HTTPProvider
+from ._client import ChatFormat, ErrorFormat, HTTPProvider
 from ._openai_models import (
     MODEL_FAMILIES,
     UNKNOWN_MODEL_FEATURES,
@@ -34,7 +32,6 @@ from ._openai_models import (
     is_reasoning_model,
     model_family,
 )
-from ._streams import SSEParser
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -49,6 +46,8 @@ class OpenAIProvider(HTTPProvider):
     """
 
     errors: ClassVar[ErrorFormat] = _openai_errors
+    chat_path = "chat/completions"
+    chat: ClassVar[ChatFormat] = wire
 
     def __init__(
         self,
@@ -89,26 +88,6 @@ class OpenAIProvider(HTTPProvider):
             stream=stream,
             reasoning=is_reasoning_model(model),
             stream_usage=self.stream_usage,
-        )
-
-    async def complete(self, request: ProviderRequest) -> Completion:
-        """One non-streaming chat completion."""
-        model = request.model or self.default_model
-        return await self._complete(
-            "chat/completions", model, request.request_id, self._build(request, model, stream=False),
-            wire.parse_completion,
-        )
-
-    def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamEvent, None]:
-        """Stream a chat completion: deltas, then one :class:`StreamEnd` after ``data: [DONE]``."""
-        model = request.model or self.default_model
-        return self._stream(
-            "chat/completions",
-            model,
-            self._build(request, model, stream=True),
-            wire.StreamAssembler(model),
-            SSEParser(data_only=True),
-            request_id=request.request_id,
         )
 
     # --- the rest of the protocol ----------------------------------------------------------------

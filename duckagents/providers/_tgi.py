@@ -30,7 +30,7 @@ from ._base import (
     TokenCount,
     heuristic_token_count,
 )
-from ._client import ErrorFormat, HTTPProvider
+from ._client import ChatFormat, ErrorFormat, HTTPProvider
 from ._streams import SSEParser
 from ._tgi_models import TGIInfo, features_for
 
@@ -45,6 +45,8 @@ class TGIProvider(HTTPProvider):
     """The TGI provider (see the module docstring). Use as ``async with TGIProvider() as p:``."""
 
     errors: ClassVar[ErrorFormat] = _tgi_errors
+    chat_path = "/v1/chat/completions"
+    chat: ClassVar[ChatFormat] = wire
 
     name = "tgi"
 
@@ -61,25 +63,10 @@ class TGIProvider(HTTPProvider):
 
     # --- Messages API -----------------------------------------------------------------------------
 
-    async def complete(self, request: ProviderRequest) -> Completion:
-        """One non-streaming ``/v1/chat/completions`` call."""
-        model = request.model or self.default_model
-        build = functools.partial(wire.build_body, request, model, stream=False)
-        return await self._complete(
-            "/v1/chat/completions", model, request.request_id, build, wire.parse_completion
-        )
-
-    def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamEvent, None]:
-        """Stream ``/v1/chat/completions`` (SSE); the stream must end with ``data: [DONE]``."""
-        model = request.model or self.default_model
-        return self._stream(
-            "/v1/chat/completions",
-            model,
-            functools.partial(wire.build_body, request, model, stream=True),
-            wire.StreamAssembler(model),
-            SSEParser(data_only=True),
-            request_id=request.request_id,
-        )
+    def _build(
+        self, request: ProviderRequest, model: str, *, stream: bool
+    ) -> functools.partial[dict[str, Any]]:
+        return functools.partial(wire.build_body, request, model, stream=stream)
 
     # --- native endpoints ---------------------------------------------------------------------------
 
