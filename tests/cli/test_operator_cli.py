@@ -234,6 +234,15 @@ async def test_model_pull_goes_on_when_the_cli_leaves(tmp_path: Path) -> None:
             loaded = await cli("models", "load", "tinyduck:1b", "--url", url)
             assert loaded.returncode == 0 and "loaded tinyduck:1b" in loaded.stdout.decode(), text(loaded)
             assert "tinyduck:1b" in upstream.loaded_models()
+            # models list --live: the agent's own list, the loaded model marked.
+            live = await cli("models", "list", "--live", "--json", "--url", url)
+            assert live.returncode == 0, text(live)
+            rows = {(r["provider"], r["model"]): r["note"] for r in json.loads(live.stdout)}
+            assert rows[("gpu", "tinyduck:1b")].startswith("loaded")
+            one = await cli("models", "list", "--live", "--provider", "gpu", "--url", url)
+            assert one.returncode == 0 and "tinyduck:1b" in one.stdout.decode(), text(one)
+            refused = await cli("models", "list", "--live", "--url", url, token=READ)
+            assert refused.returncode != 0 and "admin" in refused.stderr.decode(), text(refused)
             unloaded = await cli("models", "unload", "tinyduck:1b", "--provider", "gpu", "--url", url)
             assert unloaded.returncode == 0, text(unloaded)
             pulled = await cli("models", "pull", "another:2b", "--url", url)  # followed to the end this time
