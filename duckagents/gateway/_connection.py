@@ -294,7 +294,7 @@ class Connection:
     async def _dispatch(self, msg: ClientMessage) -> None:
         match msg:
             case Ping():
-                self._shared.fanout.flush()  # signals published before the ping come before its ack
+                await self._shared.fanout.barrier()  # signals published before the ping come first
                 await self.outbox.push_control(ack_frame(msg.id))
             case Subscribe():
                 await self._subscribe(msg)
@@ -353,9 +353,9 @@ class Connection:
         self._changed()
         # The ack goes first: signals for this subscription are pushed only after it is queued.
         await self.outbox.push_control(ack_frame(msg.id, subscription=msg.id))
+        # What the bus already holds for the gateway was published before this subscription.
+        await self._shared.fanout.barrier()
         if self._subs.get(msg.id) is route and not self.outbox.closed:
-            # What the bus already holds for the gateway was published before this subscription.
-            self._shared.fanout.flush()
             self._shared.fanout.add(route)
 
     def _check_in_flight(self, msg_id: MessageId) -> None:

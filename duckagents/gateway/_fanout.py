@@ -67,6 +67,10 @@ class Fanout:
         self._faults = ThrottledLog(log)
         #: Signals dropped because they could not be encoded.
         self.unencodable = 0
+        # True while the fan-out task awaits the bus with an empty buffer. A signal handed to it then
+        # reaches it one scheduler turn later, and signals published meanwhile are newer: see barrier().
+        self._receiving = False
+        self._step_done = trio.lowlevel.ParkingLot()
 
     def add(self, route: Route) -> None:
         """Start delivering to ``route`` (from the next drain on)."""
@@ -91,28 +95,59 @@ class Fanout:
             return
         with self._sub:
             task_status.started()
-            while True:
-                try:
-                    signal = await self._sub.receive()
-                except BusClosed:
-                    break
-                started = trio.current_time()
-                self._deliver(signal)
-                self.flush(DRAIN_LIMIT)
-                # Two schedule points: the writers woken by this drain run (and finish their round)
-                # before the pause starts. The pause then lasts at least as long as that work did, so
-                # under load the publishers get at least half of the time and batches grow.
-                await trio.lowlevel.checkpoint()
-                await trio.lowlevel.checkpoint()
-                busy = trio.current_time() - started
-                await trio.sleep(min(max(PACE, busy), MAX_PACE))
+            try:
+                await self._pump(self._sub)
+            finally:  # a barrier waiting for a step that will not come
+                self._receiving = False
+                self._step_done.unpark_all()
         self._on_bus_closed()
 
-    def flush(self, limit: int = BUFFER) -> None:
-        """Fan out (up to ``limit`` of) what the bus has buffered for the gateway, now.
+    async def _pump(self, sub: Subscription) -> None:
+        """Deliver and drain, then pause, until the bus closes."""
+        while True:
+            # Never hold a signal across a schedule point while others wait in the buffer (a barrier
+            # would fan them out first): take from the buffer synchronously, and await only an empty
+            # one, flagged so that barrier() waits for the signal handed over.
+            try:
+                signal = sub.receive_nowait()
+            except trio.WouldBlock:
+                self._receiving = True
+                try:
+                    signal = await sub.receive()
+                except BusClosed:
+                    break
+                finally:
+                    self._receiving = False
+            except BusClosed:
+                break
+            started = trio.current_time()
+            self._deliver(signal)
+            self.flush(DRAIN_LIMIT)
+            self._step_done.unpark_all()
+            # Two schedule points: the writers woken by this drain run (and finish their round)
+            # before the pause starts. The pause then lasts at least as long as that work did, so
+            # under load the publishers get at least half of the time and batches grow.
+            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint()
+            busy = trio.current_time() - started
+            await trio.sleep(min(max(PACE, busy), MAX_PACE))
 
-        Called with no limit by a ``ping`` (which makes it a barrier) and by a new subscription.
+    async def barrier(self) -> None:
+        """Fan out every signal published so far, in order, before returning.
+
+        A ``ping`` awaits it before its ack (which makes the ping a barrier), a new subscription before it
+        joins (so that it gets nothing published before it). While the fan-out task is being handed a
+        signal, what the buffer holds is newer: fanning that out here would overtake it, so this waits
+        for the task's step (which delivers the signal, then drains the buffer) first.
         """
+        sub = self._sub
+        while self._receiving and sub is not None and sub.pending:
+            await self._step_done.park()
+        self.flush()
+
+    def flush(self, limit: int = BUFFER) -> None:
+        """Fan out (up to ``limit`` of) what the bus has buffered for the gateway, now (the fan-out task's
+        drain; other tasks call :meth:`barrier`)."""
         sub = self._sub
         if sub is None:
             return

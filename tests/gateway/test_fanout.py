@@ -74,8 +74,28 @@ async def test_bursts_are_paced_and_a_flush_delivers_at_once(autojump_clock: tri
         await bus.publish(chunk(2))
         await trio.testing.wait_all_tasks_blocked()
         assert len(box) == 1 and trio.current_time() == start  # held during the pause...
-        fanout.flush()
+        await fanout.barrier()
         assert len(box) == 3  # ...unless someone needs them now (a ping)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_barrier_never_overtakes_the_signal_being_handed_to_the_task(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The race a busy machine hits: the fan-out task, idle in receive(), is handed a signal, and before it
+    # runs more signals are published and a ping asks for a barrier. Flushing the buffer then would send
+    # the newer signals first (and the ping's ack before the older one).
+    bus = SignalBus()
+    fanout = Fanout(bus, FrameCache(), on_bus_closed=lambda: None)
+    box = Outbox(100, SlowConsumer.DROP_OLDEST)
+    fanout.add(Route(SignalFilter(), signal_prefix(subscription="s"), box))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fanout.run)
+        await trio.testing.wait_all_tasks_blocked()  # idle in receive()
+        for i in range(3):  # no schedule point in between: the task has not run yet
+            assert bus.publish_nowait(chunk(i))
+        await fanout.barrier()
+        assert [f["event"]["data"]["index"] for f in drained(box)] == [0, 1, 2]  # type: ignore[index]
         nursery.cancel_scope.cancel()
 
 
