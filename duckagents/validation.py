@@ -41,7 +41,7 @@ from typing import Any, Literal
 import attrs
 
 from .errors import DuckAgentsError, ErrorKind, ProviderError
-from .messages import Message, RequestOptions
+from .messages import ImagePart, Message, RequestOptions, TextPart, ToolCall, ToolSpec
 from .signals import ProviderRequest
 
 __all__ = [
@@ -406,14 +406,15 @@ def check_options(
     _check_numbers(options, path)
 
 
-def _check_tools(options: RequestOptions, limits: ValidationLimits, path: str) -> None:
+def _check_tools(options: RequestOptions, limits: ValidationLimits, path: str) -> list[int]:
+    """Check the tools' count and schemas; returns the encoded size of each schema."""
     tools = options.tools
     if not isinstance(tools, tuple | list):
         raise InvalidValue(f"{path}.tools", "must be a sequence of tools")
     if len(tools) > limits.max_tools:
         raise InvalidValue(f"{path}.tools", f"at most {limits.max_tools} tools")
     # Before the walk of the whole: a schema too deep is reported as one, not as a value nested too deeply.
-    for index, tool in enumerate(tools):
+    return [
         _walk(
             getattr(tool, "parameters", None),
             max_depth=limits.max_tool_schema_depth,
@@ -422,12 +423,19 @@ def _check_tools(options: RequestOptions, limits: ValidationLimits, path: str) -
             root=f"{path}.tools[{index}].parameters",
             what="tool schema",
         )
+        for index, tool in enumerate(tools)
+    ]
 
 
 def _check_numbers(options: RequestOptions, path: str) -> None:
-    _number(options.max_tokens, f"{path}.max_tokens", integer=True, low=1)
-    _number(options.temperature, f"{path}.temperature", low=0)
-    _number(options.top_p, f"{path}.top_p", low=0, high=1)
+    # Paths are spelled only for an error: this runs for every request.
+    max_tokens, temperature, top_p = options.max_tokens, options.temperature, options.top_p
+    if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
+        _number(max_tokens, f"{path}.max_tokens", integer=True, low=1)
+    if temperature is not None and (type(temperature) not in (int, float) or not temperature >= 0):
+        _number(temperature, f"{path}.temperature", low=0)
+    if top_p is not None and (type(top_p) not in (int, float) or not 0 <= top_p <= 1):
+        _number(top_p, f"{path}.top_p", low=0, high=1)
 
 
 def _number(value: Any, path: str, *, integer: bool = False, low: float, high: float | None = None) -> None:
@@ -439,13 +447,171 @@ def _number(value: Any, path: str, *, integer: bool = False, low: float, high: f
         raise InvalidValue(path, f"must be >= {low:g}" + ("" if high is None else f" and <= {high:g}"))
 
 
+class _Unusual(Exception):
+    """The request fast path met something it leaves to the generic walk (which finds any fault)."""
+
+
+def _text_size(text: Any) -> int:
+    # One C-level scan for the usual case; encoding (which finds lone surrogates) only for non-ASCII.
+    if type(text) is not str:
+        raise _Unusual
+    if text.isascii():
+        return len(text) + 2
+    try:
+        return len(text.encode("utf-8")) + 2
+    except UnicodeEncodeError:
+        raise _Unusual from None
+
+
+def _optional_text_size(text: Any) -> int:
+    return 5 if text is None else _text_size(text)
+
+
+def _texts_size(texts: Any) -> int:
+    if type(texts) is not tuple:
+        raise _Unusual
+    size = 2 + len(texts)
+    for text in texts:
+        size += _text_size(text)
+    return size
+
+
+def _number_size(value: Any, max_integer: int) -> int:
+    kind = type(value)
+    if value is None or kind is bool:
+        return 5
+    if kind is int and -max_integer <= value <= max_integer:
+        return 8
+    if kind is float and math.isfinite(value):
+        return 12
+    raise _Unusual
+
+
+# The classes the request fast path knows, with the fields it reads. Another field would go unchecked
+# there, so the fast path is only used while these are exactly the classes' fields (a test holds it).
+_FAST_FIELDS: dict[type, tuple[str, ...]] = {
+    ProviderRequest: (
+        "request_id", "messages", "model", "options", "deadline", "provider", "attempt",
+        "required_features", "principal",
+    ),
+    Message: ("role", "content", "tool_calls", "tool_call_id", "name"),
+    TextPart: ("text", "type"),
+    ImagePart: ("media_type", "data", "url", "type"),
+    ToolCall: ("id", "name", "arguments"),
+    RequestOptions: (
+        "stream", "max_tokens", "temperature", "top_p", "stop", "tools", "tool_choice", "response_format",
+        "allow_trim",
+    ),
+    ToolSpec: ("name", "description", "parameters"),
+}
+_FAST_PATH = all(_field_names(cls)[0] == names for cls, names in _FAST_FIELDS.items())
+_REQUEST_NAMES = _field_names(ProviderRequest)[1]
+_MESSAGE_NAMES = _field_names(Message)[1]
+_TEXT_NAMES = _field_names(TextPart)[1]
+_IMAGE_NAMES = _field_names(ImagePart)[1]
+_CALL_NAMES = _field_names(ToolCall)[1]
+_OPTIONS_NAMES = _field_names(RequestOptions)[1]
+_TOOL_NAMES = _field_names(ToolSpec)[1]
+# Containers of the fixed shape go 4 deep (request, messages, message, content, part); a tool schema
+# starts at depth 4 (request, options, tools, tool, parameters).
+_FIXED_DEPTH = 4
+
+
+def _request_size(request: ProviderRequest, schema_sizes: list[int], max_integer: int) -> int:
+    """The encoded size :func:`check_json` computes for ``request``, by reading its known fields directly
+    (no stack, no paths); raises :class:`_Unusual` wherever a value is not of the usual type or breaks a
+    rule, so that the generic walk decides and names the culprit. The tools' schemas were checked
+    already: their sizes come in ``schema_sizes``."""
+    messages = request.messages
+    options = request.options
+    if type(messages) is not tuple or type(options) is not RequestOptions:
+        raise _Unusual
+    size = (
+        _REQUEST_NAMES
+        + _text_size(request.request_id)
+        + 2 + len(messages)
+        + _optional_text_size(request.model)
+        + _number_size(request.deadline, max_integer)
+        + _optional_text_size(request.provider)
+        + _number_size(request.attempt, max_integer)
+        + _texts_size(request.required_features)
+        + _optional_text_size(request.principal)
+    )
+    for message in messages:
+        if type(message) is not Message:
+            raise _Unusual
+        content: tuple[Any, ...] = message.content  # its parts told apart by exact type below
+        calls = message.tool_calls
+        if type(content) is not tuple or type(calls) is not tuple:
+            raise _Unusual
+        size += (
+            _MESSAGE_NAMES
+            + _text_size(message.role)
+            + 4 + len(content) + len(calls)
+            + _optional_text_size(message.tool_call_id)
+            + _optional_text_size(message.name)
+        )
+        for part in content:
+            kind = type(part)
+            if kind is TextPart:
+                size += _TEXT_NAMES + _text_size(part.text) + _text_size(part.type)
+            elif kind is ImagePart:
+                size += (
+                    _IMAGE_NAMES
+                    + _optional_text_size(part.media_type)
+                    + _optional_text_size(part.data)
+                    + _optional_text_size(part.url)
+                    + _text_size(part.type)
+                )
+            else:
+                raise _Unusual
+        for call in calls:
+            if type(call) is not ToolCall:
+                raise _Unusual
+            size += _CALL_NAMES + _text_size(call.id) + _text_size(call.name) + _text_size(call.arguments)
+    tools = options.tools
+    if type(tools) is not tuple:
+        raise _Unusual
+    size += (
+        _OPTIONS_NAMES
+        + _number_size(options.stream, max_integer)
+        + _number_size(options.max_tokens, max_integer)
+        + _number_size(options.temperature, max_integer)
+        + _number_size(options.top_p, max_integer)
+        + _texts_size(options.stop)
+        + 2 + len(tools)
+        + _optional_text_size(options.tool_choice)
+        + _optional_text_size(options.response_format)
+        + _number_size(options.allow_trim, max_integer)
+    )
+    for tool, schema_size in zip(tools, schema_sizes, strict=True):
+        if type(tool) is not ToolSpec or type(tool.parameters) is not dict:
+            raise _Unusual
+        size += _TOOL_NAMES + _text_size(tool.name) + _text_size(tool.description) + schema_size
+    return size
+
+
 def check_request(request: ProviderRequest, limits: ValidationLimits = DEFAULT_LIMITS) -> None:
     """Check a whole :class:`ProviderRequest` before it reaches an agent: :func:`check_options`' rules,
     then every value rule over every field (the total size included). Raises :class:`InvalidValue`; a
     router door answers with :meth:`InvalidValue.to_error` (kind ``invalid_request``)."""
     # check_options' rules, without walking the options twice (the whole request's walk covers them).
-    _check_tools(request.options, limits, "$.options")
-    check_json(request, limits)
+    schema_sizes = _check_tools(request.options, limits, "$.options")
+    # The usual request (plain types, within every limit) is checked by reading its fields directly;
+    # anything else, and every refusal, goes through the generic walk, which names the culprit. The fast
+    # path applies the walk's rules and adds sizes as it does, so both accept exactly the same requests.
+    checked = False
+    if (
+        _FAST_PATH
+        and type(request) is ProviderRequest
+        and limits.max_depth >= limits.max_tool_schema_depth + _FIXED_DEPTH
+    ):
+        try:
+            checked = _request_size(request, schema_sizes, limits.max_integer) <= limits.max_bytes
+        except _Unusual:
+            pass
+    if not checked:
+        check_json(request, limits)
     _check_numbers(request.options, "$.options")
     deadline = request.deadline
     if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, int | float)):

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from duckagents import validation
 from duckagents.errors import ErrorKind
-from duckagents.messages import ImagePart, Message, RequestOptions, TextPart, ToolSpec
+from duckagents.messages import ImagePart, Message, RequestOptions, TextPart, ToolCall, ToolSpec
 from duckagents.signals import ProviderRequest
 from duckagents.validation import (
     DEFAULT_LIMITS,
@@ -224,3 +225,100 @@ def test_any_text_decodes_or_is_refused_cleanly(text: str | bytes) -> None:
         loads(text)
     except InvalidValue:
         pass
+
+
+# --- the request fast path -------------------------------------------------------------------------
+# check_request reads the fields of the usual request directly and leaves anything unusual (and every
+# refusal) to the generic walk. These hold it to the walk's rules and sizes.
+
+
+def test_the_fast_path_knows_every_field_of_a_request() -> None:
+    # A field added to ProviderRequest (or Message, RequestOptions...) switches the fast path off rather
+    # than leaving the field unchecked; this test then says so.
+    assert validation._FAST_PATH
+
+
+@pytest.mark.parametrize(
+    ("request_", "path"),
+    [
+        # Lone surrogates in strings that look ASCII everywhere else, in each kind of field.
+        (ProviderRequest("r", (Message.user("plain"), Message.user("x" * 100 + "\udc00"))),
+         "$.messages[1].content[0].text"),
+        (ProviderRequest("r", (Message("user", (TextPart("hi"),), name="n\ud800"),)), "$.messages[0].name"),
+        (ProviderRequest("r", (Message("user", (ImagePart(url="http://x/\ud800"),)),)),
+         "$.messages[0].content[0].url"),
+        (ProviderRequest("r", (Message.assistant("", (ToolCall("c", "f", '{"a": "\udbff"}'),)),)),
+         "$.messages[0].tool_calls[0].arguments"),
+        (ProviderRequest("r", (Message.user("hi"),), required_features=("tools", "\ud800")),
+         "$.required_features[1]"),
+        (ProviderRequest("r", (Message.user("hi"),), principal="p\ud800"), "$.principal"),
+        (ProviderRequest("r", (Message.user("hi"),), model="m\udfff"), "$.model"),
+        (req(tool_choice="\ud800"), "$.options.tool_choice"),
+        (req(tools=(ToolSpec("t\ud800"),)), "$.options.tools[0].name"),
+        # Numbers out of range in fields the fast path reads.
+        (ProviderRequest("r", (Message.user("hi"),), attempt=2**60), "$.attempt"),
+        (ProviderRequest("r", (Message.user("hi"),), deadline=math.inf), "$.deadline"),
+        (req(temperature=math.inf), "$.options.temperature"),
+        # Not the usual types: a list where a tuple belongs, a dict as a message.
+        (ProviderRequest("r", [Message.user("a\ud800")]), "$.messages[0].content[0].text"),  # type: ignore[arg-type]
+    ],
+)
+def test_the_fast_path_leaves_every_fault_to_the_walk(request_: ProviderRequest, path: str) -> None:
+    assert request_refused(request_).path == path
+
+
+def test_deep_nesting_is_still_refused_with_tight_limits() -> None:
+    # A plain request is 5 containers deep (request, messages, message, content, part).
+    with pytest.raises(InvalidValue, match="nested deeper than 4 levels"):
+        check_request(req("hi"), ValidationLimits(max_depth=4, max_tool_schema_depth=1))
+    check_request(req("hi"), ValidationLimits(max_depth=5, max_tool_schema_depth=1))
+    # A tool schema starts 4 deep: with room for 32 levels of schema the whole needs 36.
+    tool = ToolSpec("t", "", deep_schema(7))  # 15 containers deep (a schema and its properties a level)
+    check_request(req(tools=(tool,)), ValidationLimits(max_depth=19))
+    error = request_refused(req(tools=(tool,)), ValidationLimits(max_depth=18))
+    assert "nested deeper than 18 levels" in error.problem
+    assert error.path.startswith("$.options.tools[0].parameters")
+
+
+def test_the_byte_budget_holds_to_the_byte_on_the_fast_path() -> None:
+    request = req("é" * 1000, stop=("\n",), tools=(ToolSpec("t", "d", deep_schema(2)),))
+    size = check_json(request)
+    check_request(request, ValidationLimits(max_bytes=size))
+    assert "larger than" in request_refused(request, ValidationLimits(max_bytes=size - 1)).problem
+
+
+TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=6)
+NUMBER = st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.floats()
+PARTS = st.lists(
+    st.builds(TextPart, TEXT) | st.builds(ImagePart, media_type=st.none() | TEXT, url=TEXT), max_size=3
+).map(tuple)
+CALLS = st.lists(st.builds(ToolCall, TEXT, TEXT, TEXT), max_size=2).map(tuple)
+MESSAGES = st.lists(
+    st.builds(Message, st.sampled_from(["user", "assistant"]) | TEXT, PARTS, CALLS, st.none() | TEXT,
+              st.none() | TEXT),
+    max_size=3,
+).map(tuple)
+TOOLS = st.lists(
+    st.builds(ToolSpec, TEXT, TEXT, st.dictionaries(TEXT, NASTY, max_size=3)), max_size=2
+).map(tuple)
+OPTIONS = st.builds(
+    RequestOptions, stream=st.booleans(), max_tokens=NUMBER, temperature=NUMBER, top_p=NUMBER,
+    stop=st.lists(TEXT, max_size=2).map(tuple), tools=TOOLS, tool_choice=st.none() | TEXT,
+    response_format=st.none() | TEXT, allow_trim=st.booleans(),
+)
+REQUESTS = st.builds(
+    ProviderRequest, TEXT, MESSAGES, model=st.none() | TEXT, options=OPTIONS, deadline=NUMBER,
+    provider=st.none() | TEXT, attempt=NUMBER, required_features=st.lists(TEXT, max_size=2).map(tuple),
+    principal=st.none() | TEXT,
+)
+
+
+@settings(max_examples=400)
+@given(REQUESTS)
+def test_the_fast_path_accepts_only_what_the_walk_accepts_and_sizes_alike(request: ProviderRequest) -> None:
+    try:
+        schema_sizes = validation._check_tools(request.options, DEFAULT_LIMITS, "$.options")
+        fast = validation._request_size(request, schema_sizes, DEFAULT_LIMITS.max_integer)
+    except (InvalidValue, validation._Unusual):
+        return
+    assert check_json(request) == fast
