@@ -25,7 +25,6 @@ from ..bus import Overflow, SignalFilter, Subscription
 from ..errors import BusClosed, ErrorKind, ProviderError
 from ..resilience import RateLimiter, RateLimits
 from ..signals import ProviderRequest, new_id
-from ..validation import InvalidValue, check_request
 from ._auth import Principal
 from ._fanout import Route
 from ._flight import FLIGHT_TYPES, Flight
@@ -404,10 +403,9 @@ class Connection:
             required_features=msg.required_features,
             principal=self.principal.token,
         )
-        try:  # the router's door, checked here too: a refused request never gets a request id
-            check_request(request, self._shared.limits)
-        except InvalidValue as exc:
-            raise ProtocolError(ErrorCode.INVALID_REQUEST, str(exc), msg.id, path=exc.path) from None
+        # Not checked again here: the frame's values passed validation.loads and its options the
+        # request's own rules (parse_client_message), so a refusal names the field and gets no request
+        # id; the router's door then applies check_request once, as to every request.
         # Subscribed before submitting, so not even the first chunk can slip past.
         sub = self._subscribe_bus(
             SignalFilter(types=FLIGHT_TYPES, request_ids=frozenset({request.request_id})), msg.id

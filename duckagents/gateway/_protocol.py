@@ -24,7 +24,6 @@ from ..validation import (
     InvalidValue,
     ValidationLimits,
     check,
-    check_messages,
     check_object,
     check_options,
     loads,
@@ -194,8 +193,8 @@ def parse_client_message(text: str, limits: ValidationLimits = DEFAULT_LIMITS) -
 
     Every value is checked first (:func:`duckagents.validation.loads`: valid Unicode, finite numbers,
     bounded integers, depth and size): a bad one is ``invalid_request``, naming its path. Then the shape:
-    ``invalid_message``. A request's messages and options are checked like the router's door checks them
-    (tool schemas, number ranges): ``invalid_request`` again.
+    ``invalid_message``. A request's options are checked against the rules of a request (tool schemas,
+    number ranges; :func:`duckagents.validation.check_options`): ``invalid_request`` again.
     """
     try:
         obj = loads(text, limits)
@@ -231,8 +230,9 @@ def parse_client_message(text: str, limits: ValidationLimits = DEFAULT_LIMITS) -
     except InvalidValue as exc:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, str(exc), msg_id) from None
     if isinstance(message, Submit):
+        # The messages hold only values loads() has checked (more deeply nested in the frame than in
+        # the request, so its depth bound is the stricter one): walking them again would find nothing.
         try:
-            check_messages(message.messages, limits)
             check_options(message.options, limits)
         except InvalidValue as exc:
             raise ProtocolError(ErrorCode.INVALID_REQUEST, str(exc), msg_id, path=exc.path) from None
