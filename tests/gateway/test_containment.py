@@ -197,7 +197,9 @@ async def test_250_prompts_of_450_kb_with_a_watcher_stay_within_the_byte_budget(
 
 
 async def test_idle_connections_time_out_and_free_their_slots() -> None:
-    async with serving(idle_timeout=0.3, max_connections=3) as (_, gateway):
+    # Real clock: the watcher must subscribe, the pinger ping five times and the fresh client ask before
+    # the timeout, also on a starved machine (0.3 s was within reach of a stall).
+    async with serving(idle_timeout=1.5, max_connections=3) as (_, gateway):
         async with watcher(gateway) as watch, connect(gateway) as idle, connect(gateway) as pinger:
             for _ in range(5):  # pings are not activity: a connection that only pings is idle
                 await pinger.call({"type": "ping", "id": 1})
