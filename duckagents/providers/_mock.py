@@ -271,10 +271,13 @@ class MockProvider(MockScript):
         self.calls += 1
         self._record(request)
         model = request.model or self.default_model
+        # The schedule point comes before the scripted outcome is taken: a call cancelled here (its
+        # deadline passed while it queued, on a busy machine) leaves the outcome to the next call instead
+        # of consuming it unseen (a crash_agent_next that never crashed anything).
+        await trio.lowlevel.checkpoint()
         outcome = self._next_outcome()
         if outcome is None and self.crash_on and self.crash_on in last_user_text(request.messages):
             outcome = AgentCrash(f"the prompt asked the mock to crash ({self.crash_on!r})")
-        await trio.lowlevel.checkpoint()
         if isinstance(outcome, Crash):
             raise RuntimeError(outcome.message)
         if isinstance(outcome, AgentCrash):

@@ -107,6 +107,23 @@ async def test_crash_agent_next_raises_an_agent_fault() -> None:
     await provider.complete(req())
 
 
+async def test_a_call_cancelled_before_it_starts_leaves_the_scripted_outcome_to_the_next() -> None:
+    # An attempt whose deadline passed while it queued is cancelled at its first schedule point: the
+    # crash it would have met must still come (test_load counts that one restart).
+    provider = MockProvider()
+    provider.crash_agent_next()
+    provider.fail_next(ErrorKind.UPSTREAM_5XX)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await provider.complete(req())
+    assert scope.cancelled_caught
+    with pytest.raises(AgentFault):
+        await provider.complete(req())
+    with pytest.raises(ProviderError) as info:
+        await provider.complete(req())
+    assert info.value.kind is ErrorKind.UPSTREAM_5XX
+
+
 async def test_hang_ignores_cancellation_for_its_duration(autojump_clock: trio.testing.MockClock) -> None:
     provider = MockProvider()
     provider.hang_next(duration=100.0)
