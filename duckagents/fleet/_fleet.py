@@ -38,7 +38,20 @@ _TROUBLE = (RedisError, OSError, TimeoutError)
 # so only blocking reads (XREAD BLOCK) hold one each.
 _MAX_CONNECTIONS = 16
 
-_SCRIPTS = ("ratelimit", "breaker")
+# Each script is assembled from the package's Lua files (each defines one function) and a last line
+# that calls them: the standalone machines (equivalence tests, single operations) and request.lua, the
+# two per-request calls of an agent.
+_SCRIPTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "ratelimit": (("clock", "ratelimit"), "return ratelimit(KEYS[1], ARGV, clock(ARGV[2]), ARGV[2] == '')"),
+    "breaker": (("clock", "breaker"), "return breaker(KEYS[1], ARGV, clock(ARGV[2]))"),
+    "request": (("clock", "ratelimit", "breaker", "request"), ""),
+}
+
+
+def _assemble(parts: tuple[str, ...], last: str) -> str:
+    files = resources.files(__package__)
+    sources = [files.joinpath(f"{part}.lua").read_text(encoding="utf-8") for part in parts]
+    return "\n".join([*sources, last]).rstrip() + "\n"
 
 
 def number(value: float | int | None) -> str:
@@ -74,10 +87,7 @@ class Fleet:
         self.health = FleetHealth(config.instance)
         self._secrets = secrets
         self._scripts = {
-            name: client.register_script(
-                resources.files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
-            )
-            for name in _SCRIPTS
+            name: client.register_script(_assemble(parts, last)) for name, (parts, last) in _SCRIPTS.items()
         }
         self._notice_handlers: list[Callable[[str], None]] = []
         self._listening = trio.Event()
@@ -88,7 +98,7 @@ class Fleet:
         return self.config.instance
 
     def script_source(self, name: str) -> str:
-        """The Lua source of one of the fleet's scripts (``ratelimit`` or ``breaker``)."""
+        """The Lua source of one of the fleet's scripts (``ratelimit``, ``breaker`` or ``request``)."""
         return str(self._scripts[name].script)
 
     async def run_script(
