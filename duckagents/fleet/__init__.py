@@ -2,14 +2,16 @@
 through Redis (via coredis, on Trio). Install with ``pip install 'duckagents[fleet]'``; docs/fleet.md.
 
 ``async with open_fleet(config.fleet) as fleet:`` connects (or starts degraded when Redis is down);
-:class:`FleetRateLimiter` and :class:`FleetBreaker` are a provider's shared limiter and breaker with a
-local fallback; :class:`SharedRateLimiter` and :class:`SharedBreaker` are the bare shared machines;
-:class:`SignalStream` appends and reads the fleet's signals.
+:class:`FleetGate` is what a provider agent holds: its shared limiter and breaker in two script calls
+per request (admit, finish), with the local fallback; :class:`FleetRateLimiter` and :class:`FleetBreaker`
+are the same machines one operation at a time; :class:`SharedRateLimiter` and :class:`SharedBreaker` are
+the bare shared machines; :class:`SignalStream` appends and reads the fleet's signals.
 """
 
 from ._breaker import BreakerNotice, SharedBreaker
 from ._fallback import BreakerPermit, FleetBreaker, FleetRateLimiter, FleetReservation, local_share
-from ._fleet import Fleet, open_fleet
+from ._fleet import Fleet, ScriptCall, open_fleet
+from ._gate import FleetGate, GateAnswer, Verdict
 from ._health import FleetHealth, FleetStatus
 from ._keys import FleetKeys
 from ._ratelimit import SharedRateLimiter
@@ -22,14 +24,18 @@ __all__ = [
     "FleetBatch",
     "FleetBreaker",
     "FleetEvent",
+    "FleetGate",
     "FleetHealth",
     "FleetKeys",
     "FleetRateLimiter",
     "FleetReservation",
     "FleetStatus",
+    "GateAnswer",
+    "ScriptCall",
     "SharedBreaker",
     "SharedRateLimiter",
     "SignalStream",
+    "Verdict",
     "local_share",
     "open_fleet",
     "parse_stream_id",
