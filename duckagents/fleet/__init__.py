@@ -11,7 +11,7 @@ the bare shared machines; :class:`SignalStream` appends and reads the fleet's si
 from ._breaker import BreakerNotice, SharedBreaker
 from ._fallback import BreakerPermit, FleetBreaker, FleetRateLimiter, FleetReservation, local_share
 from ._fleet import Fleet, ScriptCall, open_fleet
-from ._gate import FleetGate, GateAnswer, Verdict
+from ._gate import FleetGate
 from ._health import FleetHealth, FleetStatus
 from ._keys import FleetKeys
 from ._ratelimit import SharedRateLimiter
@@ -30,12 +30,10 @@ __all__ = [
     "FleetRateLimiter",
     "FleetReservation",
     "FleetStatus",
-    "GateAnswer",
     "ScriptCall",
     "SharedBreaker",
     "SharedRateLimiter",
     "SignalStream",
-    "Verdict",
     "local_share",
     "open_fleet",
     "parse_stream_id",

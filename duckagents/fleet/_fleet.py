@@ -53,6 +53,7 @@ _SCRIPTS: dict[str, tuple[tuple[str, ...], str]] = {
     "ratelimit": (("clock", "ratelimit"), "return ratelimit(KEYS[1], ARGV, clock(ARGV[2]), ARGV[2] == '')"),
     "breaker": (("clock", "breaker"), "return breaker(KEYS[1], ARGV, clock(ARGV[2]))"),
     "request": (("clock", "ratelimit", "breaker", "request"), ""),
+    "budget": (("budget",), ""),
 }
 
 

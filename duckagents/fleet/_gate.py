@@ -13,7 +13,6 @@ where they were taken, so a verdict goes back to the machine that admitted the c
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Callable
 
@@ -26,10 +25,12 @@ from ..resilience import (
     BreakerSnapshot,
     BreakerState,
     CircuitBreaker,
+    GateAnswer,
     RateLimiter,
     RateLimitInfo,
     RateLimits,
     Reservation,
+    Verdict,
 )
 from ..signals import Headroom
 from ._breaker import BreakerNotice, SharedBreaker
@@ -37,41 +38,14 @@ from ._fallback import FleetReservation, local_share
 from ._fleet import Fleet, ScriptCall, number
 from ._ratelimit import SharedRateLimiter, observe_args
 
-__all__ = ["FleetGate", "GateAnswer", "Verdict"]
+__all__ = ["FleetGate"]
 
 log = logging.getLogger("duckagents.fleet")
 
 
-class Verdict(str, enum.Enum):
-    """How an admitted call ended, for the breaker."""
-
-    SUCCESS = "success"
-    FAILURE = "failure"
-    #: Ended with no verdict on the upstream (cancelled by the caller or a shutdown).
-    RELEASE = "release"
-
-
-@attrs.frozen
-class GateAnswer:
-    """What :meth:`FleetGate.admit` decided for one call."""
-
-    #: The limiter's answer (``retry_at`` when it refused: None means never admissible here).
-    admission: Admission
-    #: The breaker let the admitted call through; False when the breaker refused it (its reservation was
-    #: given back), and also when the limiter refused (the breaker was not asked).
-    allowed: bool
-    #: When a refusing breaker admits a trial (None: not open, or held open by an operator).
-    breaker_retry_at: float | None = None
-
-    @property
-    def reservation(self) -> FleetReservation | None:
-        """The reservation of a call that may go upstream (hand it back to :meth:`FleetGate.finish`)."""
-        taken = self.admission.reservation
-        return taken if self.allowed and isinstance(taken, FleetReservation) else None
-
-
 class FleetGate:
-    """One provider's limiter and breaker, shared by the fleet, with the local fallback.
+    """One provider's limiter and breaker, shared by the fleet, with the local fallback: a
+    :class:`~duckagents.resilience.Gate`.
 
     ``limits`` and ``config`` must be the same in every replica (each call carries them). ``trial_lease``
     frees a half-open trial slot whose verdict never came (a replica died): the agent's request timeout.

@@ -27,7 +27,6 @@ from ..resilience import RateLimiter, RateLimits
 from ..signals import ProviderRequest, new_id
 from ..validation import InvalidValue, check_request
 from ._auth import Principal
-from ._fanout import Route
 from ._flight import FLIGHT_TYPES, Flight
 from ._operations import answer
 from ._outbox import Outbox, SlowConsumer
@@ -55,6 +54,7 @@ from ._protocol import (
     parse_client_message,
     signal_prefix,
 )
+from ._route import Route
 from ._shared import Shared
 from ._wire import send_batch
 
@@ -348,6 +348,9 @@ class Connection:
             )
         if self._router.bus.closed:
             raise ProtocolError(ErrorCode.UNAVAILABLE, "the router is shutting down", msg.id)
+        if msg.since is not None:
+            await self._resume(msg)
+            return
         route = Route(msg.filter, signal_prefix(subscription=msg.id), self.outbox)
         self._subs[msg.id] = route
         self._changed()
@@ -357,6 +360,29 @@ class Connection:
             # What the bus already holds for the gateway was published before this subscription.
             self._shared.fanout.flush()
             self._shared.fanout.add(route)
+
+    async def _resume(self, msg: Subscribe) -> None:
+        """A subscription that first replays the fleet's stream after ``msg.since`` (see ``_feed``)."""
+        assert msg.since is not None
+        reader = self._shared.fanout.reader
+        if reader is None:
+            raise ProtocolError(
+                ErrorCode.UNAVAILABLE,
+                "this gateway keeps no signal history to resume from (since needs [fleet] mode)",
+                msg.id,
+            )
+        # In the fan-out at once, not live: the live reader keeps its position for the replay to meet.
+        route = Route(msg.filter, signal_prefix(subscription=msg.id), self.outbox, live=False)
+        self._subs[msg.id] = route
+        self._changed()
+        self._shared.fanout.add(route)
+        resume = await reader.start_replay(msg.since)
+        ack = ack_frame(
+            msg.id, subscription=msg.id, since=msg.since, missed=resume.missed, resumed=resume.resumed
+        )
+        await self.outbox.push_control(ack)
+        assert self._work is not None
+        self._work.start_soon(reader.replay, route, msg.since, resume)
 
     def _check_in_flight(self, msg_id: MessageId) -> None:
         if len(self._flights) + self._operations >= self._config.max_in_flight:

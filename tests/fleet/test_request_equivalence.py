@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from duckagents.errors import ErrorKind
-from duckagents.fleet import Fleet, FleetGate, FleetReservation, Verdict, open_fleet
+from duckagents.fleet import Fleet, FleetGate, FleetReservation, open_fleet
 from duckagents.resilience import (
     DEFAULT_TRIPPING_KINDS,
     BreakerConfig,
@@ -28,6 +28,7 @@ from duckagents.resilience import (
     RateLimiter,
     RateLimitInfo,
     RateLimits,
+    Verdict,
 )
 from duckagents.testing import RedisServer
 
@@ -47,7 +48,9 @@ config_strategy = st.builds(
     failure_threshold=st.integers(1, 4),
     open_timeout=st.sampled_from([0.0, 1.0, 10.0]),
     half_open_trials=st.integers(1, 3),
-    tripping_kinds=st.one_of(st.just(DEFAULT_TRIPPING_KINDS), st.frozensets(st.sampled_from(list(ErrorKind)))),
+    tripping_kinds=st.one_of(
+        st.just(DEFAULT_TRIPPING_KINDS), st.frozensets(st.sampled_from(list(ErrorKind)))
+    ),
 )
 info_strategy = st.one_of(
     st.none(),
@@ -186,7 +189,10 @@ async def test_a_refused_trial_gives_its_reservation_back(redis_server: RedisSer
         ("advance", 10.0),
         ("admit", 1, 30),  # half-open: the trial
         ("admit", 0, 10),  # no trial slot left
-        ("finish", 1, 0, 25, (Verdict.SUCCESS, None), RateLimitInfo(remaining_requests=0, reset_requests=30.0)),
+        (
+            "finish", 1, 0, 25, (Verdict.SUCCESS, None),
+            RateLimitInfo(remaining_requests=0, reset_requests=30.0),
+        ),
         ("admit", 0, 10),
     ]
     async with two_replicas(redis_server) as fleets:

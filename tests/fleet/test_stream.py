@@ -40,9 +40,13 @@ async def test_signals_of_all_replicas_come_back_in_order_with_stream_ids(redis_
     assert [e.id for e in batch.events] == ids and batch.last_id == ids[-1]
     assert [e.instance for e in batch.events] == ["a", "c", "a", "c", "a"]
     for event, original in zip(batch.events, sent, strict=True):
-        # The CloudEvents id on the fleet stream is the stream id; the rest is the codec's round trip.
+        # The CloudEvents id on the fleet stream is the stream id, the replica is named; the rest is the
+        # codec's round trip.
         assert event.signal.id == event.id and event.origin_id == original.id
-        assert event.signal == attrs.evolve(loads_signal(dumps_signal(original)), id=event.id)
+        assert event.signal.instance == event.instance
+        assert event.signal == attrs.evolve(
+            loads_signal(dumps_signal(original)), id=event.id, instance=event.instance
+        )
     # Per request, in order:
     assert [
         e.signal.data.index
