@@ -609,6 +609,9 @@ class FleetConfig:
     timeout: float = attrs.field(default=0.2, validator=[_positive, attrs.validators.le(10.0)])
     #: Seconds between reconnection probes while degraded (Redis unreachable).
     probe_interval: float = attrs.field(default=1.0, validator=_positive)
+    #: Seconds between two writes of this replica's status for the fleet's ``status`` (a replica not
+    #: heard from for three of them, at least 5 s, is gone).
+    status_interval: float = attrs.field(default=2.0, validator=_positive)
     #: Environment variable holding the Redis password (instead of putting it in ``redis_url``).
     password_env: str | None = None
 

@@ -227,8 +227,9 @@ class ProviderAgent(Actor):
                 on_breaker_verdict=self.breaker_changed,
                 on_upstream_block=self.poke_status,
             )
-            # Another replica, a reply to a queued verdict, Redis leaving or coming back: news to report.
-            gate.watch(self.breaker_changed)
+            # Another replica's breaker notice, a reply to a queued verdict, Redis leaving or coming back
+            # (limits between the share and the fleet's): news for the router.
+            gate.watch(self.poke_status)
         #: Requests in the agent by ``(request_id, attempt)``.
         self.active_requests: dict[tuple[str, int], ActiveRequest] = {}
         #: Runs of :meth:`run` so far (1 for the first); part of :attr:`agent_id`.

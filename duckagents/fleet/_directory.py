@@ -113,6 +113,7 @@ class ReplicaDirectory:
         #: The fleet as last read (every replica that wrote within :attr:`ttl`, this one included).
         self.replicas: tuple[ReplicaReport, ...] = ()
         self.read_at = -math.inf
+        self._read = trio.Event()
 
     async def publish(self, report: ReplicaReport) -> None:
         """Write this replica's status (bounded like every fleet call)."""
@@ -149,6 +150,13 @@ class ReplicaDirectory:
         reports = [r for r in (_report_from(str(t)) for t in texts) if r is not None]
         self.replicas = tuple(sorted(reports, key=lambda r: r.instance))
         self.read_at = trio.current_time()
+        self._read.set()
+        self._read = trio.Event()
+        return self.replicas
+
+    async def next_read(self) -> tuple[ReplicaReport, ...]:
+        """Wait for the next read of the fleet's status; returns what it found."""
+        await self._read.wait()
         return self.replicas
 
     async def leave(self) -> None:

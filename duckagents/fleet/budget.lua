@@ -8,7 +8,7 @@
 -- ARGV[2]  now (ms, the caller's wall clock): holds whose expiry passed are released first
 -- ARGV[3]  time to live of the keys (ms), renewed on every write (longer than any window)
 -- reserve: ARGV[4] amount, ARGV[5] tolerance, ARGV[6] hold id, ARGV[7] its expiry (ms),
---          ARGV[8..] each account's budget. Reply {"1", spent, held, ...} (after the hold) or
+--          ARGV[8..] each account's budget. Reply {"1", "0", spent, held, ...} (after the hold) or
 --          {"0", index of the first account that would go over (1-based), spent, held, ...} (unchanged).
 -- settle:  ARGV[4] the hold's amount, ARGV[5] the cost, ARGV[6] the hold id: release the hold (if it
 --          has not expired) and count the cost. Reply {spent, held, ...}.
@@ -78,7 +78,7 @@ if op == 'reserve' then
     redis.call('ZADD', holds, expiry, id)
     touch(hash, holds)
   end
-  return totals({ '1' })
+  return totals({ '1', '0' })
 elseif op == 'settle' then
   local amount, cost, id = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
   for i = 1, accounts do
