@@ -442,7 +442,7 @@ async def _run_tree(
             "duckagents", children, strategy=Strategy.ONE_FOR_ONE, intensity=root_intensity, bus=signal_bus
         ) as supervisor:
             if replica is not None:
-                replica.serve_status(router.status, lambda: router.in_flight)
+                replica.serve_status(router.status_document)
             await router.wait_ready(ready_timeout)
             tree = Tree(
                 cfg, signal_bus, supervisor, router, agents, agent_supervisors, ledger,

@@ -1,9 +1,9 @@
 """Who is in the fleet and how each replica's agents are doing: :class:`ReplicaDirectory`.
 
-Each replica writes its status (its agents' latest ``provider_status``, requests in flight, whether it is
-degraded) under its own key with a time to live, every ``status_interval`` seconds, and reads everybody
-else's. A replica that stops (or dies) disappears once its key expires. ``status`` and ``GET
-/v1/status`` of any replica show the whole fleet from this directory.
+Each replica writes its status (its agents as its status document lists them, requests in flight,
+whether it is degraded) under its own key with a time to live, every ``status_interval`` seconds, and
+reads everybody else's. A replica that stops (or dies) disappears once its key expires. ``status`` and
+``GET /v1/status`` of any replica show the whole fleet from this directory.
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ from typing import Any
 import attrs
 import trio
 
-from ..codec import unstructure
 from ..errors import FleetUnavailable
-from ..signals import ProviderStatus
 from ._fleet import Fleet
 
-__all__ = ["ReplicaDirectory", "ReplicaReport", "agent_report"]
+__all__ = ["ReplicaDirectory", "ReplicaReport"]
 
 log = logging.getLogger("duckagents.fleet")
 
@@ -45,8 +43,7 @@ class ReplicaReport:
     updated: float
     #: Requests in its router, between intake and final result.
     in_flight: int = 0
-    #: Its agents' status objects (``provider_status`` data, the headroom's ``retry_at`` as
-    #: ``retry_after`` seconds, and ``instance``).
+    #: Its agents as its status document lists them (``GET /v1/status``'s ``data``), with ``instance``.
     agents: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
@@ -58,27 +55,6 @@ class ReplicaReport:
             "in_flight": self.in_flight,
             "agents": list(self.agents),
         }
-
-
-def agent_report(status: ProviderStatus, instance: str, now: float) -> dict[str, Any]:
-    """One agent's status as other processes can read it: ``retry_at`` (this process's Trio clock)
-    becomes ``retry_after`` (seconds from ``now``), non-finite numbers become null, ``instance`` added."""
-    data: dict[str, Any] = unstructure(status)
-    headroom = data["headroom"]
-    retry_at = headroom.pop("retry_at", None)
-    headroom["retry_after"] = None if retry_at is None else max(0.0, retry_at - now)
-    data["instance"] = instance
-    return _finite(data)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _report_from(text: str) -> ReplicaReport | None:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import trio
 
@@ -29,10 +30,10 @@ from ..config import FleetConfig
 from ..costs import Budget
 from ..errors import FleetUnavailable
 from ..resilience import BreakerConfig, RateLimits
-from ..signals import FleetDegraded, FleetRejoined, Payload, ProviderStatus, make_signal
+from ..signals import FleetDegraded, FleetRejoined, Payload, make_signal
 from ._bridge import SignalBridge
 from ._budgets import FleetBudgets
-from ._directory import ReplicaDirectory, ReplicaReport, agent_report
+from ._directory import ReplicaDirectory, ReplicaReport
 from ._fleet import Fleet, open_fleet
 from ._gate import FleetGate
 from ._health import FleetStatus
@@ -91,16 +92,16 @@ class FleetReplica:
             self._nursery.start_soon(self.budgets.run)
         return self.budgets
 
-    def serve_status(
-        self, statuses: Callable[[], Awaitable[list[ProviderStatus]]], in_flight: Callable[[], int]
-    ) -> None:
-        """Share this replica's status (its agents' ``statuses()``, its requests in flight) every
-        ``status_interval`` seconds, and read the fleet's into :attr:`replicas`."""
+    def serve_status(self, document: Callable[[], dict[str, Any]]) -> None:
+        """Share this replica's status document (``document()``: the router's, see
+        ``RouterAgent.status_document``) every ``status_interval`` seconds, and read the fleet's into
+        :attr:`replicas`."""
 
         async def describe() -> ReplicaReport:
-            now = trio.current_time()
-            agents = tuple(agent_report(s, self.instance, now) for s in await statuses())
-            return ReplicaReport(self.instance, self.degraded, time.time(), in_flight(), agents)
+            local = document()
+            agents = tuple({**agent, "instance": self.instance} for agent in local.get("data", ()))
+            in_flight = int(local.get("in_flight", 0))
+            return ReplicaReport(self.instance, self.degraded, time.time(), in_flight, agents)
 
         assert self._nursery is not None, "serve_status needs the replica open"
         self._nursery.start_soon(self.directory.run, describe)
@@ -109,6 +110,45 @@ class FleetReplica:
     def replicas(self) -> tuple[ReplicaReport, ...]:
         """Every replica's status as last read (at most ``status_interval`` old; this one's included)."""
         return self.directory.replicas
+
+    def fleet_document(self, local: dict[str, Any]) -> dict[str, Any]:
+        """The fleet's status document from this process's (``local``, the router's): its agents named
+        by ``instance`` (this replica), the other replicas' agents as they last reported appended, and
+        ``instance``, ``degraded`` and ``replicas`` (each: ``instance``, ``degraded``, ``age`` in seconds
+        since it reported, ``in_flight``, ``agents``). The replicas are as last read (at most
+        ``status_interval`` old); while degraded, only this one is listed."""
+        now = time.time()
+        mine = [{**agent, "instance": self.instance} for agent in local.get("data", ())]
+        listing: list[dict[str, Any]] = [
+            {
+                "instance": self.instance,
+                "degraded": self.degraded,
+                "age": 0.0,
+                "in_flight": local.get("in_flight", 0),
+                "agents": len(mine),
+            }
+        ]
+        others: list[dict[str, Any]] = []
+        for report in () if self.degraded else self.replicas:
+            if report.instance == self.instance:
+                continue
+            listing.append(
+                {
+                    "instance": report.instance,
+                    "degraded": report.degraded,
+                    "age": round(max(0.0, now - report.updated), 3),
+                    "in_flight": report.in_flight,
+                    "agents": len(report.agents),
+                }
+            )
+            others += [{**agent, "instance": report.instance} for agent in report.agents]
+        return {
+            **local,
+            "data": mine + others,
+            "instance": self.instance,
+            "degraded": self.degraded,
+            "replicas": listing,
+        }
 
     # --- what a fleet gateway uses (gateway.FleetFeed) ---------------------------------------------
 

@@ -311,7 +311,8 @@ class Connection:
                 await self._submit(msg)
             case StatusQuery():
                 self._require("subscribe", msg.id)
-                await self.outbox.push_control(await answer(self._router, msg, self.principal))
+                frame = await answer(self._router, msg, self.principal, self._shared.fanout.feed)
+                await self.outbox.push_control(frame)
             case Control() | Reload():
                 await self._operate(msg)
             case Cancel():

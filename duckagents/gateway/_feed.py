@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -152,6 +152,10 @@ class FleetFeed(Protocol):
 
     async def missed(self, after: str) -> bool:
         """May events after ``after`` have been trimmed from the stream?"""
+        ...
+
+    def fleet_document(self, local: dict[str, Any]) -> dict[str, Any]:
+        """The fleet's status document, from this process's (``local``): the ``status`` op's answer."""
         ...
 
 
