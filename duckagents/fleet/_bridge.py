@@ -76,7 +76,8 @@ class SignalBridge:
                     first = await subscription.receive()
                 except BusClosed:
                     break
-                self._idle = trio.Event()
+                if self._idle.is_set():  # an unset one may have waiters: they wait for the next idle
+                    self._idle = trio.Event()
                 batch = [first]
                 while len(batch) < self.max_batch:
                     try:

@@ -156,6 +156,10 @@ class FleetReplica:
         """Return once the fleet is joined."""
         await self.fleet.health.wait_joined()
 
+    def watch(self, listener: Callable[[bool], None]) -> Callable[[], None]:
+        """Call ``listener(degraded)`` on every change of the fleet's health; returns an unwatch."""
+        return self.fleet.health.watch(lambda status: listener(status.degraded))
+
     async def read(self, after: str, *, count: int = 256, block: float | None = None) -> FleetBatch:
         """The stream's events after ``after`` (see :meth:`SignalStream.read`)."""
         return await self.stream.read(after, count=count, block=block)

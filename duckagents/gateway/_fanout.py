@@ -148,15 +148,19 @@ class Fanout:
             task_status.started()
             self._on_bus_closed()
             return
-        with closing:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(reader.run)
-                task_status.started()
-                try:
-                    await closing.receive()
-                except BusClosed:
-                    pass
-                nursery.cancel_scope.cancel()
+        detach = reader.attach()
+        try:
+            with closing:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(reader.run)
+                    task_status.started()
+                    try:
+                        await closing.receive()
+                    except BusClosed:
+                        pass
+                    nursery.cancel_scope.cancel()
+        finally:
+            detach()
         self._on_bus_closed()
 
     def flush(self, limit: int = BUFFER) -> None:

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import attrs
 import trio
 
-from ..bus import Overflow, SignalBus, SignalFilter
+from ..bus import Overflow, SignalBus, SignalFilter, Subscription
 from ..codec import parse_stream_id
 from ..errors import BusClosed, FleetUnavailable
 from ..signals import Signal
@@ -142,6 +142,10 @@ class FleetFeed(Protocol):
         """Return once the fleet is joined."""
         ...
 
+    def watch(self, listener: Callable[[bool], None]) -> Callable[[], None]:
+        """Call ``listener(degraded)`` on every change of the fleet's health; returns an unwatch."""
+        ...
+
     async def read(self, after: str, *, count: int = 256, block: float | None = None) -> FeedBatch:
         """The stream's events after ``after``, waiting up to ``block`` seconds for one."""
         ...
@@ -186,6 +190,28 @@ class FleetReader:
         #: Events read from the stream, and signals delivered from the bus while degraded.
         self.read_events = 0
         self.local_signals = 0
+        # While degraded: this process's bus. Subscribed by the health listener itself, at the instant the
+        # fleet degrades, so not even the fleet_degraded signal published right after is missed.
+        self._local: Subscription | None = None
+        self._read_scope: trio.CancelScope | None = None
+
+    def attach(self) -> Callable[[], None]:
+        """Follow the fleet's health (the fan-out calls it when it starts); returns a detach."""
+        return self.feed.watch(self._health_changed)
+
+    def _health_changed(self, degraded: bool) -> None:
+        if not degraded:
+            return
+        if self._local is None and self.fanout.routes:
+            try:
+                self._local = self._subscribe_locally()
+            except BusClosed:
+                return
+        if self._read_scope is not None:
+            self._read_scope.cancel()
+
+    def _subscribe_locally(self) -> Subscription:
+        return self.bus.subscribe(SignalFilter(), buffer=LOCAL_BUFFER, overflow=Overflow.DROP_OLDEST)
 
     # --- live delivery -----------------------------------------------------------------------------
 
@@ -195,18 +221,27 @@ class FleetReader:
         while True:
             if not fanout.routes:
                 self._unposition()  # a later subscriber starts from the end, not from here
+                if self._local is not None:
+                    self._local.close()
+                    self._local = None
                 await fanout.wait_routes()
-            if feed.degraded:
+            if feed.degraded or self._local is not None:
                 await self._run_local()
                 continue
+            batch = None
             try:
-                if self.position is None:
-                    self._move(await feed.tail())
-                assert self.position is not None
-                batch = await feed.read(self.position, count=READ_COUNT, block=READ_BLOCK)
+                with trio.CancelScope() as self._read_scope:  # cancelled when the fleet degrades
+                    if self.position is None:
+                        self._move(await feed.tail())
+                    assert self.position is not None
+                    batch = await feed.read(self.position, count=READ_COUNT, block=READ_BLOCK)
             except FleetUnavailable:
                 if not feed.degraded:
                     await trio.sleep(READ_BLOCK)  # a failure the fleet does not count: do not spin
+                continue
+            finally:
+                self._read_scope = None
+            if batch is None:
                 continue
             self._deliver(batch)
             if batch.events:
@@ -238,12 +273,19 @@ class FleetReader:
         for route in self.fanout.routes_snapshot():
             route.after, route.live = None, True  # replays cannot go on; the bus has no positions
         instance = self.feed.instance
+        subscription = self._local
+        if subscription is None:
+            try:
+                subscription = self._local = self._subscribe_locally()
+            except BusClosed:
+                await trio.sleep_forever()  # the fan-out sees the bus close and stops the gateway
         try:
-            subscription = self.bus.subscribe(
-                SignalFilter(), buffer=LOCAL_BUFFER, overflow=Overflow.DROP_OLDEST
-            )
-        except BusClosed:
-            await trio.sleep_forever()  # the fan-out sees the bus close and stops the gateway
+            await self._deliver_locally(subscription, instance)
+        finally:
+            subscription.close()
+            self._local = None
+
+    async def _deliver_locally(self, subscription: Subscription, instance: str) -> None:
         with subscription:
             async with trio.open_nursery() as nursery:
 

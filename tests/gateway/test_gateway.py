@@ -79,6 +79,17 @@ async def test_unsubscribe_stops_the_stream_after_its_ack() -> None:
     assert again["code"] == "unknown_subscription"
 
 
+async def test_resuming_needs_a_fleet_gateway() -> None:
+    async with fake_router() as router, running_gateway(router) as gateway, connect(gateway) as client:
+        refused = await client.call({"type": "subscribe", "id": "s", "since": "1700000000000-0"})
+        bad = await client.call({"type": "subscribe", "id": "t", "since": "yesterday"})
+        # The connection stays usable: a plain subscription works.
+        ack = await client.call({"type": "subscribe", "id": "u"})
+    assert refused["code"] == "unavailable" and "[fleet]" in refused["message"]
+    assert bad["code"] == "invalid_message" and "$.since" in bad["message"]
+    assert ack["type"] == "ack"
+
+
 async def test_request_streams_chunks_then_exactly_one_terminal() -> None:
     async with fake_router() as router, running_gateway(router) as gateway, connect(gateway) as client:
         await client.send(
