@@ -13,14 +13,18 @@ is cheap. Point any OpenAI client at :attr:`OpenAIServer.base_url`::
 from __future__ import annotations
 
 import itertools
+import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
+import trio
 
 from ..messages import FinishReason, ToolCall
+from ..resilience import RateLimiter, RateLimits
 from ._common import WireServer, serve
 from ._openai_errors import APIError, error_for_fault
 from ._openai_rules import RequestFacts, validate_chat_request
@@ -39,6 +43,8 @@ _FINISH = {
     FinishReason.OTHER: "stop",
 }
 _JSON = "application/json"
+#: Arrival times of chat completions kept (:attr:`OpenAIServer.served_at`).
+MAX_SERVED_TIMES = 100_000
 _MALFORMED_BODY = b'{"id": "chatcmpl-broken", "object": "chat.completion", "choices": [{"message": {"conte'
 _GARBAGE_EVENT = b'data: {"id": "chatcmpl-broken", "choices": [{"delta": {"content": \n\n'
 
@@ -64,8 +70,16 @@ class OpenAIServer(WireServer):
         context_window: int = 128_000,
         rate_limits: OpenAIRateLimits = OpenAIRateLimits(),
         stream_interval: float = 0.0,
+        enforce: RateLimits | None = None,
     ) -> None:
         super().__init__()
+        #: The server's own limit on chat completions, when given: a token bucket (Trio clock), and what
+        #: lies beyond it gets the API's 429 ``rate_limit_exceeded`` with a ``retry-after``.
+        self.enforced = None if enforce is None else RateLimiter(enforce)
+        #: When each chat completion it answered arrived (Trio clock), most recent last (bounded).
+        self.served_at: deque[float] = deque(maxlen=MAX_SERVED_TIMES)
+        #: Chat completions refused with 429 because of :attr:`enforced`.
+        self.refused = 0
         self.api_key = api_key
         self.models = tuple(models) if models is not None else None
         self.context_window = context_window
@@ -99,6 +113,8 @@ class OpenAIServer(WireServer):
             if fault is not None and fault.status is not None:
                 raise error_for_fault(fault, self.context_window)
             self._check_auth(request)
+            if request.method == "POST" and request.path == "/v1/chat/completions":
+                self._admit()
             reply = self._route(request, n, fault)
         except (TypeError, AttributeError, KeyError, ValueError):
             # A body of the wrong shape somewhere the rules do not look: the API's generic schema refusal.
@@ -119,6 +135,23 @@ class OpenAIServer(WireServer):
             "x-ratelimit-reset-requests": limits.reset_requests,
             "x-ratelimit-reset-tokens": limits.reset_tokens,
         }
+
+    def _admit(self) -> None:
+        """The server's own request limit (``enforce``): beyond it, the API's 429."""
+        now = trio.current_time()
+        if self.enforced is not None:
+            admission = self.enforced.admit(now)
+            if not admission.admitted:
+                self.refused += 1
+                wait = max(0.0, (admission.retry_at or now) - now)
+                raise APIError(
+                    429,
+                    "Rate limit reached for requests. Please try again later.",
+                    type="requests",
+                    code="rate_limit_exceeded",
+                    headers={"retry-after": f"{max(1, math.ceil(wait))}"},
+                )
+        self.served_at.append(now)
 
     def _check_auth(self, request: HTTPRequest) -> None:
         if self.api_key is None:

@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from duckagents.messages import ToolCall
+from duckagents.resilience import RateLimits
 from duckagents.testing import Fault, OpenAIServer, ScriptedReply, ThreadedServer
 
 KEY = "sk-test-wire0123456789abcdef"
@@ -186,6 +187,17 @@ def test_official_client_retries_after_429_honouring_retry_after_ms(wire: Thread
             model="gpt-4o", messages=[{"role": "user", "content": "again"}]
         )
     assert done.choices[0].message.content == "echo: again"
+
+
+def test_an_enforced_limit_answers_the_apis_429_beyond_it() -> None:
+    with ThreadedServer(OpenAIServer(api_key=KEY, enforce=RateLimits(requests=2, period=3600.0))) as wire:
+        with openai.OpenAI(base_url=wire.server.base_url, api_key=KEY, max_retries=0, timeout=30) as c:
+            for _ in range(2):
+                c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+            with pytest.raises(openai.RateLimitError) as info:
+                c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.code == "rate_limit_exceeded" and int(info.value.response.headers["retry-after"]) >= 1
+    assert wire.server.refused == 1 and len(wire.server.served_at) == 2
 
 
 def test_official_client_models(client: openai.OpenAI) -> None:
