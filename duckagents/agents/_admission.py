@@ -29,6 +29,7 @@ from ..providers import Completion, RateLimitInfo
 from ..resilience import (
     Admission,
     BreakerState,
+    BreakerSwitch,
     CircuitBreaker,
     Gate,
     RateLimiter,
@@ -190,6 +191,11 @@ class AdmissionControl:
     async def refresh(self, now: float) -> None:
         """Nothing to do: the machines are here."""
 
+    async def switch_breaker(self, now: float, operation: BreakerSwitch) -> str:
+        """An operator's switch (``reset``, ``force_open``, ``disable``); returns what to add to the reply."""
+        getattr(self.breaker, operation)(now)
+        return ""
+
 
 class SharedAdmissionControl:
     """:class:`AdmissionControl`'s steps on a :class:`~duckagents.resilience.Gate` (a fleet's shared
@@ -297,3 +303,9 @@ class SharedAdmissionControl:
     async def refresh(self, now: float) -> None:
         """Bring the views up to date (one round trip)."""
         await self.gate.refresh(now)
+
+    async def switch_breaker(self, now: float, operation: BreakerSwitch) -> str:
+        """An operator's switch for every replica sharing the breaker; returns what to add to the reply."""
+        if await self.gate.switch(now, operation):
+            return " (fleet-wide)"
+        return " (this replica only: the fleet's Redis is unreachable)"

@@ -59,7 +59,15 @@ from ..costs import ModelPrice, PriceTable
 from ..errors import AgentFault, BusClosed, ErrorKind, ProviderError, StreamProtocolError, redact
 from ..messages import FEATURE_NAMES, Features, Usage, implied_features
 from ..providers import Completion, HealthProbe, Provider, StreamEnd, heuristic_token_count
-from ..resilience import BreakerConfig, BreakerState, CircuitBreaker, Gate, RateLimiter, RateLimits
+from ..resilience import (
+    BreakerConfig,
+    BreakerState,
+    BreakerSwitch,
+    CircuitBreaker,
+    Gate,
+    RateLimiter,
+    RateLimits,
+)
 from ..signals import (
     MODEL_ACTIONS,
     ControlAction,
@@ -102,6 +110,12 @@ _SWITCHES = frozenset(
     {ControlAction.BREAKER_RESET, ControlAction.BREAKER_FORCE_OPEN, ControlAction.BREAKER_DISABLE,
      ControlAction.DRAIN, ControlAction.RESUME}
 )
+# The breaker's operator switches, by control action (its method names).
+_BREAKER_SWITCHES: dict[ControlAction, BreakerSwitch] = {
+    ControlAction.BREAKER_RESET: "reset",
+    ControlAction.BREAKER_FORCE_OPEN: "force_open",
+    ControlAction.BREAKER_DISABLE: "disable",
+}
 PROBE_TIMEOUT = 10.0
 #: Inbox signals handled per scheduler turn at most.
 DRAIN_BATCH = 256
@@ -514,21 +528,19 @@ class ProviderAgent(Actor):
         """Apply the switches in arrival order and reply to each; model management gets a task each."""
         async for control in controls:
             if control.action in _SWITCHES:
-                await self._publish_reply(self._switch(control))
+                await self._publish_reply(await self._switch(control))
             else:
                 self._spawn(self._manage_models, control)
 
-    def _switch(self, control: ProviderControl) -> ControlReply:
-        """Apply a breaker switch or drain/resume now; the reply carries the state after it."""
+    async def _switch(self, control: ProviderControl) -> ControlReply:
+        """Apply a breaker switch (fleet-wide in fleet mode) or drain/resume now; the reply carries the
+        state after it."""
         now = trio.current_time()
         action = control.action
-        breaker = self.breaker
-        if action is ControlAction.BREAKER_RESET:
-            breaker.reset(now)
-        elif action is ControlAction.BREAKER_FORCE_OPEN:
-            breaker.force_open(now)
-        elif action is ControlAction.BREAKER_DISABLE:
-            breaker.disable(now)
+        admission = self._admission
+        where = ""
+        if action in _BREAKER_SWITCHES:
+            where = await admission.switch_breaker(now, _BREAKER_SWITCHES[action])
         elif action is ControlAction.DRAIN:
             self.draining = True
         elif action is ControlAction.RESUME:
@@ -540,7 +552,7 @@ class ProviderAgent(Actor):
                 if self.draining else "taking requests again"
             )
         else:
-            message = f"breaker {breaker.state(now).value}"
+            message = f"breaker {admission.breaker_state(trio.current_time()).value}{where}"
         return self._control_reply(control, True, message)
 
     async def _manage_models(self, control: ProviderControl) -> None:
@@ -580,7 +592,7 @@ class ProviderAgent(Actor):
             ok=ok,
             message=message,
             provider=self.name,
-            breaker_state=self.breaker.state(trio.current_time()).value,
+            breaker_state=self._admission.breaker_state(trio.current_time()).value,
             draining=self.draining,
             **extra,
         )

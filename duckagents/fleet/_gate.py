@@ -24,6 +24,7 @@ from ..resilience import (
     BreakerConfig,
     BreakerSnapshot,
     BreakerState,
+    BreakerSwitch,
     CircuitBreaker,
     GateAnswer,
     RateLimiter,
@@ -227,6 +228,21 @@ class FleetGate:
                 self._changed()
         except FleetUnavailable:
             pass
+
+    async def switch(self, now: float, operation: BreakerSwitch) -> bool:
+        """An operator's switch for the whole fleet (one round trip; other replicas hear of it through
+        the notice); also applied to the local breaker, so that it holds while Redis is gone. Returns
+        False when Redis could not be reached: then only this replica switched."""
+        getattr(self.local_breaker, operation)(now)
+        reached = False
+        if not self.fleet.health.degraded:
+            try:
+                await getattr(self.shared_breaker, operation)(now)
+                reached = True
+            except FleetUnavailable:
+                pass
+        self._changed()
+        return reached
 
     # --- internals ---------------------------------------------------------------------------------
 

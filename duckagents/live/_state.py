@@ -263,10 +263,11 @@ class LiveState:
             if isinstance(data.get("draining"), bool):
                 agent.draining = data["draining"]
             self._breaker(agent, data.get("breaker_state"), None, now)
-        elif kind == "fleet_degraded":
+        elif kind in ("fleet_degraded", "fleet_rejoined"):
+            # A replica lost the fleet's Redis (fleet_degraded, with why) or reaches it again.
             replica = self._touch_replica(str(data.get("instance") or instance or "?"), now)
-            replica.degraded = bool(data.get("degraded"))
-            replica.reason = str(data.get("reason") or "")
+            replica.degraded = kind == "fleet_degraded"
+            replica.reason = str(data.get("reason") or "") if replica.degraded else ""
 
     def note_missed(self, count: int) -> None:
         """Signals the gateway dropped for this client (it read too slowly)."""

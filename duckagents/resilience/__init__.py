@@ -9,7 +9,7 @@ from ._breaker import (
     BreakerState,
     CircuitBreaker,
 )
-from ._gate import Gate, GateAnswer, Verdict
+from ._gate import BreakerSwitch, Gate, GateAnswer, Verdict
 from ._ratelimit import Admission, RateLimiter, RateLimitInfo, RateLimits, Reservation
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "BreakerConfig",
     "BreakerSnapshot",
     "BreakerState",
+    "BreakerSwitch",
     "CircuitBreaker",
     "Gate",
     "GateAnswer",

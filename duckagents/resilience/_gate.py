@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Protocol
+from typing import Literal, Protocol
 
 import attrs
 
@@ -21,7 +21,10 @@ from ..signals import Headroom
 from ._breaker import BreakerSnapshot, BreakerState, CircuitBreaker
 from ._ratelimit import Admission, RateLimiter, RateLimitInfo, RateLimits, Reservation
 
-__all__ = ["Gate", "GateAnswer", "Verdict"]
+__all__ = ["BreakerSwitch", "Gate", "GateAnswer", "Verdict"]
+
+#: The operator switches of a breaker (the names of :class:`CircuitBreaker`'s methods).
+BreakerSwitch = Literal["reset", "force_open", "disable"]
 
 
 class Verdict(str, enum.Enum):
@@ -102,6 +105,11 @@ class Gate(Protocol):
 
     async def refresh(self, now: float) -> None:
         """Bring the views up to date (a round trip)."""
+        ...
+
+    async def switch(self, now: float, operation: BreakerSwitch) -> bool:
+        """An operator's switch (``reset``, ``force_open``, ``disable``), for every process sharing the
+        breaker; True when it reached them all, False when only this process's breaker took it."""
         ...
 
     def watch(self, listener: Callable[[], None]) -> Callable[[], None]:

@@ -24,7 +24,6 @@ import attrs
 import trio
 
 from ..messages import FinishReason, ToolCall
-from ..resilience import RateLimiter, RateLimits
 from ._common import WireServer, serve
 from ._openai_errors import APIError, error_for_fault
 from ._openai_rules import RequestFacts, validate_chat_request
@@ -59,6 +58,28 @@ class OpenAIRateLimits:
     reset_tokens: str = "0s"
 
 
+class _Bucket:
+    """A token bucket of ``capacity`` requests refilled over ``seconds``."""
+
+    def __init__(self, capacity: int, seconds: float) -> None:
+        if capacity < 1 or not seconds > 0:
+            raise ValueError("enforce is (requests >= 1, seconds > 0)")
+        self.capacity = capacity
+        self.rate = capacity / seconds
+        self.level = float(capacity)
+        self.since: float | None = None
+
+    def take(self, now: float) -> float:
+        """Take one request: 0 when admitted, else the seconds until one would be."""
+        if self.since is not None:
+            self.level = min(self.capacity, self.level + (now - self.since) * self.rate)
+        self.since = now
+        if self.level >= 1:
+            self.level -= 1
+            return 0.0
+        return (1 - self.level) / self.rate
+
+
 class OpenAIServer(WireServer):
     """The app; start it with :func:`open_openai_server`. ``models=None`` accepts any model name."""
 
@@ -70,12 +91,14 @@ class OpenAIServer(WireServer):
         context_window: int = 128_000,
         rate_limits: OpenAIRateLimits = OpenAIRateLimits(),
         stream_interval: float = 0.0,
-        enforce: RateLimits | None = None,
+        enforce: tuple[int, float] | None = None,
     ) -> None:
         super().__init__()
-        #: The server's own limit on chat completions, when given: a token bucket (Trio clock), and what
-        #: lies beyond it gets the API's 429 ``rate_limit_exceeded`` with a ``retry-after``.
-        self.enforced = None if enforce is None else RateLimiter(enforce)
+        #: The server's own limit on chat completions, when given as ``(requests, seconds)``: a token
+        #: bucket of ``requests`` refilled over ``seconds`` (Trio clock; its own code, so that it checks
+        #: the clients' limiting independently), and what lies beyond it gets the API's 429
+        #: ``rate_limit_exceeded`` with a ``retry-after``.
+        self.enforced = None if enforce is None else _Bucket(*enforce)
         #: When each chat completion it answered arrived (Trio clock), most recent last (bounded).
         self.served_at: deque[float] = deque(maxlen=MAX_SERVED_TIMES)
         #: Chat completions refused with 429 because of :attr:`enforced`.
@@ -140,10 +163,9 @@ class OpenAIServer(WireServer):
         """The server's own request limit (``enforce``): beyond it, the API's 429."""
         now = trio.current_time()
         if self.enforced is not None:
-            admission = self.enforced.admit(now)
-            if not admission.admitted:
+            wait = self.enforced.take(now)
+            if wait > 0:
                 self.refused += 1
-                wait = max(0.0, (admission.retry_at or now) - now)
                 raise APIError(
                     429,
                     "Rate limit reached for requests. Please try again later.",

@@ -30,7 +30,6 @@ import trio
 import trio_websocket
 
 from duckagents.codec import parse_stream_id
-from duckagents.resilience import RateLimits
 from duckagents.testing import Fault, OpenAIServer, RedisServer, open_openai_server
 from tests.cli.support import ENV, Process
 
@@ -132,7 +131,7 @@ async def test_three_replicas_keep_one_600_rpm_limit_under_three_times_the_load(
     # 600 requests a minute, 20 at once: 10 a second. The upstream enforces the same rate with a little
     # room for the clocks and the network (its bucket holds 23): a 429 would mean the fleet overshot.
     provider = "limits = { requests_per_minute = 600, burst = 20 }"
-    enforce = RateLimits(requests=23, period=2.3)
+    enforce = (23, 2.3)
     window, offered_rate = 6.0, 30.0  # three times the limit, for a bounded window
     async with open_openai_server(api_key=KEY, enforce=enforce) as upstream:
         async with fleet_of(tmp_path, redis_server, upstream, provider=provider) as fleet:
@@ -156,7 +155,8 @@ async def test_three_replicas_keep_one_600_rpm_limit_under_three_times_the_load(
     assert len(served) <= 20 + 10 * span + 3, (len(served), span)
     # And in any stretch of it: every replica alone would have let 20 + 10/s through.
     assert most_in_any_window(served, 2.0) <= 20 + 20 + 3
-    assert statuses.count(200) == len(served)
+    # Each 200 was served; a request can also reach the upstream and still miss its deadline (504).
+    assert statuses.count(200) <= len(served) <= statuses.count(200) + statuses.count(504)
     # The rest were refused by the fleet's limiter: at once (429), or after waiting for a turn that did
     # not come before their deadline (504).
     assert set(statuses) <= {200, 429, 504}

@@ -192,3 +192,34 @@ async def test_redis_dying_degrades_to_the_share_and_rejoins(own_redis: RedisSer
             )
             # The restarted Redis forgot the bucket (no persistence): shared limits decide again.
             assert isinstance(await outcome(tree, "rejoined"), ProviderResponse)
+
+
+async def test_an_operators_breaker_switch_holds_for_the_whole_fleet(redis_server: RedisServer) -> None:
+    config = config_for(fleet_config(redis_server.url), provider())
+    one, two = MockProvider(), MockProvider()
+    with trio.fail_after(BOUND):
+        async with replica(config, "a", one) as (a, rec_a), replica(config, "b", two) as (b, rec_b):
+            reply = await a.router.controls.send("m", "breaker_force_open", principal="ops")
+            assert reply.ok and reply.breaker_state == "forced_open" and "fleet-wide" in reply.message
+            refused = await outcome(b, "while forced")
+            assert isinstance(refused, ProviderError) and refused.kind is ErrorKind.CIRCUIT_OPEN
+            assert two.calls == 0
+            # b's agent heard of it from a's notice and told its router.
+            await rec_b.wait_for(
+                lambda s: s.type == "provider_status" and s.data.breaker_state == "forced_open",  # type: ignore[union-attr]
+                within=5,
+            )
+            # Switched off from the other replica: both take requests, failures count nowhere.
+            reply = await b.router.controls.send("m", "breaker_disable", principal="ops")
+            assert reply.ok and reply.breaker_state == "disabled"
+            await rec_a.wait_for(
+                lambda s: s.type == "provider_status" and s.data.breaker_state == "disabled",  # type: ignore[union-attr]
+                within=5,
+            )
+            one.fail_next(ErrorKind.UPSTREAM_5XX, count=6)
+            for n in range(6):
+                assert isinstance(await outcome(a, f"fails {n}"), ProviderError)
+            assert isinstance(await outcome(b, "still admitted"), ProviderResponse)
+            reply = await a.router.controls.send("m", "breaker_reset", principal="ops")
+            assert reply.breaker_state == "closed"
+    assert one.calls == 6 and two.calls == 1

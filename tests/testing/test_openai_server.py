@@ -15,7 +15,6 @@ import openai
 import pytest
 
 from duckagents.messages import ToolCall
-from duckagents.resilience import RateLimits
 from duckagents.testing import Fault, OpenAIServer, ScriptedReply, ThreadedServer
 
 KEY = "sk-test-wire0123456789abcdef"
@@ -190,7 +189,7 @@ def test_official_client_retries_after_429_honouring_retry_after_ms(wire: Thread
 
 
 def test_an_enforced_limit_answers_the_apis_429_beyond_it() -> None:
-    with ThreadedServer(OpenAIServer(api_key=KEY, enforce=RateLimits(requests=2, period=3600.0))) as wire:
+    with ThreadedServer(OpenAIServer(api_key=KEY, enforce=(2, 3600.0))) as wire:
         with openai.OpenAI(base_url=wire.server.base_url, api_key=KEY, max_retries=0, timeout=30) as c:
             for _ in range(2):
                 c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
