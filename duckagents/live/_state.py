@@ -234,6 +234,12 @@ class LiveState:
             if isinstance(entry.get("restarts"), int):
                 agent.restarts = max(agent.restarts, entry["restarts"])
             self._from_detail(agent, detail)
+        # A fleet's document lists its replicas too (docs/fleet.md): whether each reaches Redis.
+        replicas = document.get("replicas")
+        for listed in replicas if isinstance(replicas, list) else ():
+            if isinstance(listed, Mapping) and isinstance(listed.get("instance"), str):
+                replica = self._touch_replica(listed["instance"], now)
+                replica.degraded = listed.get("degraded") is True
 
     def apply(self, event: Mapping[str, Any], now: float) -> None:
         """One CloudEvents envelope; types this view does not use are ignored."""

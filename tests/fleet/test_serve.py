@@ -31,7 +31,7 @@ import trio_websocket
 
 from duckagents.codec import parse_stream_id
 from duckagents.testing import Fault, OpenAIServer, RedisServer, open_openai_server
-from tests.cli.support import ENV, Process
+from tests.cli.support import ENV, Process, run
 
 from .support import unique_prefix
 
@@ -163,10 +163,10 @@ async def test_three_replicas_keep_one_600_rpm_limit_under_three_times_the_load(
     assert len(served) < 0.6 * offered  # it did limit: alone, each replica would have let most through
 
 
-async def test_a_breaker_opened_through_one_replica_stops_the_others_then_one_trial(
+async def test_a_breaker_opened_through_one_replica_stops_the_others_then_the_configured_trials(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    provider = "breaker = { failure_threshold = 2, open_timeout = 1.5, half_open_trials = 1 }"
+    provider = "breaker = { failure_threshold = 2, open_timeout = 1.5, half_open_trials = 2 }"
     async with open_openai_server(api_key=KEY) as upstream:
         async with fleet_of(tmp_path, redis_server, upstream, provider=provider) as fleet:
             a, b, c = fleet["a"], fleet["b"], fleet["c"]
@@ -176,8 +176,8 @@ async def test_a_breaker_opened_through_one_replica_stops_the_others_then_one_tr
                 before = upstream.loopback.request_count
                 refused = [await chat(client, r, "refused") for r in (b, c, b)]
                 assert upstream.loopback.request_count == before  # B and C did not even try
-                await trio.sleep(1.6)  # half-open: one trial for the fleet, held in flight a while
-                upstream.inject(Fault(latency=0.5, path=CHAT))
+                await trio.sleep(1.6)  # half-open: two trials for the fleet, held in flight a while
+                upstream.inject(Fault(latency=0.5, path=CHAT), Fault(latency=0.5, path=CHAT))
                 trials: list[int] = []
 
                 async def one(replica: Replica) -> None:
@@ -190,7 +190,7 @@ async def test_a_breaker_opened_through_one_replica_stops_the_others_then_one_tr
                 closed = await chat(client, c, "closed again")
     assert [r.status_code for r in failed] == [500, 500] or all(r.status_code >= 500 for r in failed)
     assert [r.json()["error"]["code"] for r in refused] == ["circuit_open"] * 3
-    assert trial_calls == 1 and sorted(trials) == [200] + [503] * 5
+    assert trial_calls == 2 and sorted(trials) == [200] * 2 + [503] * 4
     assert closed.status_code == 200
 
 
@@ -296,7 +296,26 @@ async def test_redis_killed_under_load_costs_no_request_and_the_replicas_rejoin(
                 while len(status["replicas"]) < 3:
                     await trio.sleep(0.2)
                     status = (await client.get(fleet["b"].http + "/v1/status")).json()
+                # `status --url` on any replica, through its gateway or its HTTP door, names every
+                # replica's agent.
+                listed = {
+                    url: await listed_instances(url) for url in (fleet["a"].ws, fleet["c"].http)
+                }
     assert len(statuses) == 60 and set(statuses) <= {200, 429}  # every request answered
     assert through <= 10 + 3
     assert status["degraded"] is False and {r["instance"] for r in status["replicas"]} == {"a", "b", "c"}
     assert {agent["instance"] for agent in status["data"]} == {"a", "b", "c"}
+    assert all(names == ["up@a", "up@b", "up@c"] for names in listed.values()), listed
+
+
+async def listed_instances(url: str) -> list[str]:
+    """``duckagents status --url URL --json``: each agent as ``provider@instance``, once all three
+    replicas are listed (a replica reads the fleet's directory every ``status_interval``)."""
+    with trio.fail_after(30):
+        while True:
+            result = await trio.to_thread.run_sync(partial(run, "status", "--url", url, "--json"))
+            assert result.returncode == 0, result.stderr
+            names = sorted(f"{a['provider']}@{a['instance']}" for a in json.loads(result.stdout))
+            if len(names) == 3:
+                return names
+            await trio.sleep(0.2)

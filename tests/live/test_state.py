@@ -169,13 +169,16 @@ def test_the_status_document_is_a_snapshot_and_fleet_replicas_are_kept_apart() -
             {"not": "an agent"},
         ],
         "in_flight": 4,
+        "replicas": [{"instance": "eu-2", "degraded": False}, {"instance": "eu-3", "degraded": True},
+                     {"no": "instance"}],
     }  # fmt: skip
     state.apply_status_document(document, T0)
     assert set(state.agents) == {"alpha", "eu-2/alpha"}
+    assert state.replicas["eu-3"].degraded and not state.replicas["eu-2"].degraded
     alpha = state.agents["alpha"]
     assert (alpha.breaker, alpha.draining, alpha.in_flight(T0), alpha.model) == ("disabled", True, 4, "gpt-x")
     assert (alpha.requests, alpha.spend) == (10, 0.25)
-    assert state.agents["eu-2/alpha"].up is False and set(state.replicas) == {"eu-2"}
+    assert state.agents["eu-2/alpha"].up is False and set(state.replicas) == {"eu-2", "eu-3"}
     degraded = {
         "type": "fleet_degraded",
         "instance": "eu-2",
