@@ -15,7 +15,8 @@ the limiter: both are news for the router. Both classes also answer what the age
 
 The in-process class waits for nothing but the limiter's own retry time: its verdicts are plain calls.
 The shared one awaits the gate's admission (one round trip, shielded so that a cancellation cannot lose
-what Redis took) and hands the verdicts to the gate, which never waits either.
+what Redis took) and hands the verdicts to the gate, which never waits either; its calls waiting for a
+turn queue and ask one at a time.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..resilience import (
     BreakerSwitch,
     CircuitBreaker,
     Gate,
+    GateAnswer,
     RateLimiter,
     RateLimits,
     Reservation,
@@ -215,24 +217,19 @@ class SharedAdmissionControl:
         self.recent = recent
         self._on_breaker_verdict = on_breaker_verdict
         self._on_upstream_block = on_upstream_block
+        # Calls waiting for the limiter's next turn queue here and ask one at a time, in arrival order:
+        # a refill then costs this process one round trip, not one per waiting call (a herd of calls
+        # asking Redis together every refill would load it and this process for nothing).
+        self._turn = trio.Lock()
 
     async def admit(self, tokens: int, deadline: float, model: str) -> Reservation:
-        """Admit one call needing ``tokens`` before ``deadline`` (see :meth:`AdmissionControl.admit`)."""
+        """Admit one call needing ``tokens`` before ``deadline`` (see :meth:`AdmissionControl.admit`);
+        while calls wait for a turn, a new one queues behind them."""
+        answer = None if self._turn.locked() else await self._ask(tokens)
+        if answer is None or answer.admission.reservation is None:
+            answer = await self._wait_for_turn(tokens, deadline, model, answer)
+        now = trio.current_time()
         gate = self.gate
-        while True:
-            now = trio.current_time()
-            # Shielded (the gate bounds its round trip): cancelled mid-call, Redis may have admitted it
-            # all the same, and what it took must be given back below.
-            with trio.CancelScope(shield=True):
-                answer = await gate.admit(now, tokens)
-            admission = answer.admission
-            if admission.reservation is not None:
-                break
-            if admission.retry_at is None:
-                raise _never_admissible(tokens, gate.limits, model)
-            if admission.retry_at > deadline:
-                raise _after_deadline(admission, now, model)
-            await trio.sleep_until(admission.retry_at)
         reservation = answer.reservation
         if reservation is None:
             self._on_breaker_verdict()
@@ -245,6 +242,45 @@ class SharedAdmissionControl:
         self._on_breaker_verdict()  # allow may have moved an open breaker to half-open
         self.metrics.request_started()
         return reservation
+
+    async def _ask(self, tokens: int) -> GateAnswer:
+        # Shielded (the gate bounds its round trip): cancelled mid-call, Redis may have admitted it all
+        # the same, and what it took must be given back (admit does).
+        with trio.CancelScope(shield=True):
+            answer = await self.gate.admit(trio.current_time(), tokens)
+        return answer
+
+    async def _wait_for_turn(
+        self, tokens: int, deadline: float, model: str, refused: GateAnswer | None
+    ) -> GateAnswer:
+        """Ask again at each refill, first in line, until the limiter admits the call or the next
+        admission would come after ``deadline``."""
+        last = None if refused is None else refused.admission
+        admitted: GateAnswer | None = None
+        with trio.move_on_at(deadline):
+            async with self._turn:
+                while True:
+                    if last is not None:
+                        if last.retry_at is None:
+                            raise _never_admissible(tokens, self.gate.limits, model)
+                        if last.retry_at > deadline:
+                            raise _after_deadline(last, trio.current_time(), model)
+                        await trio.sleep_until(last.retry_at)
+                    answer = await self._ask(tokens)
+                    if answer.admission.reservation is not None:
+                        admitted = answer
+                        break
+                    last = answer.admission
+        if admitted is not None:  # also when the deadline came during the (shielded) round trip
+            return admitted
+        now = trio.current_time()
+        retry_after = None if last is None or last.retry_at is None else max(0.0, last.retry_at - now)
+        raise ProviderError(
+            ErrorKind.RATE_LIMITED,
+            "rate limited: no admission before the request's deadline (queued behind other calls)",
+            model=model,
+            retry_after=retry_after,
+        )
 
     def succeeded(
         self, reservation: Reservation, sent: float, completion: Completion, first_chunk: float | None

@@ -223,3 +223,33 @@ async def test_an_operators_breaker_switch_holds_for_the_whole_fleet(redis_serve
             reply = await a.router.controls.send("m", "breaker_reset", principal="ops")
             assert reply.breaker_state == "closed"
     assert one.calls == 6 and two.calls == 1
+
+
+async def test_calls_waiting_for_a_turn_ask_redis_one_at_a_time(redis_server: RedisServer) -> None:
+    # A bucket of 2 refilled every 0.25 s; 10 requests at once: 2 go, 8 wait for their turns.
+    config = config_for(fleet_config(redis_server.url), provider(limits=RateLimits(requests=2, period=0.5)))
+    mock = MockProvider()
+    asked: list[float] = []
+    results: list[ProviderResponse | ProviderError] = []
+    with trio.fail_after(BOUND):
+        async with replica(config, "a", mock) as (a, _):
+            assert a.fleet is not None
+            gate = a.fleet.gates["m"]
+            admit = gate.admit
+
+            async def counting(now: float, tokens: int = 0) -> Any:
+                asked.append(now)
+                return await admit(now, tokens)
+
+            gate.admit = counting  # type: ignore[method-assign]
+
+            async def ask(n: int) -> None:
+                results.append(await outcome(a, f"q{n}", timeout=10.0))
+
+            async with trio.open_nursery() as nursery:
+                for n in range(10):
+                    nursery.start_soon(ask, n)
+    assert all(isinstance(r, ProviderResponse) for r in results) and mock.calls == 10
+    # Each call asks once on arrival; after that only the first in line asks at each refill (a turn
+    # that comes a little early costs another ask or two).
+    assert len(asked) <= 10 + 8 + 2 * 8, len(asked)  # every waiter at every refill: 56 here
