@@ -119,7 +119,9 @@ class Connection:
 
     async def run(self) -> None:
         """Serve the connection until it ends; always leaves the socket closed and the requests cancelled."""
-        hello = hello_frame(self.id, self.principal.scopes, self.limits(), self._shared.server)
+        reader = self._shared.fanout.reader
+        fleet = None if reader is None else reader.feed.instance
+        hello = hello_frame(self.id, self.principal.scopes, self.limits(), self._shared.server, fleet)
         writes_complete = True
         try:
             async with trio.open_nursery() as outer:

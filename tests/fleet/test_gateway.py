@@ -70,7 +70,9 @@ class Client:
 async def client(gateway: Gateway) -> AsyncIterator[Client]:
     async with trio_websocket.open_websocket_url(gateway.url) as ws:
         c = Client(ws)
-        assert (await c.frame())["type"] == "hello"
+        hello = await c.frame()
+        # A fleet gateway says that subscriptions resume (since) and which replica it is.
+        assert hello["type"] == "hello" and hello["resume"] is True and hello["fleet"]["instance"]
         yield c
 
 

@@ -28,6 +28,7 @@ async def test_hello_announces_version_scopes_and_limits() -> None:
     assert hello["scopes"] == ["admin", "request", "subscribe"]
     assert hello["limits"]["max_in_flight"] == 3
     assert hello["limits"]["slow_consumer"] == "drop_oldest"
+    assert "resume" not in hello and "fleet" not in hello  # an in-process gateway keeps no history
     assert gateway.url.startswith("ws://127.0.0.1:") and gateway.port > 0
 
 
