@@ -19,7 +19,7 @@ from ..signals import Signal
 from ._fleet import Fleet
 from ._stream import SignalStream
 
-__all__ = ["BRIDGE_BATCH", "BRIDGE_BUFFER", "SignalBridge"]
+__all__ = ["BRIDGE_BATCH", "BRIDGE_BUFFER", "BRIDGE_LINGER", "SignalBridge"]
 
 log = logging.getLogger("duckagents.fleet")
 
@@ -27,6 +27,10 @@ log = logging.getLogger("duckagents.fleet")
 BRIDGE_BUFFER = 8192
 #: Signals appended in one round trip at most.
 BRIDGE_BATCH = 512
+#: Seconds the bridge lets signals gather after the first of a batch, so that a request's few signals
+#: (and those of requests close together) share one round trip instead of taking one each; watchers see
+#: them this much later.
+BRIDGE_LINGER = 0.005
 
 
 class SignalBridge:
@@ -35,13 +39,14 @@ class SignalBridge:
 
     def __init__(
         self, fleet: Fleet, stream: SignalStream, bus: SignalBus, *, buffer: int = BRIDGE_BUFFER,
-        max_batch: int = BRIDGE_BATCH,
+        max_batch: int = BRIDGE_BATCH, linger: float = BRIDGE_LINGER,
     ) -> None:
         self.fleet = fleet
         self.stream = stream
         self.bus = bus
         self.buffer = buffer
         self.max_batch = max_batch
+        self.linger = linger
         #: Signals appended to the stream.
         self.written = 0
         self._lost = 0
@@ -78,6 +83,8 @@ class SignalBridge:
                     break
                 if self._idle.is_set():  # an unset one may have waiters: they wait for the next idle
                     self._idle = trio.Event()
+                if self.linger > 0 and subscription.pending < self.max_batch:
+                    await trio.sleep(self.linger)
                 batch = [first]
                 while len(batch) < self.max_batch:
                     try:

@@ -6,9 +6,10 @@ import attrs
 import pytest
 import trio
 
+from duckagents.bus import SignalBus
 from duckagents.codec import dumps_signal, loads_signal
 from duckagents.errors import FleetUnavailable
-from duckagents.fleet import SignalStream, open_fleet, parse_stream_id
+from duckagents.fleet import SignalBridge, SignalStream, open_fleet, parse_stream_id
 from duckagents.messages import Usage
 from duckagents.signals import ProviderChunk, ProviderResponse, Signal, make_signal
 from duckagents.testing import RedisServer
@@ -142,3 +143,30 @@ async def test_a_dead_redis_fails_fast(own_redis: RedisServer) -> None:
             with pytest.raises(FleetUnavailable):
                 await stream.read("0-0", block=0.2)
             assert fleet.health.degraded
+
+
+async def test_the_bridge_appends_signals_close_together_in_one_round_trip(redis_server: RedisServer) -> None:
+    batches: list[int] = []
+    with trio.fail_after(BOUND):
+        async with open_fleet(fleet_config(redis_server.url)) as fleet:
+            stream = SignalStream(fleet)
+            publish_many = stream.publish_many
+
+            async def counting(signals: list[Signal], *, skip_invalid: bool = False) -> list[str]:
+                batches.append(len(signals))
+                return await publish_many(signals, skip_invalid=skip_invalid)
+
+            stream.publish_many = counting  # type: ignore[method-assign]
+            bus = SignalBus()
+            bridge = SignalBridge(fleet, stream, bus)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(bridge.run)
+                # One request's signals, each published in a scheduler turn of its own.
+                for n in range(4):
+                    await bus.deliver(chunk("r1", n))
+                    await trio.lowlevel.checkpoint()
+                await bridge.wait_idle()
+                nursery.cancel_scope.cancel()
+            read = await stream.read("0-0")
+    assert batches == [4] and bridge.written == 4 and bridge.dropped == 0
+    assert [e.signal.data.index for e in read.events] == [0, 1, 2, 3]  # type: ignore[union-attr]
