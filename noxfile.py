@@ -52,6 +52,8 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks: duckagents vs bare httpx vs litellm.Router (in-process) and vs LiteLLM's proxy server
-    (HTTP front doors), on one loopback upstream. litellm[proxy] is a benchmark-only dependency."""
-    session.install("-e", ".[server]", "litellm[proxy]", "pyinstrument")
+    (HTTP front doors), on one loopback upstream; [fleet] on a loopback redis-server vs in-process.
+    litellm[proxy] is a benchmark-only dependency."""
+    _ensure_redis_server(session)  # the fleet section runs one on loopback
+    session.install("-e", ".[server,fleet]", "litellm[proxy]", "pyinstrument")
     session.run("python", "-m", "benchmarks", *session.posargs)

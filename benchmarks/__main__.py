@@ -6,6 +6,7 @@ Examples::
     python -m benchmarks --quick                  # 1 short repeat, smaller internal runs
     python -m benchmarks --scenarios direct,duckagents --concurrency 1,32
     python -m benchmarks --scenarios direct,door-duckagents,door-litellm,door-floor --concurrency 1,32
+    python -m benchmarks --scenarios fleet        # [fleet] on a loopback redis-server vs in-process
     python -m benchmarks soak --duration 60       # the soak run: RSS under mixed traffic (default 10 min)
 """
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .aggregate import bus_summary, gateway_summary, http_ratios, http_rows, result_of
+from .fleet import fleet_summary
 from .workload import DOORS
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -247,6 +248,68 @@ def _internal_section(internal: dict[str, Any]) -> list[str]:
     return parts
 
 
+def _fleet_section(section: Any) -> str:
+    """[fleet] on a loopback redis-server vs in-process, and three replicas against one shared limit."""
+    if isinstance(section, dict) and "error" in section and "runs" not in section:
+        return f"### Fleet\n\n**fleet section not run:** {section['error']}"
+    fleet = fleet_summary(section)
+    if fleet is None:
+        return ""
+    body = [
+        [
+            str(r["concurrency"]),
+            r["arm"],
+            fmt(r["throughput_rps"], 0),
+            fmt(r["p50_ms"], 3),
+            fmt(r["p99_ms"], 2),
+            fmt(r["cpu_us_per_request"], 0),
+            str(r["errors"]),
+            str(r["degraded"]),
+        ]
+        for r in fleet["rows"]
+    ]
+    header = ["conc.", "process", "req/s", "p50 ms", "p99 ms", "CPU µs/req", "errors", "degraded"]
+    limits = []
+    for label, record in (
+        ("3 replicas, [fleet]", fleet["shared_limit"]),
+        ("3 replicas, no [fleet]", fleet["separate_limits"]),
+    ):
+        if not isinstance(record, dict) or "error" in record:
+            error = record.get("error") if isinstance(record, dict) else "not run"
+            limits.append([label, "-", "-", "-", f"failed: {str(error)[:120]}"])
+            continue
+        replicas = record["replicas"]
+        errors, degraded = sum(r["errors"] for r in replicas), sum(r["degraded"] for r in replicas)
+        limits.append(
+            [
+                label,
+                str(record["limit_rps"]),
+                fmt(record["admitted_rps"], 1),
+                fmt(100.0 * record["vs_limit"], 1),
+                ", ".join(f"{r['instance']} {r['admitted_in_window']}" for r in replicas)
+                + f"; errors {errors}, degraded {degraded}",
+            ]
+        )
+    side_by_side = table(
+        ["added p50 ms, c=1", "fleet req/s / in-process, c=32", "3 replicas admitted / shared limit"],
+        [
+            [
+                fmt(fleet["added_p50_ms_c1"], 3),
+                _pct(fleet["throughput_vs_in_process_c32"]) + " %",
+                _pct((fleet["shared_limit"] or {}).get("vs_limit")) + " %",
+            ]
+        ],
+    )
+    return (
+        "### Fleet ([fleet] on a loopback redis-server vs in-process; same upstream, non-streaming)\n\n"
+        + side_by_side
+        + "\n\n"
+        + table(header, body)
+        + "\n\n"
+        + table(["run", "limit req/s", "admitted req/s", "% of limit", "per replica (in window)"], limits)
+    )
+
+
 def _targets_section(targets: list[dict[str, Any]]) -> str:
     body = [
         [
@@ -311,6 +374,7 @@ def render(data: dict[str, Any]) -> str:
         _ratio_section(ratios),
         _doors_section(rows, ratios),
         *_internal_section(data.get("internal", {})),
+        _fleet_section(data.get("fleet")),
         _targets_section(data.get("targets", [])),
         _profiles_section(data.get("profiles", [])),
     ]
@@ -325,6 +389,7 @@ def write(data: dict[str, Any], markdown: str, json_path: Path) -> None:
         "http_ratios": http_ratios(data.get("http", [])),
         "bus": bus_summary(data.get("internal", {}).get("bus")),
         "gateway": gateway_summary(data.get("internal", {}).get("gateway")),
+        "fleet": fleet_summary(data.get("fleet")),
     }
     json_path.write_text(json.dumps({**data, "derived": derived}, indent=1, default=str), encoding="utf-8")
     json_path.with_suffix(".md").write_text(markdown, encoding="utf-8")

@@ -23,13 +23,16 @@ import attrs
 from .clients_litellm import available as litellm_available
 from .doors import Door, cpu_seconds, model_for, run_door_floor, run_duckagents_door, run_litellm_proxy
 from .doors import peak_rss_mib as doors_peak_rss
+from .fleet import run_fleet_section
 from .upstream import MODEL, Upstream, open_upstream, run_loopback
 from .workload import CLIENTS, HttpSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 HTTP_SCENARIOS = CLIENTS
 INTERNAL_SCENARIOS = ("bus", "supervisor", "gateway", "memory")
-ALL_SCENARIOS = (*HTTP_SCENARIOS, *INTERNAL_SCENARIOS)
+#: ``[fleet]`` on a loopback redis-server (benchmarks/fleet.py).
+FLEET_SCENARIOS = ("fleet",)
+ALL_SCENARIOS = (*HTTP_SCENARIOS, *INTERNAL_SCENARIOS, *FLEET_SCENARIOS)
 WORKER_TIMEOUT = 300.0
 
 Log = Callable[[str], None]
@@ -276,6 +279,16 @@ def collect(
         if any(s in settings.scenarios for s in INTERNAL_SCENARIOS):
             log("internal scenarios")
         data["internal"] = run_internal(settings, upstream, log)
+        if "fleet" in settings.scenarios:
+            log("fleet scenarios")
+            data["fleet"] = run_fleet_section(
+                upstream,
+                repeats=settings.repeats,
+                warmup=settings.warmup,
+                duration=settings.duration,
+                log=log,
+                run_worker=run_worker,
+            )
         data["targets"] = evaluate(data)
         data["profiles"] = run_profiles(data["targets"], settings, upstream, log)
     data["meta"]["load_after"] = os.getloadavg()

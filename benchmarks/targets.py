@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .aggregate import bus_summary, find_ratio, http_ratios, result_of
+from .fleet import fleet_summary
 
 #: Fan-out counts as linear when one delivery to 100 subscribers costs at most this much more than one
 #: delivery to 10 (a superlinear bus would grow per-delivery cost with the subscriber count).
@@ -131,4 +132,32 @@ def evaluate(data: dict[str, Any]) -> list[dict[str, Any]]:
             "restart",
         )
     )
+    verdicts += _fleet_verdicts(fleet_summary(data.get("fleet")))
     return verdicts
+
+
+def _fleet_verdicts(fleet: dict[str, Any] | None) -> list[dict[str, Any]]:
+    added = None if fleet is None else fleet["added_p50_ms_c1"]
+    share = None if fleet is None else fleet["throughput_vs_in_process_c32"]
+    shared = None if fleet is None else fleet["shared_limit"]
+    vs_limit = shared.get("vs_limit") if isinstance(shared, dict) else None
+    off = None if vs_limit is None else abs(vs_limit - 1.0)
+    return [
+        _verdict(
+            "[fleet] added p50 latency vs in-process, c=1", "<= 0.3 ms", added, _at_most(added, 0.3), "ms"
+        ),
+        _verdict(
+            "[fleet] throughput vs in-process, c=32",
+            ">= 70 %",
+            None if share is None else 100.0 * share,
+            _at_least(share, 0.70),
+            "%",
+        ),
+        _verdict(
+            "3 replicas' admitted rate vs their shared limit (distance)",
+            "within 5 %",
+            None if off is None else 100.0 * off,
+            _at_most(off, 0.05),
+            "%",
+        ),
+    ]

@@ -22,6 +22,8 @@ SCENARIOS: dict[str, str] = {
     "gateway": "benchmarks.internal_gateway:run",
     "memory": "benchmarks.internal_memory:run",
     "profile": "benchmarks.profiling:run",
+    "fleet_http": "benchmarks.fleet:run_http_job",
+    "fleet_replica": "benchmarks.fleet:run_replica",
 }
 
 

@@ -34,26 +34,39 @@ meanwhile, or wait for the replacement within their deadline. ``[router]`` setti
 (but ``max_retry_after``), new agents get the new ``[supervision]`` agent budget; ``[gateway]``, the root's
 budget, ``max_retry_after`` and budgets need a restart (the report says so); new prices apply to the
 agents the reload starts and to routing.
+
+Fleet mode (``[fleet]`` in the config, docs/fleet.md): the tree first joins the fleet
+(:func:`duckagents.fleet.open_replica`); every agent then gets its shared limiter and breaker from it (also
+the agents a reload starts), the router the fleet-wide budget ledger, the bus is copied to the fleet's
+stream and the replica's status is shared. Redis being down does not stop the tree from starting (it
+starts degraded). The replica is left after the tree stopped, so the last final results still reach the
+stream. ``[fleet]`` changes need a restart.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
-from .agents import ProviderAgent, build_agent
+from .agents import GateFactory, ProviderAgent, build_agent
 from .bus import SignalBus
-from .config import Config, ProviderConfig, SupervisionConfig, default_config, load_config
+from .config import Config, FleetConfig, ProviderConfig, SupervisionConfig, default_config, load_config
 from .costs import Budget, BudgetLedger, InMemoryBudgets, PriceTable, provider_account, token_account
 from .errors import ConfigError, ControlError
 from .providers import Provider, max_retry_after
 from .router import AGENT_CHILD_PREFIX, ReloadReport, RouterAgent
 from .supervision import Backoff, ChildSpec, Intensity, Restart, Strategy, Supervisor, open_supervisor
 
-__all__ = ["DEFAULT_INTENSITY", "Tree", "budgets_of", "open_router", "open_tree", "prices_of"]
+if TYPE_CHECKING:
+    from .fleet import FleetReplica
+
+__all__ = [
+    "DEFAULT_INTENSITY", "Tree", "budget_table", "budgets_of", "open_router", "open_tree", "prices_of",
+]
 
 _DEFAULTS = SupervisionConfig()
 #: Restarts the root supervisor allows (3 within 10 s) before it gives up and the tree fails.
@@ -82,6 +95,7 @@ class Tree:
         providers: Mapping[str, Provider] | None = None,
         agent_intensity: Intensity | None = None,
         agent_backoff: Backoff | None = None,
+        fleet: FleetReplica | None = None,
     ) -> None:
         self.config = config
         self.bus = bus
@@ -92,6 +106,8 @@ class Tree:
         self.agent_supervisors = agent_supervisors if agent_supervisors is not None else {}
         #: Where spend is counted against budgets (None when the config sets none).
         self.budgets = budgets
+        #: This process as a replica of the fleet (``[fleet]`` configured), else None.
+        self.fleet = fleet
         self._agent_intensity = agent_intensity
         self._agent_backoff = agent_backoff
         #: The file the configuration came from (what a reload re-reads), if any.
@@ -137,6 +153,8 @@ class Tree:
                 notes.append("[router] max_retry_after applies at the next restart")
             if _budgets(new) != _budgets(old):
                 notes.append("budgets apply at the next restart")
+            if new.fleet != old.fleet:
+                notes.append("[fleet] changes apply at the next restart")
             self.router.configure(new.router, providers=new.providers, models=new.models, prices=prices)
             for name in unchanged:
                 self.agents[name].health_interval = new.health_interval
@@ -191,7 +209,7 @@ class Tree:
             for p in configs:
                 built[p.name] = build_agent(
                     p, self.bus, provider=given.get(p.name), environ=self._environ,
-                    health_interval=health_interval, prices=prices,
+                    health_interval=health_interval, prices=prices, gate_factory=_gates(self.fleet),
                 )
         except ConfigError:
             with trio.CancelScope(shield=True):
@@ -282,8 +300,8 @@ def prices_of(config: Config) -> PriceTable:
     return PriceTable({model: m.price for model, m in config.models.items() if m.price is not None})
 
 
-def budgets_of(config: Config) -> BudgetLedger | None:
-    """An in-process ledger of ``config``'s budgets (per provider, per gateway token), or None."""
+def budget_table(config: Config) -> dict[str, Budget]:
+    """``config``'s budgets by account (per provider, per gateway token)."""
     budgets: dict[str, Budget] = {}
     for provider in config.providers:
         if provider.budget is not None:
@@ -291,7 +309,29 @@ def budgets_of(config: Config) -> BudgetLedger | None:
     for token in config.gateway.tokens:
         if token.budget is not None:
             budgets[token_account(token.label)] = token.budget
+    return budgets
+
+
+def budgets_of(config: Config) -> BudgetLedger | None:
+    """An in-process ledger of ``config``'s budgets (per provider, per gateway token), or None."""
+    budgets = budget_table(config)
     return InMemoryBudgets(budgets) if budgets else None
+
+
+def _gates(replica: FleetReplica | None) -> GateFactory | None:
+    """What builds an agent's limiter and breaker: the fleet's (shared), or None (the agent's own)."""
+    return None if replica is None else replica.gate
+
+
+def _open_replica(
+    config: FleetConfig, bus: SignalBus, environ: Mapping[str, str] | None
+) -> AbstractAsyncContextManager[FleetReplica]:
+    # Imported here: fleet mode needs the fleet extra (coredis); nothing else does.
+    try:
+        from .fleet import open_replica
+    except ImportError as exc:
+        raise ConfigError(f"[fleet] is configured but {exc}") from None
+    return open_replica(config, bus, environ=environ)
 
 
 def resolve_config(config: Config | str | Path | None) -> Config:
@@ -327,22 +367,60 @@ async def open_tree(
 
     Upstream wait hints (``retry-after``...) are capped at ``[router] max_retry_after`` in every task of
     the tree.
-    ``budgets`` replaces the in-process ledger of the config's budgets (e.g. one shared by a fleet).
+    ``budgets`` replaces the ledger of the config's budgets (in-process, or the fleet's).
     A reload re-reads ``config`` when it is a path, else ``source`` (the file a Config object was read
     from), else there is no file to re-read.
+    With ``[fleet]`` configured the tree runs as a replica of the fleet (see the module docstring).
     """
     cfg = resolve_config(config)
     if isinstance(config, str | Path):
         source = config
     own_bus = bus is None
     signal_bus = SignalBus() if bus is None else bus
+    try:
+        async with AsyncExitStack() as stack:
+            replica: FleetReplica | None = None
+            if cfg.fleet is not None:
+                replica = await stack.enter_async_context(_open_replica(cfg.fleet, signal_bus, environ))
+            async with _run_tree(
+                cfg, signal_bus, replica, environ=environ, providers=providers, intensity=intensity,
+                agent_intensity=agent_intensity, agent_backoff=agent_backoff, ready_timeout=ready_timeout,
+                budgets=budgets, source=source,
+            ) as tree:
+                yield tree
+    finally:
+        if own_bus:
+            signal_bus.close()
+
+
+@asynccontextmanager
+async def _run_tree(
+    cfg: Config,
+    signal_bus: SignalBus,
+    replica: FleetReplica | None,
+    *,
+    environ: Mapping[str, str] | None,
+    providers: Mapping[str, Provider] | None,
+    intensity: Intensity | None,
+    agent_intensity: Intensity | None,
+    agent_backoff: Backoff | None,
+    ready_timeout: float,
+    budgets: BudgetLedger | None,
+    source: str | Path | None,
+) -> AsyncIterator[Tree]:
     given = dict(providers or {})
     prices = prices_of(cfg)
-    ledger = budgets if budgets is not None else budgets_of(cfg)
+    ledger = budgets
+    if ledger is None and replica is not None and budget_table(cfg):
+        # A hold lasts as long as an attempt can: the longest of the request and provider timeouts.
+        longest = max([cfg.router.request_timeout, *(p.timeout for p in cfg.providers)])
+        ledger = replica.budget_ledger(budget_table(cfg), hold_ttl=longest + 60.0)
+    elif ledger is None:
+        ledger = budgets_of(cfg)
     agents = {
         p.name: build_agent(
             p, signal_bus, provider=given.get(p.name), environ=environ, health_interval=cfg.health_interval,
-            prices=prices,
+            prices=prices, gate_factory=_gates(replica),
         )
         for p in cfg.providers
     }
@@ -363,11 +441,13 @@ async def open_tree(
         async with open_supervisor(
             "duckagents", children, strategy=Strategy.ONE_FOR_ONE, intensity=root_intensity, bus=signal_bus
         ) as supervisor:
+            if replica is not None:
+                replica.serve_status(router.status_document)
             await router.wait_ready(ready_timeout)
             tree = Tree(
                 cfg, signal_bus, supervisor, router, agents, agent_supervisors, ledger,
                 source=None if source is None else Path(source), environ=environ, providers=given,
-                agent_intensity=agent_intensity, agent_backoff=agent_backoff,
+                agent_intensity=agent_intensity, agent_backoff=agent_backoff, fleet=replica,
             )
             router.controls.reloader = tree.reload
             try:
@@ -377,8 +457,6 @@ async def open_tree(
                 router.close_intake()
     finally:
         max_retry_after.reset(cap)
-        if own_bus:
-            signal_bus.close()
 
 
 @asynccontextmanager

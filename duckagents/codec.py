@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 from typing import Any, TypeVar, get_args, get_origin
 
 import cattrs
@@ -125,7 +126,7 @@ def _parse_time(value: Any) -> int:
 
 
 def signal_to_dict(signal: Signal) -> dict[str, Any]:
-    """The CloudEvents JSON object of a signal (``provider`` is an extension attribute)."""
+    """The CloudEvents JSON object of a signal (``provider`` and ``instance`` are extension attributes)."""
     out: dict[str, Any] = {
         "specversion": signal.specversion,
         "id": signal.id,
@@ -139,6 +140,8 @@ def signal_to_dict(signal: Signal) -> dict[str, Any]:
         out["subject"] = signal.subject
     if signal.provider is not None:
         out["provider"] = signal.provider
+    if signal.instance is not None:
+        out["instance"] = signal.instance
     return out
 
 
@@ -155,6 +158,9 @@ def signal_from_dict(obj: Any) -> Signal:
     for key in ("id", "source"):
         if not isinstance(obj.get(key), str):
             raise ValueError(f"signal attribute {key!r} must be a string")
+    instance = obj.get("instance")
+    if instance is not None and not isinstance(instance, str):
+        raise ValueError("signal attribute 'instance' must be a string")
     try:
         data = converter.structure(obj.get("data"), cls)
         when = _parse_time(obj["time"]) if "time" in obj else None
@@ -169,8 +175,25 @@ def signal_from_dict(obj: Any) -> Signal:
         subject=obj.get("subject"),
         provider=obj.get("provider"),
         datacontenttype=obj.get("datacontenttype", "application/json"),
+        instance=instance,
         **extra,
     )
+
+
+_STREAM_ID = re.compile(r"(\d{1,20})-(\d{1,20})")
+_MAX_U64 = 2**64 - 1
+
+
+def parse_stream_id(text: str) -> tuple[int, int]:
+    """A fleet signal's CloudEvents id (its Redis stream entry id, ``"<ms>-<seq>"``) as a comparable pair;
+    ``ValueError`` for anything else (it comes from clients that resume). docs/fleet.md."""
+    match = _STREAM_ID.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"not a fleet event id (expected <milliseconds>-<sequence>): {str(text)[:60]!r}")
+    ms, seq = int(match[1]), int(match[2])
+    if ms > _MAX_U64 or seq > _MAX_U64:
+        raise ValueError(f"fleet event id out of range: {text[:60]!r}")
+    return ms, seq
 
 
 def dumps_signal(signal: Signal) -> str:

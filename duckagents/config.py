@@ -131,34 +131,57 @@ def _finite_non_negative(_: Any, attribute: attrs.Attribute[Any], value: float) 
 PER_MINUTE_LIMITS: dict[str, str] = {"requests_per_minute": "requests", "tokens_per_minute": "tokens"}
 
 
+#: A smaller bucket than a minute's worth, refilled at the same rate (``burst`` requests at once).
+BURST = "burst"
+
+
+def _limit_number(value: Mapping[str, Any], key: str) -> int | None:
+    number = value.get(key)
+    if number is None:
+        return None
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise TypeError(f"{key} must be an integer, got {type(number).__name__}")
+    if number <= 0:
+        raise ValueError(f"{key} must be > 0, got {number!r}")
+    return number
+
+
 def _structure_limits(value: Any, _: Any) -> RateLimits:
-    """A ``limits`` table (``requests_per_minute``, ``tokens_per_minute``) as per-minute RateLimits."""
+    """A ``limits`` table (``requests_per_minute``, ``tokens_per_minute``, ``burst``) as RateLimits: per
+    minute, or with ``burst`` a bucket of ``burst`` requests refilled at ``requests_per_minute`` (its
+    period is the time that takes; the token bucket keeps its per-minute rate over the same period)."""
     if not isinstance(value, Mapping):
         raise TypeError(f"expected a table, got {type(value).__name__}")
-    unknown = set(value) - set(PER_MINUTE_LIMITS)
+    unknown = set(value) - {*PER_MINUTE_LIMITS, BURST}
     if unknown:
-        known = " and ".join(PER_MINUTE_LIMITS)
+        known = ", ".join([*PER_MINUTE_LIMITS, BURST])
         raise ValueError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; the keys are {known}")
     fields: dict[str, int] = {}
     for key, field in PER_MINUTE_LIMITS.items():
-        number = value.get(key)
-        if number is None:
-            continue
-        if isinstance(number, bool) or not isinstance(number, int):
-            raise TypeError(f"{key} must be an integer, got {type(number).__name__}")
-        if number <= 0:
-            raise ValueError(f"{key} must be > 0, got {number!r}")
-        fields[field] = number
-    return RateLimits(**fields, period=60.0)
+        number = _limit_number(value, key)
+        if number is not None:
+            fields[field] = number
+    burst = _limit_number(value, BURST)
+    if burst is None:
+        return RateLimits(**fields, period=60.0)
+    per_minute = fields.get("requests")
+    if per_minute is None:
+        raise ValueError("burst needs requests_per_minute (the rate its bucket refills at)")
+    period = 60.0 * burst / per_minute
+    tokens = fields.get("tokens")
+    scaled = None if tokens is None else max(1, round(tokens * period / 60.0))
+    return RateLimits(requests=burst, tokens=scaled, period=period)
 
 
 def _unstructure_limits(limits: RateLimits) -> dict[str, Any]:
     per_minute = 60.0 / limits.period
-    out = {}
+    out: dict[str, Any] = {}
     for key, field in PER_MINUTE_LIMITS.items():
         value = getattr(limits, field)
         if value is not None:
             out[key] = round(value * per_minute)
+    if limits.requests is not None and not math.isclose(limits.period, 60.0):
+        out[BURST] = limits.requests
     return out
 
 
@@ -609,6 +632,9 @@ class FleetConfig:
     timeout: float = attrs.field(default=0.2, validator=[_positive, attrs.validators.le(10.0)])
     #: Seconds between reconnection probes while degraded (Redis unreachable).
     probe_interval: float = attrs.field(default=1.0, validator=_positive)
+    #: Seconds between two writes of this replica's status for the fleet's ``status`` (a replica not
+    #: heard from for three of them, at least 5 s, is gone).
+    status_interval: float = attrs.field(default=2.0, validator=_positive)
     #: Environment variable holding the Redis password (instead of putting it in ``redis_url``).
     password_env: str | None = None
 
@@ -744,7 +770,7 @@ def _check_chains(graph: Mapping[str, list[str]], limit: int) -> None:
 
 #: Tables whose keys in the file are not their class's field names.
 _FILE_KEYS: dict[type[Any], dict[str, Any]] = {
-    RateLimits: {key: int | None for key in PER_MINUTE_LIMITS},
+    RateLimits: {**{key: int | None for key in PER_MINUTE_LIMITS}, BURST: int | None},
 }
 
 

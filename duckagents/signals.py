@@ -402,6 +402,33 @@ class ControlReply:
     detail: dict[str, str] = attrs.field(factory=dict)
 
 
+@attrs.frozen
+class FleetDegraded:
+    """This replica lost the fleet's Redis (unreachable, or slower than ``[fleet] timeout``): until it
+    re-joins, its rate limits are its share of the fleet's (limit / ``expected_replicas``), its breakers
+    its own, its budgets its share, and its signals reach only its own gateway's clients."""
+
+    TYPE: ClassVar[str] = "fleet_degraded"
+    #: The replica (``[fleet] instance``).
+    instance: str
+    #: The Redis operation that failed and why (never a password).
+    reason: str
+    expected_replicas: int = 1
+
+
+@attrs.frozen
+class FleetRejoined:
+    """This replica reaches the fleet's Redis again: shared limits, breakers, budgets and stream decide."""
+
+    TYPE: ClassVar[str] = "fleet_rejoined"
+    instance: str
+    #: Seconds it was degraded.
+    degraded_for: float = 0.0
+    #: Signals it could not append to the fleet's stream since it degraded (lost for other replicas'
+    #: clients; its own gateway's clients saw them).
+    dropped_signals: int = 0
+
+
 Payload = (
     ProviderRequest
     | ProviderChunk
@@ -416,6 +443,8 @@ Payload = (
     | ProgressEvent
     | ProviderControl
     | ControlReply
+    | FleetDegraded
+    | FleetRejoined
 )
 
 PAYLOAD_TYPES: dict[str, type[Any]] = {
@@ -434,6 +463,8 @@ PAYLOAD_TYPES: dict[str, type[Any]] = {
         ProgressEvent,
         ProviderControl,
         ControlReply,
+        FleetDegraded,
+        FleetRejoined,
     )
 }
 
@@ -468,6 +499,9 @@ class Signal:
     provider: str | None = None
     specversion: str = "1.0"
     datacontenttype: str = "application/json"
+    #: The fleet replica it comes from (``[fleet] instance``), set on signals read from the fleet's
+    #: stream; None in one process. A CloudEvents extension attribute.
+    instance: str | None = None
 
     @property
     def request_id(self) -> str | None:

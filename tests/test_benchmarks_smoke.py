@@ -47,6 +47,7 @@ from benchmarks.upstream import (  # noqa: E402
 )
 from benchmarks.workload import HttpSpec  # noqa: E402
 from duckagents.providers import SSEParser  # noqa: E402
+from duckagents.testing import redis_server_path  # noqa: E402
 
 OK = CallOutcome(ok=True, chunks=2, first_chunk=0.001)
 
@@ -336,7 +337,7 @@ def test_cli_quick_run_covers_every_scenario(tmp_path: Path, capsys: pytest.Capt
     assert memory["in_flight"]["traced_kib_per_request"] > 0
 
     verdicts = {t["name"]: t for t in data["targets"]}
-    assert len(verdicts) == 13 and all(t["met"] in (True, False, None) for t in verdicts.values())
+    assert len(verdicts) == 16 and all(t["met"] in (True, False, None) for t in verdicts.values())
     # litellm was not selected: its ratio is "not measured", never a pass or a fail
     assert verdicts["duckagents throughput vs litellm.Router, c=32, non-streaming"]["met"] is None
     for heading in (
@@ -382,6 +383,36 @@ def test_front_door_section_runs_the_door_and_reports_the_server(
     assert "### HTTP front doors" in captured.out and "duckagents serve --http" in captured.out
     verdicts = {t["name"]: t for t in data["targets"]}
     assert verdicts["front door throughput vs LiteLLM proxy, c=32, streaming"]["met"] is None
+
+
+@pytest.mark.skipif(redis_server_path() is None, reason="redis-server is not installed")
+def test_fleet_section_runs_both_arms_and_three_replicas(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "latest.json"
+    argv = [
+        "--quick", "--upstream", "loopback", "--profile", "never", "--output", str(output),
+        "--scenarios", "fleet", "--warmup", "0", "--duration", "0.3",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    data = json.loads(output.read_text())
+    runs = data["fleet"]["runs"]
+    assert {(r["arm"], r["concurrency"]) for r in runs} == {
+        (arm, c) for arm in ("in-process", "fleet") for c in (1, 32)
+    }
+    for run in runs:
+        assert run["result"]["requests"] > 0 and run["result"]["errors"] == 0, run
+    assert all(r["result"]["degraded"] == 0 for r in runs if r["arm"] == "in-process")
+    fleet = data["derived"]["fleet"]
+    assert fleet["added_p50_ms_c1"] is not None and fleet["throughput_vs_in_process_c32"] is not None
+    for key, fleet_mode in (("shared_limit", True), ("separate_limits", False)):
+        record = fleet[key]
+        assert record["fleet"] is fleet_mode and len(record["replicas"]) == 3, record
+        assert record["admitted_rps"] > 0 and all(r["errors"] == 0 for r in record["replicas"])
+    verdicts = {t["name"]: t for t in data["targets"]}
+    assert verdicts["[fleet] throughput vs in-process, c=32"]["met"] in (True, False)
+    assert "### Fleet" in printed and "3 replicas, no [fleet]" in printed
 
 
 def test_front_door_configs_route_each_mode_to_its_upstream_base() -> None:

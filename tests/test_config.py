@@ -91,7 +91,7 @@ def test_api_key_comes_from_the_named_environment_variable() -> None:
         ),
         (
             {"providers": [{"name": "a", "kind": "mock", "limits": {"requests": 5}}]},
-            "unknown key 'requests' (the keys here: requests_per_minute, tokens_per_minute)"
+            "unknown key 'requests' (the keys here: requests_per_minute, tokens_per_minute, burst)"
             " @ $.providers[0].limits",
         ),
         (
@@ -137,6 +137,20 @@ def test_limits_and_breaker_are_the_resilience_types_they_configure() -> None:
     assert provider.breaker == BreakerConfig(
         half_open_trials=2, tripping_kinds=frozenset({ErrorKind.TIMEOUT, ErrorKind.NETWORK})
     )
+
+
+def test_a_burst_is_a_smaller_bucket_refilled_at_the_per_minute_rate() -> None:
+    limits = {"requests_per_minute": 600, "tokens_per_minute": 60_000, "burst": 20}
+    config = parse_config({"providers": [{"name": "a", "kind": "mock", "limits": limits}]})
+    [provider] = config.providers
+    # 20 requests at once, then 10 a second: 600 a minute, the token rate kept over the same 2 s.
+    assert provider.limits == RateLimits(requests=20, tokens=2000, period=2.0)
+    with pytest.raises(ConfigError, match="burst needs requests_per_minute"):
+        parse_config({"providers": [{"name": "a", "kind": "mock", "limits": {"burst": 5}}]})
+    with pytest.raises(ConfigError, match="burst must be > 0"):
+        parse_config(
+            {"providers": [{"name": "a", "kind": "mock", "limits": {"requests_per_minute": 5, "burst": 0}}]}
+        )
 
 
 def test_missing_and_malformed_files(tmp_path: Path) -> None:

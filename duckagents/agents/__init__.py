@@ -7,7 +7,7 @@ limiter and breaker in front of the upstream, one verdict per call), ``_health``
 the provider-specific agents; ``_registry`` (kind -> provider and agent class).
 """
 
-from ._agent import ProviderAgent, missing_features
+from ._agent import GateFactory, ProviderAgent, missing_features
 from ._anthropic import AnthropicAgent
 from ._local import LOCAL_MAX_CONCURRENCY, LocalAgent, LocalModels, PullState
 from ._metrics import ProviderMetrics
@@ -18,6 +18,7 @@ from ._tgi import TGIAgent
 __all__ = [
     "LOCAL_MAX_CONCURRENCY",
     "AnthropicAgent",
+    "GateFactory",
     "LocalAgent",
     "LocalModels",
     "OpenAIAgent",

@@ -59,7 +59,15 @@ from ..costs import ModelPrice, PriceTable
 from ..errors import AgentFault, BusClosed, ErrorKind, ProviderError, StreamProtocolError, redact
 from ..messages import FEATURE_NAMES, Features, Usage, implied_features
 from ..providers import Completion, HealthProbe, Provider, StreamEnd, heuristic_token_count
-from ..resilience import BreakerState, CircuitBreaker, RateLimiter, RateLimits
+from ..resilience import (
+    BreakerConfig,
+    BreakerState,
+    BreakerSwitch,
+    CircuitBreaker,
+    Gate,
+    RateLimiter,
+    RateLimits,
+)
 from ..signals import (
     MODEL_ACTIONS,
     ControlAction,
@@ -81,12 +89,13 @@ from ..signals import (
     make_signal,
 )
 from ..supervision import Actor, FaultLog
-from ._admission import AdmissionControl
+from ._admission import AdmissionControl, SharedAdmissionControl
 from ._health import RecentOutcomes, headroom_fraction, health_score
 from ._metrics import ProviderMetrics
 
 __all__ = [
-    "CONTROL_BACKLOG", "DRAIN_BATCH", "IDLE_WORKERS", "INBOX_TYPES", "ActiveRequest", "ProviderAgent",
+    "CONTROL_BACKLOG", "DRAIN_BATCH", "IDLE_WORKERS", "INBOX_TYPES", "ActiveRequest", "GateFactory",
+    "ProviderAgent",
     "missing_features",
 ]
 
@@ -101,6 +110,12 @@ _SWITCHES = frozenset(
     {ControlAction.BREAKER_RESET, ControlAction.BREAKER_FORCE_OPEN, ControlAction.BREAKER_DISABLE,
      ControlAction.DRAIN, ControlAction.RESUME}
 )
+# The breaker's operator switches, by control action (its method names).
+_BREAKER_SWITCHES: dict[ControlAction, BreakerSwitch] = {
+    ControlAction.BREAKER_RESET: "reset",
+    ControlAction.BREAKER_FORCE_OPEN: "force_open",
+    ControlAction.BREAKER_DISABLE: "disable",
+}
 PROBE_TIMEOUT = 10.0
 #: Inbox signals handled per scheduler turn at most.
 DRAIN_BATCH = 256
@@ -110,6 +125,9 @@ IDLE_WORKERS = 16
 PRICE_CACHE = 256
 
 log = logging.getLogger("duckagents.agents")
+#: Builds an agent's shared limiter and breaker (fleet mode): ``(provider name, limits, breaker
+#: settings, trial lease in seconds)`` -> a :class:`~duckagents.resilience.Gate`.
+GateFactory = Callable[[str, RateLimits, BreakerConfig, float], Gate]
 
 
 @attrs.define(eq=False)
@@ -159,6 +177,11 @@ class ProviderAgent(Actor):
     * :meth:`background` — a task run inside the agent's nursery for its lifetime (e.g. polling);
     * :meth:`model_entries`, :meth:`load_model`, :meth:`unload_model`, :meth:`start_model_pull` — the
       model management operators reach through ``provider_control`` (base: list only).
+
+    With ``gate_factory`` (fleet mode) the limiter and breaker that decide are shared with other processes
+    (a :class:`~duckagents.resilience.Gate`, built once here): :attr:`limiter` and :attr:`breaker` are then
+    the gate's local fallbacks, and what the agent reports comes from the gate's views. Without it (the
+    default) they are this agent's own machines, used directly.
     """
 
     def __init__(
@@ -173,6 +196,7 @@ class ProviderAgent(Actor):
         publish_timeout: float = 10.0,
         probe_timeout: float = PROBE_TIMEOUT,
         prices: PriceTable | None = None,
+        gate_factory: GateFactory | None = None,
     ) -> None:
         if provider is None:
             if provider_factory is None:
@@ -190,21 +214,36 @@ class ProviderAgent(Actor):
         self.max_pending = max_pending or max(256, 16 * config.max_concurrency)
         self.publish_timeout = publish_timeout
         self.probe_timeout = probe_timeout
-        self.breaker = CircuitBreaker(config.breaker)
-        self.limiter = RateLimiter(self._limits(self.model))
         #: Where the price of each model comes from (``usage.cost`` of every response).
         self.prices = prices or PriceTable()
         self._price_cache: dict[str, ModelPrice | None] = {}
         self.metrics = ProviderMetrics()
         self.recent = RecentOutcomes()
-        self._admission = AdmissionControl(
-            self.limiter,
-            self.breaker,
-            self.metrics,
-            self.recent,
-            on_breaker_verdict=self.breaker_changed,
-            on_upstream_block=self.poke_status,
-        )
+        self._admission: AdmissionControl | SharedAdmissionControl
+        if gate_factory is None:
+            self.breaker = CircuitBreaker(config.breaker)
+            self.limiter = RateLimiter(self._limits(self.model))
+            self._admission = AdmissionControl(
+                self.limiter,
+                self.breaker,
+                self.metrics,
+                self.recent,
+                on_breaker_verdict=self.breaker_changed,
+                on_upstream_block=self.poke_status,
+            )
+        else:
+            gate = gate_factory(self.name, self._limits(self.model), config.breaker, config.timeout)
+            self.breaker, self.limiter = gate.local_breaker, gate.local_limiter
+            self._admission = SharedAdmissionControl(
+                gate,
+                self.metrics,
+                self.recent,
+                on_breaker_verdict=self.breaker_changed,
+                on_upstream_block=self.poke_status,
+            )
+            # Another replica's breaker notice, a reply to a queued verdict, Redis leaving or coming back
+            # (limits between the share and the fleet's): news for the router.
+            gate.watch(self.poke_status)
         #: Requests in the agent by ``(request_id, attempt)``.
         self.active_requests: dict[tuple[str, int], ActiveRequest] = {}
         #: Runs of :meth:`run` so far (1 for the first); part of :attr:`agent_id`.
@@ -239,7 +278,7 @@ class ProviderAgent(Actor):
     def limits(self) -> RateLimits:
         """The limits in force: the config's, else the per-model defaults, plus any the upstream stated
         for a dimension left unlimited."""
-        return self.limiter.limits
+        return self._admission.limits
 
     @property
     def agent_id(self) -> str:
@@ -489,21 +528,19 @@ class ProviderAgent(Actor):
         """Apply the switches in arrival order and reply to each; model management gets a task each."""
         async for control in controls:
             if control.action in _SWITCHES:
-                await self._publish_reply(self._switch(control))
+                await self._publish_reply(await self._switch(control))
             else:
                 self._spawn(self._manage_models, control)
 
-    def _switch(self, control: ProviderControl) -> ControlReply:
-        """Apply a breaker switch or drain/resume now; the reply carries the state after it."""
+    async def _switch(self, control: ProviderControl) -> ControlReply:
+        """Apply a breaker switch (fleet-wide in fleet mode) or drain/resume now; the reply carries the
+        state after it."""
         now = trio.current_time()
         action = control.action
-        breaker = self.breaker
-        if action is ControlAction.BREAKER_RESET:
-            breaker.reset(now)
-        elif action is ControlAction.BREAKER_FORCE_OPEN:
-            breaker.force_open(now)
-        elif action is ControlAction.BREAKER_DISABLE:
-            breaker.disable(now)
+        admission = self._admission
+        where = ""
+        if action in _BREAKER_SWITCHES:
+            where = await admission.switch_breaker(now, _BREAKER_SWITCHES[action])
         elif action is ControlAction.DRAIN:
             self.draining = True
         elif action is ControlAction.RESUME:
@@ -515,7 +552,7 @@ class ProviderAgent(Actor):
                 if self.draining else "taking requests again"
             )
         else:
-            message = f"breaker {breaker.state(now).value}"
+            message = f"breaker {admission.breaker_state(trio.current_time()).value}{where}"
         return self._control_reply(control, True, message)
 
     async def _manage_models(self, control: ProviderControl) -> None:
@@ -555,7 +592,7 @@ class ProviderAgent(Actor):
             ok=ok,
             message=message,
             provider=self.name,
-            breaker_state=self.breaker.state(trio.current_time()).value,
+            breaker_state=self._admission.breaker_state(trio.current_time()).value,
             draining=self.draining,
             **extra,
         )
@@ -777,7 +814,7 @@ class ProviderAgent(Actor):
             model=error.model or active.model or request.model or self.model,
             attempt=request.attempt,
             agent_id=self.agent_id,
-            breaker_state=self.breaker.state(now).value,
+            breaker_state=self._admission.breaker_state(now).value,
             partial=error.partial or active.chunks > 0,
             latency=now - active.received,
         )
@@ -883,7 +920,7 @@ class ProviderAgent(Actor):
 
     def breaker_changed(self) -> None:
         """Call after every breaker verdict: a state change is reported at once (the router needs it)."""
-        if self.breaker.state(trio.current_time()) is not self._reported_breaker:
+        if self._admission.breaker_state(trio.current_time()) is not self._reported_breaker:
             self.poke_status()
 
     def poke_status(self) -> None:
@@ -901,9 +938,12 @@ class ProviderAgent(Actor):
             detail.update(await self.resources())
         except ProviderError as exc:
             detail["resources_error"] = self.redact(exc.message)
+        admission = self._admission
         now = trio.current_time()
-        breaker = self.breaker.state(now)
-        headroom = self.limiter.headroom(now)
+        await admission.refresh(now)
+        now = trio.current_time()
+        breaker = admission.breaker_state(now)
+        headroom = admission.headroom(now)
         metrics = self.metrics.snapshot()
         detail["agent_id"] = self.agent_id
         detail["active"] = str(len(self.active_requests))
@@ -913,7 +953,7 @@ class ProviderAgent(Actor):
             detail["limit_requests"] = str(self.limits.requests)
         if self.limits.tokens is not None:
             detail["limit_tokens"] = str(self.limits.tokens)
-        retry_at = self.breaker.retry_at(now)
+        retry_at = admission.breaker_retry_at(now)
         if retry_at is not None:
             detail["breaker_retry_at"] = repr(retry_at)
             detail["breaker_retry_in"] = f"{max(0.0, retry_at - now):.3f}"
@@ -934,7 +974,7 @@ class ProviderAgent(Actor):
         while True:
             now = trio.current_time()
             wake = next_probe
-            breaker_retry = self.breaker.retry_at(now)
+            breaker_retry = self._admission.breaker_retry_at(now)
             if breaker_retry is not None:
                 wake = min(wake, breaker_retry)
             with trio.move_on_at(wake):

@@ -150,7 +150,7 @@ class Server:
         )
         subscribe = {"type": "subscribe", "id": "status", "v": PROTOCOL_VERSION,
                      "filter": {"types": [ProviderStatus.TYPE]}}
-        latest: dict[str, ProviderStatus] = {}
+        latest: dict[str, ProviderStatus] = {}  # by provider@replica
         try:
             async with connect(self.url, self.token) as ws:
                 await ws.send_message(json.dumps(subscribe))
@@ -168,11 +168,16 @@ class Server:
                             f"{frame.get('code')}: {frame.get('message')}"
                         )
                     if frame.get("type") == "signal":
-                        data = signal_from_dict(frame["event"]).data
+                        signal = signal_from_dict(frame["event"])
+                        data = signal.data
                         if isinstance(data, ProviderStatus):
-                            if data.provider not in latest:
+                            # A fleet gateway serves every replica's statuses, each naming its replica.
+                            if signal.instance is not None:
+                                data = attrs.evolve(data, detail={**data.detail, "instance": signal.instance})
+                            key = f"{data.provider}@{signal.instance or ''}"
+                            if key not in latest:
                                 quiet_until = trio.current_time() + SETTLE
-                            latest[data.provider] = data
+                            latest[key] = data
         except GatewayUnreachable as exc:
             raise Unreachable(str(exc)) from None
         except trio_websocket.ConnectionClosed as exc:
@@ -191,6 +196,8 @@ def _status_from(item: Any) -> ProviderStatus:
     data = dict(item)
     if data.get("down"):  # the front door says why the supervisor marked the agent down
         data["detail"] = {**(data.get("detail") or {}), "down": str(data["down"])}
+    if isinstance(data.get("instance"), str):  # a fleet's door lists every replica's agents
+        data["detail"] = {**(data.get("detail") or {}), "instance": data["instance"]}
     headroom = dict(data.get("headroom") or {})
     headroom.pop("retry_after", None)  # the front door's relative form of retry_at
     data["headroom"] = headroom

@@ -33,7 +33,9 @@ from ._base import CommandError, Commands, ExitCode, config_path, note, port_num
 from ._status import health_state
 
 #: Signals ``serve`` prints besides provider health changes.
-_EVENTS = frozenset({"provider_error", "supervisor_event", "progress", "control_reply"})
+_EVENTS = frozenset(
+    {"provider_error", "supervisor_event", "progress", "control_reply", "fleet_degraded", "fleet_rejoined"}
+)
 
 
 def add_commands(commands: Commands) -> None:
@@ -117,9 +119,12 @@ async def run_serve(args: argparse.Namespace, out: TextIO) -> int:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
         # The tree runs on the file's config (what a reload compares with); the doors on the command line's.
         async with open_tree(file_config, source=config_path(args)) as tree:
-            router = tree.router
+            router, fleet = tree.router, tree.fleet
             names = ", ".join(p.name for p in config.providers)
             out.write(f"duckagents serving providers: {names}\n")
+            if fleet is not None and config.fleet is not None:
+                state = "degraded (Redis unreachable: local limits)" if fleet.degraded else "joined"
+                out.write(f"fleet: replica {fleet.instance} of {config.fleet.masked_url}, {state}\n")
             out.flush()
             watched = SignalFilter(types=_EVENTS | {ProviderStatus.TYPE})
             # Subscribed before the first statuses are read, so no change falls between the two.
@@ -133,12 +138,12 @@ async def run_serve(args: argparse.Namespace, out: TextIO) -> int:
                     # request.
                     if config.http.enabled:
                         front_door = await doors.enter_async_context(
-                            _http_door()(router, config, drain_timeout=config.drain_timeout)
+                            _http_door()(router, config, drain_timeout=config.drain_timeout, fleet=fleet)
                         )
                         out.write(f"http listening on {front_door.url}\n")
                     if config.gateway.enabled:
                         pages = dashboard_pages_of(config)
-                        gw = await open_gateway_in(doors, router, config, pages)
+                        gw = await open_gateway_in(doors, router, config, pages, fleet)
                         if front_door is not None:
                             front_door.metrics.gateway_stats = gw.stats
                         out.write(f"gateway listening on {gw.url}\n")
@@ -253,15 +258,17 @@ def _http_door() -> Any:
     return open_http
 
 
-async def open_gateway_in(doors: AsyncExitStack, router: Any, config: Config, pages: Any = None) -> Any:
-    """The gateway (serving ``pages`` to plain HTTP), open in ``doors``; failing to listen is a one-line
-    error (busy port...)."""
+async def open_gateway_in(
+    doors: AsyncExitStack, router: Any, config: Config, pages: Any = None, fleet: Any = None
+) -> Any:
+    """The gateway (serving ``pages`` to plain HTTP; ``fleet``: this replica, whose fleet's signals it then
+    serves), open in ``doors``; failing to listen is a one-line error (busy port...)."""
     from ..gateway import open_gateway
 
     where = config.gateway
     try:
         return await doors.enter_async_context(
-            open_gateway(router, where, limits=config.validation, pages=pages)
+            open_gateway(router, where, limits=config.validation, pages=pages, fleet=fleet)
         )
     except OSError as exc:
         raise _listen_error(exc, where.host, where.port) from None

@@ -38,7 +38,8 @@ def add_commands(commands: Commands) -> None:
     add_remote_options(status)
     status.add_argument("--json", action="store_true",
                         help="one JSON object per agent (a JSON array), with provider, state, reason, "
-                        "breaker_state, health, headroom, metrics, reachable, detail")
+                        "breaker_state, health, headroom, metrics, reachable, detail (and instance: the "
+                        "replica, for a fleet's server)")
     status.add_argument("--check", action="store_true",
                         help=f"exit {int(ExitCode.UNHEALTHY)} when a provider is down (for scripts, probes)")
 
@@ -58,6 +59,12 @@ def add_remote_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait", type=positive_seconds, default=DEFAULT_WAIT, metavar="SECONDS",
                         help="with a gateway that has no status message: how long to wait for its agents' "
                         f"provider_status signals (default {DEFAULT_WAIT:g})")
+
+
+def agent_name(status: ProviderStatus) -> str:
+    """The provider's name, with ``@replica`` when a fleet's server listed it (``detail["instance"]``)."""
+    instance = status.detail.get("instance")
+    return f"{status.provider}@{instance}" if instance else status.provider
 
 
 def health_state(status: ProviderStatus) -> tuple[str, str]:
@@ -95,7 +102,8 @@ async def run_status(args: argparse.Namespace, out: TextIO) -> int:
         objects = []
         for s in statuses:
             state, reason = health_state(s)
-            objects.append({**converter.unstructure(s), "state": state, "reason": reason})
+            extra = {"instance": s.detail["instance"]} if "instance" in s.detail else {}
+            objects.append({**converter.unstructure(s), **extra, "state": state, "reason": reason})
         out.write(json.dumps(finite(objects), indent=2) + "\n")
     else:
         rows: list[list[Any]] = [
@@ -106,14 +114,14 @@ async def run_status(args: argparse.Namespace, out: TextIO) -> int:
             state, reason = health_state(s)
             rows.append(
                 [
-                    s.provider, state, f"{s.health:.2f}", s.breaker_state, fmt_opt(s.headroom.requests),
+                    agent_name(s), state, f"{s.health:.2f}", s.breaker_state, fmt_opt(s.headroom.requests),
                     fmt_opt(s.headroom.tokens), s.metrics.total_requests,
                     f"{s.metrics.latency.p50 * 1000:.1f}", f"{s.metrics.cost:.4f}", reason[:80],
                 ]
             )
         table(rows, out)
         spend = [
-            [s.provider, model, f"{cost:.4f}"]
+            [agent_name(s), model, f"{cost:.4f}"]
             for s in statuses
             for model, cost in s.metrics.cost_by_model.items()
         ]

@@ -6,6 +6,7 @@ Pure bookkeeping, no I/O: ``_prices`` (the built-in list prices, :class:`PriceTa
 """
 
 from ._budgets import (
+    TOLERANCE,
     Budget,
     BudgetHold,
     BudgetLedger,
@@ -24,6 +25,7 @@ __all__ = [
     "FREE",
     "LOCAL_KINDS",
     "PRICES_DATE",
+    "TOLERANCE",
     "Budget",
     "BudgetHold",
     "BudgetLedger",

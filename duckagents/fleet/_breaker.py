@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 
 import attrs
@@ -70,7 +71,11 @@ class SharedBreaker:
         self.key = fleet.keys.breaker(provider)
         self.server_clock = server_clock
         self.latest: BreakerSnapshot | None = None
-        self._config_args = [
+        # The script time of what ``latest`` shows: a notice can arrive after the reply of a later op (two
+        # connections), and must not bring an older state back.
+        self._latest_at = -math.inf
+        #: The breaker's arguments of ``breaker.lua`` (``A[3..9]``): settings, notice channel, names.
+        self.script_settings = [
             number(config.failure_threshold),
             number(config.open_timeout),
             number(config.half_open_trials),
@@ -154,8 +159,16 @@ class SharedBreaker:
     ) -> tuple[bool, BreakerSnapshot, float | None]:
         clock = "" if self.server_clock else number(now)
         what = f"breaker {op} ({self.provider})"
-        args = [op, clock, *self._config_args, counted]
+        args = [op, clock, *self.script_settings, counted]
         reply = await self.fleet.run_script("breaker", [self.key], args, what, reply_length=7)
+        return self.read_reply(reply, now, what)
+
+    def read_reply(
+        self, reply: list[str], now: float, what: str
+    ) -> tuple[bool, BreakerSnapshot, float | None]:
+        """Take in the seven fields of a script reply to a call made at ``now``: whether the op said yes,
+        the snapshot after it (into :attr:`latest`) and when an open breaker admits a trial; a reply
+        that makes no sense degrades the fleet."""
         try:
             state = BreakerState(reply[1])
             script_now = float(reply[6])
@@ -173,7 +186,8 @@ class SharedBreaker:
             # Computed in the script's clock, then moved: with server_clock=False this is exactly the
             # Python machine's opened_at + open_timeout.
             retry_at = self._caller_time(opened + self.config.open_timeout, script_now, now)
-        self.latest = snapshot
+        if script_now >= self._latest_at:
+            self.latest, self._latest_at = snapshot, script_now
         return reply[0] == "1", snapshot, retry_at
 
     def _caller_time(self, value: float, script_now: float, now: float) -> float:
@@ -200,7 +214,9 @@ class SharedBreaker:
         if state is BreakerState.OPEN and opened is not None:
             retry_at = self._caller_time(opened + self.config.open_timeout, script_now, now)
         notice = BreakerNotice(self.provider, instance, state, opened_at, forced, retry_at)
-        self.latest = BreakerSnapshot(state, failures, opened_at, trials)
+        if script_now >= self._latest_at:
+            self.latest = BreakerSnapshot(state, failures, opened_at, trials)
+            self._latest_at = script_now
         for listener in list(self._listeners):
             try:
                 listener(notice)

@@ -6,26 +6,29 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import attrs
 import trio
 
 from ..config import FleetConfig
 from ..errors import FleetUnavailable, redact
 from ._health import FleetHealth
 from ._keys import FleetKeys
+from ._writer import BatchWriter
 
 try:
     import coredis
-    from coredis.exceptions import RedisError
+    from coredis.exceptions import NoScriptError, RedisError
     from coredis.patterns.pubsub import PubSub
     from coredis.retry import ConstantRetryPolicy, NoRetryPolicy
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("fleet mode needs coredis: pip install 'duckagents[fleet]'") from exc
 
-__all__ = ["Fleet", "number", "open_fleet"]
+__all__ = ["FINISH_QUEUE", "Fleet", "ScriptCall", "number", "open_fleet"]
 
 log = logging.getLogger("duckagents.fleet")
 
@@ -38,7 +41,26 @@ _TROUBLE = (RedisError, OSError, TimeoutError)
 # so only blocking reads (XREAD BLOCK) hold one each.
 _MAX_CONNECTIONS = 16
 
-_SCRIPTS = ("ratelimit", "breaker")
+# Each script is assembled from the package's Lua files (each defines one function) and a last line
+# that calls them: the standalone machines (equivalence tests, single operations) and request.lua, the
+# two per-request calls of an agent.
+#: Script calls (request verdicts) queued for the writer at most; more push the oldest out (counted).
+FINISH_QUEUE = 4096
+#: Script calls sent in one pipeline at most.
+FINISH_BATCH = 256
+
+_SCRIPTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "ratelimit": (("clock", "ratelimit"), "return ratelimit(KEYS[1], ARGV, clock(ARGV[2]), ARGV[2] == '')"),
+    "breaker": (("clock", "breaker"), "return breaker(KEYS[1], ARGV, clock(ARGV[2]))"),
+    "request": (("clock", "ratelimit", "breaker", "request"), ""),
+    "budget": (("budget",), ""),
+}
+
+
+def _assemble(parts: tuple[str, ...], last: str) -> str:
+    files = resources.files(__package__)
+    sources = [files.joinpath(f"{part}.lua").read_text(encoding="utf-8") for part in parts]
+    return "\n".join([*sources, last]).rstrip() + "\n"
 
 
 def number(value: float | int | None) -> str:
@@ -52,6 +74,20 @@ def number(value: float | int | None) -> str:
     if not math.isfinite(value):
         raise ValueError(f"the scripts take finite numbers only, got {value!r}")
     return repr(float(value))
+
+
+@attrs.frozen
+class ScriptCall:
+    """One script call queued for the fleet's writer (see :meth:`Fleet.defer`)."""
+
+    script: str
+    keys: list[str]
+    args: list[str]
+    #: What it is, for logs and the reason of a degradation.
+    what: str
+    #: Called with the reply (None when the call was lost: Redis failed, or the fleet is degraded) and
+    #: the caller's clock when the batch was sent (the reply's times are moved into it).
+    on_reply: Callable[[list[str] | None, float], None]
 
 
 def _only_trouble(group: BaseExceptionGroup[BaseException]) -> bool:
@@ -74,13 +110,14 @@ class Fleet:
         self.health = FleetHealth(config.instance)
         self._secrets = secrets
         self._scripts = {
-            name: client.register_script(
-                resources.files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
-            )
-            for name in _SCRIPTS
+            name: client.register_script(_assemble(parts, last)) for name, (parts, last) in _SCRIPTS.items()
         }
         self._notice_handlers: list[Callable[[str], None]] = []
         self._listening = trio.Event()
+        #: Script calls that no request waits for (verdicts), sent in pipelined batches by :meth:`run`.
+        self.finishes: BatchWriter[ScriptCall] = BatchWriter(
+            "verdict", self._send_calls, capacity=FINISH_QUEUE, max_batch=FINISH_BATCH
+        )
 
     @property
     def instance(self) -> str:
@@ -88,7 +125,7 @@ class Fleet:
         return self.config.instance
 
     def script_source(self, name: str) -> str:
-        """The Lua source of one of the fleet's scripts (``ratelimit`` or ``breaker``)."""
+        """The Lua source of one of the fleet's scripts (``ratelimit``, ``breaker`` or ``request``)."""
         return str(self._scripts[name].script)
 
     async def run_script(
@@ -108,6 +145,74 @@ class Fleet:
         ):
             raise self.unavailable(f"{what}: unexpected script reply {str(reply)[:200]!r}")
         return reply
+
+    def defer(self, call: ScriptCall) -> None:
+        """Queue a script call nobody waits for; it goes out with others in one round trip. While the
+        fleet is degraded it is dropped at once (``call.on_reply(None, ...)``, counted in
+        ``finishes.dropped``)."""
+        if self.health.degraded:
+            self.finishes.lost(1)
+            call.on_reply(None, trio.current_time())
+            return
+        self.finishes.offer(call)
+
+    async def run_scripts(self, calls: list[ScriptCall]) -> list[list[str] | None]:
+        """Several script calls in one round trip (a pipeline, not a transaction), bounded like
+        :meth:`call`. A call whose reply is an error or not a list of strings gets None (logged);
+        scripts the server lost (a restart) are loaded again and their calls re-sent once."""
+        replies: list[object] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            batch = [calls[i] for i in todo]
+            answers = await self.call(f"pipeline of {len(batch)}", partial(self._pipeline, batch))
+            missing = [i for i, a in zip(todo, answers, strict=True) if isinstance(a, NoScriptError)]
+            for i, answer in zip(todo, answers, strict=True):
+                replies[i] = answer
+            if not missing or attempt:
+                break
+            for name in {calls[i].script for i in missing}:
+                script = self._scripts[name]
+                await self.call(f"SCRIPT LOAD {name}", partial(self.client.script_load, script.script))
+            todo = missing
+        out: list[list[str] | None] = []
+        for call, reply in zip(calls, replies, strict=True):
+            if isinstance(reply, list) and all(isinstance(v, str) for v in reply):
+                out.append(reply)
+            else:
+                why = redact(str(reply), self._secrets)
+                log.error("fleet %s: %s failed: %.300s", self.instance, call.what, why)
+                out.append(None)
+        return out
+
+    async def _pipeline(self, calls: list[ScriptCall]) -> list[object]:
+        async with self.client.pipeline(transaction=False, raise_on_error=False) as pipe:
+            pending = [
+                pipe.evalsha(self._scripts[call.script].sha, keys=call.keys, args=call.args) for call in calls
+            ]
+        answers: list[object] = []
+        for reply in pending:
+            try:
+                answers.append(await reply)
+            except RedisError as exc:  # this call's error (NOSCRIPT, a script error): the others stand
+                answers.append(exc)
+        return answers
+
+    async def _send_calls(self, calls: list[ScriptCall]) -> None:
+        now = trio.current_time()
+        replies: list[list[str] | None] = [None] * len(calls)
+        if self.health.degraded:
+            self.finishes.lost(len(calls))
+        else:
+            try:
+                replies = await self.run_scripts(calls)
+                self.finishes.written += len(calls)
+            except FleetUnavailable:
+                self.finishes.lost(len(calls))
+        for call, reply in zip(calls, replies, strict=True):
+            try:
+                call.on_reply(reply, now)
+            except Exception:  # one caller's bug must not cost the others their replies
+                log.exception("fleet %s: handling the reply of %s failed", self.instance, call.what)
 
     def unavailable(self, failure: str) -> FleetUnavailable:
         """Degrade for ``failure`` and return the error to raise (also for a reply that makes no sense)."""
@@ -154,11 +259,12 @@ class Fleet:
         await self._listening.wait()
 
     async def run(self) -> None:
-        """The fleet's background work, until cancelled: the reconnection probe and the notice
-        subscription (:func:`open_fleet` runs it)."""
+        """The fleet's background work, until cancelled: the reconnection probe, the notice subscription
+        and the verdict writer (:func:`open_fleet` runs it)."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._probe)
             nursery.start_soon(self._listen)
+            nursery.start_soon(self.finishes.run)
 
     async def _listen(self) -> None:
         # Our own reconnect loop, at the probe's pace (coredis' backs off up to 16 s, a long time to miss

@@ -38,6 +38,8 @@ class FleetHealth:
         self.status = FleetStatus(instance, degraded=False, reason=None, at=-float("inf"))
         self._listeners: list[Callable[[FleetStatus], None]] = []
         self._degraded_event = trio.Event()
+        self._joined_event = trio.Event()
+        self._joined_event.set()
 
     @property
     def degraded(self) -> bool:
@@ -59,6 +61,7 @@ class FleetHealth:
         if self.status.degraded:
             return
         log.warning("fleet %s: degraded, local limits apply (%s)", self.instance, reason)
+        self._joined_event = trio.Event()
         self._change(FleetStatus(self.instance, degraded=True, reason=reason, at=trio.current_time()))
         self._degraded_event.set()
 
@@ -68,11 +71,16 @@ class FleetHealth:
             return
         log.warning("fleet %s: re-joined", self.instance)
         self._degraded_event = trio.Event()
+        self._joined_event.set()
         self._change(FleetStatus(self.instance, degraded=False, reason=None, at=trio.current_time()))
 
     async def wait_degraded(self) -> None:
         """Return once degraded (at once if already)."""
         await self._degraded_event.wait()
+
+    async def wait_joined(self) -> None:
+        """Return once joined (at once if already)."""
+        await self._joined_event.wait()
 
     def _change(self, status: FleetStatus) -> None:
         self.status = status

@@ -40,3 +40,21 @@ class FleetKeys:
     def notices(self) -> str:
         """The pub/sub channel of state-change notices (breakers)."""
         return f"{self.prefix}:notices"
+
+    def replica(self, instance: str) -> str:
+        """A replica's own status (JSON, expires unless rewritten)."""
+        return f"{self.prefix}:replica:{_escape(instance)}"
+
+    @property
+    def replicas(self) -> str:
+        """The sorted set of replicas (member: instance, score: when its status expires, ms)."""
+        return f"{self.prefix}:replicas"
+
+    def budget(self, account: str, window: str) -> str:
+        """The hash of one budget account in one calendar window: spent, held, and each hold's amount.
+        Every budget key shares one hash tag, so a reserve over several accounts is one script call."""
+        return "{" + f"{self.prefix}:budgets" + "}" + f":{_escape(account)}:{_escape(window)}"
+
+    def budget_holds(self, account: str, window: str) -> str:
+        """The sorted set of one account's holds in one window (score: when the hold expires, ms)."""
+        return self.budget(account, window) + ":holds"

@@ -101,7 +101,7 @@ class SharedRateLimiter:
         reply = await self._run("admit", now, [number(tokens)])
         if reply[0] == "1":
             return Admission(admitted=True, reservation=Reservation(tokens=tokens, at=now))
-        return Admission(admitted=False, retry_at=self._caller_time(reply[1], reply[5], now))
+        return Admission(admitted=False, retry_at=self.caller_time(reply[1], reply[5], now))
 
     async def settle(
         self,
@@ -123,7 +123,7 @@ class SharedRateLimiter:
             raise ValueError(f"actual token usage cannot be negative ({actual_tokens})")
         args = [number(reservation.tokens), number(actual_tokens)]
         if observed is not None and adopt:
-            settled_under = self._limit_args()
+            settled_under = self.script_limits()
             if self.adopt(observed):
                 await self._run("settle", now, args + observe_args(None), limits=settled_under)
                 await self._run("observe", now, observe_args(observed))
@@ -144,7 +144,8 @@ class SharedRateLimiter:
         assert self.latest is not None
         return self.latest
 
-    def _limit_args(self) -> list[str]:
+    def script_limits(self) -> list[str]:
+        """The five limit arguments of ``ratelimit.lua`` (``A[3..7]``) for the limits in force."""
         out = []
         for bucket in (self._requests, self._tokens):
             out += ["", ""] if bucket is None else [number(bucket[0]), number(bucket[1])]
@@ -153,19 +154,26 @@ class SharedRateLimiter:
     async def _run(self, op: str, now: float, args: list[str], limits: list[str] | None = None) -> list[str]:
         clock = "" if self.server_clock else number(now)
         what = f"rate limit {op} ({self.provider})"
-        argv = [op, clock, *(limits or self._limit_args()), *args]
+        argv = [op, clock, *(limits or self.script_limits()), *args]
         reply = await self.fleet.run_script("ratelimit", [self.key], argv, what, reply_length=6)
+        self.read_reply(reply, now, what)
+        return reply
+
+    def read_reply(self, reply: list[str], now: float, what: str) -> Headroom:
+        """Take in the six fields of a script reply (the headroom after the op, into :attr:`latest`),
+        answered to a call made at ``now``; a reply that makes no sense degrades the fleet."""
         try:
             self.latest = Headroom(
                 requests=float(reply[2]) if reply[2] else None,
                 tokens=float(reply[3]) if reply[3] else None,
-                retry_at=self._caller_time(reply[4], reply[5], now),
+                retry_at=self.caller_time(reply[4], reply[5], now),
             )
-        except ValueError as exc:
+        except (ValueError, IndexError) as exc:
             raise self.fleet.unavailable(f"{what}: unexpected script reply {reply!r}: {exc}") from None
-        return reply
+        return self.latest
 
-    def _caller_time(self, value: str, script_now: str, now: float) -> float | None:
+    def caller_time(self, value: str, script_now: str, now: float) -> float | None:
+        """A time from a reply (``value``, in the script's clock) in the caller's clock; None for ""."""
         if not value:
             return None
         if not self.server_clock:

@@ -9,14 +9,13 @@ its replica stays in the entry as ``origin_id``.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 from typing import Any
 
 import attrs
 from coredis import PureToken
 
-from ..codec import dumps_signal, loads_signal
+from ..codec import dumps_signal, loads_signal, parse_stream_id
 from ..signals import Signal
 from ._fleet import Fleet
 
@@ -24,28 +23,13 @@ __all__ = ["FleetBatch", "FleetEvent", "SignalStream", "parse_stream_id"]
 
 log = logging.getLogger("duckagents.fleet")
 
-_STREAM_ID = re.compile(r"(\d{1,20})-(\d{1,20})")
-_MAX_U64 = 2**64 - 1
-
-
-def parse_stream_id(text: str) -> tuple[int, int]:
-    """``"<ms>-<seq>"`` as a comparable pair; ``ValueError`` for anything else (client input)."""
-    match = _STREAM_ID.fullmatch(text) if isinstance(text, str) else None
-    if match is None:
-        raise ValueError(f"not a fleet event id (expected <milliseconds>-<sequence>): {str(text)[:60]!r}")
-    ms, seq = int(match[1]), int(match[2])
-    if ms > _MAX_U64 or seq > _MAX_U64:
-        raise ValueError(f"fleet event id out of range: {text[:60]!r}")
-    return ms, seq
-
-
 @attrs.frozen
 class FleetEvent:
     """One signal read from the fleet's stream."""
 
     #: The stream entry id; also ``signal.id`` (the CloudEvents id a client resumes from).
     id: str
-    #: The replica that appended it.
+    #: The replica that appended it; also ``signal.instance``.
     instance: str
     signal: Signal
     #: The signal's id in its replica (before it was renamed to the stream id).
@@ -95,9 +79,20 @@ class SignalStream:
             )
         )
 
-    async def publish_many(self, signals: Iterable[Signal]) -> list[str]:
-        """Append several signals in one round trip (a pipeline), in order; returns their stream ids."""
-        entries = [self._fields(signal) for signal in signals]
+    async def publish_many(self, signals: Iterable[Signal], *, skip_invalid: bool = False) -> list[str]:
+        """Append several signals in one round trip (a pipeline), in order; returns their stream ids.
+
+        A signal that cannot be appended (too large, not encodable) raises ``ValueError`` for the whole
+        batch, or with ``skip_invalid`` is left out (logged) and the others go.
+        """
+        entries = []
+        for signal in signals:
+            try:
+                entries.append(self._fields(signal))
+            except (ValueError, TypeError, RecursionError) as exc:
+                if not skip_invalid:
+                    raise
+                log.warning("fleet: a %s signal left out of the stream: %.200s", signal.type, exc)
         if not entries:
             return []
 
@@ -183,4 +178,4 @@ class SignalStream:
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("fleet: skipped malformed stream entry %s: %s", entry_id, exc)
             return None
-        return FleetEvent(entry_id, instance, attrs.evolve(signal, id=entry_id), signal.id)
+        return FleetEvent(entry_id, instance, attrs.evolve(signal, id=entry_id, instance=instance), signal.id)

@@ -13,6 +13,7 @@ from ._client import (
     reload,
     watch,
 )
+from ._feed import FleetFeed
 from ._outbox import SlowConsumer
 from ._pages import Page
 from ._protocol import PROTOCOL_VERSION, ErrorCode
@@ -22,6 +23,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "SCOPES",
     "ErrorCode",
+    "FleetFeed",
     "Gatekeeper",
     "Gateway",
     "GatewayStats",

@@ -28,6 +28,8 @@ from ..codec import signal_from_dict
 from ..errors import ConfigError, ControlError, GatewayError, GatewayUnreachable, Secret, redact
 from ..signals import (
     ControlAction,
+    FleetDegraded,
+    FleetRejoined,
     ProgressEvent,
     ProviderChunk,
     ProviderErrorData,
@@ -83,6 +85,11 @@ def summarize(signal: Signal) -> str:
     if isinstance(data, ProgressEvent):
         done = f" {data.completed}/{data.total}" if data.total else ""
         return f"{data.task} {data.status}{done}"
+    if isinstance(data, FleetDegraded):
+        return f"replica {data.instance} degraded: local limits (1/{data.expected_replicas}); {data.reason}"
+    if isinstance(data, FleetRejoined):
+        lost = f", {data.dropped_signals} signal(s) not shared" if data.dropped_signals else ""
+        return f"replica {data.instance} re-joined after {data.degraded_for:.1f} s{lost}"
     from ..codec import unstructure
 
     return json.dumps(unstructure(data), separators=(",", ":"), default=str)
@@ -93,9 +100,12 @@ def _clock(micros: int) -> str:
 
 
 def format_signal(signal: Signal) -> str:
-    """One human line: UTC time, type, provider, request id, summary."""
+    """One human line: UTC time, type, provider (``@replica`` in a fleet), request id, summary."""
+    where = signal.provider or "-"
+    if signal.instance is not None:
+        where = f"{where}@{signal.instance}"
     return (
-        f"{_clock(signal.time)} {signal.type:<20} {signal.provider or '-':<10} "
+        f"{_clock(signal.time)} {signal.type:<20} {where:<10} "
         f"{signal.subject or '-':<12} {_clip(summarize(signal))}"
     )
 

@@ -26,7 +26,6 @@ from ..errors import BusClosed, ErrorKind, ProviderError
 from ..resilience import RateLimiter, RateLimits
 from ..signals import ProviderRequest, new_id
 from ._auth import Principal
-from ._fanout import Route
 from ._flight import FLIGHT_TYPES, Flight
 from ._operations import answer
 from ._outbox import Outbox, SlowConsumer
@@ -54,6 +53,7 @@ from ._protocol import (
     parse_client_message,
     signal_prefix,
 )
+from ._route import Route
 from ._shared import Shared
 from ._wire import send_batch
 
@@ -118,7 +118,9 @@ class Connection:
 
     async def run(self) -> None:
         """Serve the connection until it ends; always leaves the socket closed and the requests cancelled."""
-        hello = hello_frame(self.id, self.principal.scopes, self.limits(), self._shared.server)
+        reader = self._shared.fanout.reader
+        fleet = None if reader is None else reader.feed.instance
+        hello = hello_frame(self.id, self.principal.scopes, self.limits(), self._shared.server, fleet)
         writes_complete = True
         try:
             async with trio.open_nursery() as outer:
@@ -310,7 +312,8 @@ class Connection:
                 await self._submit(msg)
             case StatusQuery():
                 self._require("subscribe", msg.id)
-                await self.outbox.push_control(await answer(self._router, msg, self.principal))
+                frame = await answer(self._router, msg, self.principal, self._shared.fanout.feed)
+                await self.outbox.push_control(frame)
             case Control() | Reload():
                 await self._operate(msg)
             case Cancel():
@@ -347,6 +350,9 @@ class Connection:
             )
         if self._router.bus.closed:
             raise ProtocolError(ErrorCode.UNAVAILABLE, "the router is shutting down", msg.id)
+        if msg.since is not None:
+            await self._resume(msg)
+            return
         route = Route(msg.filter, signal_prefix(subscription=msg.id), self.outbox)
         self._subs[msg.id] = route
         self._changed()
@@ -356,6 +362,29 @@ class Connection:
         await self._shared.fanout.barrier()
         if self._subs.get(msg.id) is route and not self.outbox.closed:
             self._shared.fanout.add(route)
+
+    async def _resume(self, msg: Subscribe) -> None:
+        """A subscription that first replays the fleet's stream after ``msg.since`` (see ``_feed``)."""
+        assert msg.since is not None
+        reader = self._shared.fanout.reader
+        if reader is None:
+            raise ProtocolError(
+                ErrorCode.UNAVAILABLE,
+                "this gateway keeps no signal history to resume from (since needs [fleet] mode)",
+                msg.id,
+            )
+        # In the fan-out at once, not live: the live reader keeps its position for the replay to meet.
+        route = Route(msg.filter, signal_prefix(subscription=msg.id), self.outbox, live=False)
+        self._subs[msg.id] = route
+        self._changed()
+        self._shared.fanout.add(route)
+        resume = await reader.start_replay(msg.since)
+        ack = ack_frame(
+            msg.id, subscription=msg.id, since=msg.since, missed=resume.missed, resumed=resume.resumed
+        )
+        await self.outbox.push_control(ack)
+        assert self._work is not None
+        self._work.start_soon(reader.replay, route, msg.since, resume)
 
     def _check_in_flight(self, msg_id: MessageId) -> None:
         if len(self._flights) + self._operations >= self._config.max_in_flight:

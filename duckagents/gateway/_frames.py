@@ -38,18 +38,22 @@ def dumps(obj: dict[str, Any]) -> str:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False)
 
 
-def hello_frame(connection: str, scopes: frozenset[str], limits: dict[str, Any], server: str) -> str:
-    """The first frame of every connection: protocol version, this connection's scopes and limits."""
-    return dumps(
-        {
-            "type": "hello",
-            "v": PROTOCOL_VERSION,
-            "server": server,
-            "connection": connection,
-            "scopes": sorted(scopes),
-            "limits": limits,
-        }
-    )
+def hello_frame(
+    connection: str, scopes: frozenset[str], limits: dict[str, Any], server: str, fleet: str | None = None
+) -> str:
+    """The first frame of every connection: protocol version, this connection's scopes and limits; a
+    fleet gateway (``fleet``: its replica) adds ``resume`` (subscriptions take ``since``) and ``fleet``."""
+    frame: dict[str, Any] = {
+        "type": "hello",
+        "v": PROTOCOL_VERSION,
+        "server": server,
+        "connection": connection,
+        "scopes": sorted(scopes),
+        "limits": limits,
+    }
+    if fleet is not None:
+        frame.update(resume=True, fleet={"instance": fleet})
+    return dumps(frame)
 
 
 def ack_frame(msg_id: MessageId, **extra: Any) -> str:

@@ -14,6 +14,7 @@ from ..codec import unstructure
 from ..errors import BusClosed, ConfigError, ControlError, redact
 from ..signals import ControlAction, ControlReply
 from ._auth import Principal
+from ._feed import FleetFeed
 from ._protocol import Control, ErrorCode, ProtocolError, Reload, StatusQuery, ack_frame
 
 __all__ = ["OperableRouter", "answer"]
@@ -47,15 +48,24 @@ class OperableRouter(Protocol):
         ...
 
 
-async def answer(router: object, msg: StatusQuery | Control | Reload, principal: Principal) -> str:
-    """Carry out one operator message for ``principal``; its ``ack`` frame, or raise ProtocolError."""
+async def answer(
+    router: object,
+    msg: StatusQuery | Control | Reload,
+    principal: Principal,
+    fleet: FleetFeed | None = None,
+) -> str:
+    """Carry out one operator message for ``principal``; its ``ack`` frame, or raise ProtocolError.
+    ``fleet`` (a fleet gateway's replica) makes the status document the fleet's."""
     # Who acts, in the control_reply: the token's configured name (its env var's by default), never the token.
     who = f"token:{principal.token}" if principal.token else principal.name
     if not isinstance(router, OperableRouter):
         raise ProtocolError(ErrorCode.UNAVAILABLE, "this gateway's router has no operator controls", msg.id)
     try:
         if isinstance(msg, StatusQuery):
-            return ack_frame(msg.id, status=router.status_document())
+            document = router.status_document()
+            if fleet is not None:
+                document = fleet.fleet_document(document)
+            return ack_frame(msg.id, status=document)
         if isinstance(msg, Control):
             reply = await router.controls.send(
                 msg.provider, msg.action, model=msg.model, principal=who

@@ -103,6 +103,23 @@ class Outbox:
         if len(queue) == 1:  # the writer parks only on an empty queue (this is the hot path)
             self._writer_lot.unpark_all()
 
+    async def push_replayed(self, frame: Frame) -> None:
+        """Queue a signal frame a client asked to be replayed (a resumed subscription): waits for room
+        instead of applying the slow-consumer policy, so a replay is paced by the client's reading."""
+        size = frame.size
+        while not self._closed and self._signals and (
+            self._signals >= self.capacity or self._signal_bytes + size > self.max_bytes
+        ):
+            await self._control_lot.park()  # woken, like control pushers, after each batch taken
+        if self._closed:
+            return
+        queue = self._queue
+        queue.append(frame)
+        self._signals += 1
+        self._signal_bytes += size
+        if len(queue) == 1:
+            self._writer_lot.unpark_all()
+
     def count_dropped(self, lost: int) -> None:
         """Account for signals lost before they reached this buffer (the bus subscription overflowed)."""
         if lost <= 0 or self._closed:

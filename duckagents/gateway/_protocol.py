@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 
 from ..bus import SignalFilter
-from ..codec import converter, describe_error
+from ..codec import converter, describe_error, parse_stream_id
 from ..errors import GatewayError
 from ..messages import Message, RequestOptions
 from ..signals import ControlAction
@@ -105,10 +105,15 @@ class ProtocolError(GatewayError):
 
 @attrs.frozen
 class Subscribe:
-    """Start streaming the signals matching ``filter``; the message id names the subscription."""
+    """Start streaming the signals matching ``filter``; the message id names the subscription.
+
+    ``since`` (fleet gateways): the CloudEvents id of the last signal the client saw; the subscription
+    first replays what followed it in the fleet's stream, then goes live.
+    """
 
     id: MessageId
     filter: SignalFilter
+    since: str | None = None
 
 
 @attrs.frozen
@@ -174,7 +179,7 @@ ClientMessage = Subscribe | Unsubscribe | Submit | Cancel | Ping | StatusQuery |
 
 # Allowed top-level keys per message type (``type``, ``id`` and ``v`` are always allowed).
 _FIELDS: dict[str, frozenset[str]] = {
-    "subscribe": frozenset({"filter"}),
+    "subscribe": frozenset({"filter", "since"}),
     "unsubscribe": frozenset({"subscription"}),
     "request": frozenset({"messages", "model", "options", "timeout", "required_features"}),
     "cancel": frozenset({"request_id"}),
@@ -289,7 +294,16 @@ def _parse_subscribe(obj: dict[str, Any], msg_id: MessageId) -> Subscribe:
         shown = ", ".join(_short(k) for k in sorted(unknown)[:5])
         raise InvalidValue("$.filter", f"unknown field(s) {shown}; allowed: {', '.join(_FILTER_KEYS)}")
     values = {key: _names(raw.get(key), f"$.filter.{key}") for key in _FILTER_KEYS}
-    return Subscribe(msg_id, SignalFilter(**values))
+    since = obj.get("since")
+    if since is not None:
+        check(since, str, "$.since")
+        try:
+            parse_stream_id(since)
+        except ValueError:
+            raise InvalidValue(
+                "$.since", "must be the id of a signal from a fleet gateway (<milliseconds>-<sequence>)"
+            ) from None
+    return Subscribe(msg_id, SignalFilter(**values), since)
 
 
 def _parse_unsubscribe(obj: dict[str, Any], msg_id: MessageId) -> Unsubscribe:

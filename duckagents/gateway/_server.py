@@ -33,6 +33,7 @@ from ..validation import DEFAULT_LIMITS, ValidationLimits
 from ._auth import Gatekeeper, is_loopback_host
 from ._connection import Connection
 from ._fanout import Fanout
+from ._feed import FleetFeed
 from ._flight import RouterLike
 from ._log import ThrottledLog
 from ._pages import BadRequest, Page, ReplayStream, answer_plain, read_opening
@@ -76,6 +77,8 @@ class Gateway:
     it spend the configured providers' quota). ``limits`` bound the values of client messages (the
     ``[validation]`` table: see :mod:`duckagents.validation`). ``pages`` maps paths (``"/"``...) to the
     static :class:`Page` answered to plain HTTP ``GET`` requests on the same port (the dashboard's files).
+    With ``fleet`` (this process's fleet replica), subscriptions get the whole fleet's signals from its
+    stream and may resume (``since``).
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class Gateway:
         close_timeout: float = CLOSE_TIMEOUT,
         limits: ValidationLimits = DEFAULT_LIMITS,
         pages: Mapping[str, Page] | None = None,
+        fleet: FleetFeed | None = None,
     ) -> None:
         self.config = config
         self._pages = MappingProxyType(dict(pages or {}))
@@ -98,7 +102,7 @@ class Gateway:
             )
         self._counters = Counters()
         cache = FrameCache(max_bytes=config.frame_cache_bytes)
-        self._fanout = Fanout(router.bus, cache, on_bus_closed=self._bus_closed)
+        self._fanout = Fanout(router.bus, cache, on_bus_closed=self._bus_closed, feed=fleet)
         self._shared = Shared(
             router=router,
             config=config,
@@ -317,11 +321,13 @@ async def serve_gateway(
     close_timeout: float = CLOSE_TIMEOUT,
     limits: ValidationLimits = DEFAULT_LIMITS,
     pages: Mapping[str, Page] | None = None,
+    fleet: FleetFeed | None = None,
     task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the gateway until cancelled; ``nursery.start`` returns the :class:`Gateway` (bound port)."""
     gateway = Gateway(
-        router, config, environ=environ, close_timeout=close_timeout, limits=limits, pages=pages
+        router, config, environ=environ, close_timeout=close_timeout, limits=limits, pages=pages,
+        fleet=fleet,
     )
     await gateway.run(task_status=task_status)
 
@@ -335,11 +341,14 @@ async def open_gateway(
     close_timeout: float = CLOSE_TIMEOUT,
     limits: ValidationLimits = DEFAULT_LIMITS,
     pages: Mapping[str, Page] | None = None,
+    fleet: FleetFeed | None = None,
 ) -> AsyncIterator[Gateway]:
     """Run the gateway for the block; on exit (unless :meth:`Gateway.aclose` ran already) every request in
-    flight gets a ``shutdown`` terminal and every client a 1001 close after it, then the port is released."""
+    flight gets a ``shutdown`` terminal and every client a 1001 close after it, then the port is released.
+    ``fleet``: see :class:`Gateway`."""
     gateway = Gateway(
-        router, config, environ=environ, close_timeout=close_timeout, limits=limits, pages=pages
+        router, config, environ=environ, close_timeout=close_timeout, limits=limits, pages=pages,
+        fleet=fleet,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(gateway.run)

@@ -33,7 +33,7 @@ from ._errors import ApiError
 from ._json import dumps
 from ._metrics import SCRAPE_CONTENT_TYPE, Metrics
 
-__all__ = ["FrontDoor", "RouterLike"]
+__all__ = ["FleetStatus", "FrontDoor", "RouterLike"]
 
 _ROUTES = frozenset(
     {"/v1/chat/completions", "/v1/models", "/v1/status", "/healthz", "/readyz", "/metrics", *DASHBOARD_PATHS}
@@ -92,6 +92,14 @@ class RouterLike(Protocol):
         ...
 
 
+class FleetStatus(Protocol):
+    """What the door shows of a fleet (``duckagents.fleet.FleetReplica``)."""
+
+    def fleet_document(self, local: dict[str, Any]) -> dict[str, Any]:
+        """The fleet's status document, from this process's (``local``)."""
+        ...
+
+
 def route_of(path: str) -> str:
     """The route template of a path, for metric labels (never the raw path: that is client input)."""
     if path in _ROUTES:
@@ -105,8 +113,17 @@ class FrontDoor:
     """The door's ASGI app (call it), with the state its routes share. :attr:`in_flight` is closed by the
     server when it drains; :meth:`readiness` is what ``/readyz`` reports."""
 
-    def __init__(self, router: RouterLike, config: Config, guard: Guard, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        router: RouterLike,
+        config: Config,
+        guard: Guard,
+        metrics: Metrics,
+        fleet: FleetStatus | None = None,
+    ) -> None:
         self.router = router
+        #: The fleet this process is a replica of: ``/v1/status`` then shows every replica's agents.
+        self.fleet = fleet
         self.config = config.http
         self.guard = guard
         self.metrics = metrics
@@ -237,7 +254,10 @@ class FrontDoor:
     async def _status(self, request: Request) -> Response:
         self.guard.check(request.scope, "subscribe")
         await self.router.status()  # waits (bounded) for every agent's first report
-        return _json(self.router.status_document())
+        document = self.router.status_document()
+        if self.fleet is not None:
+            document = self.fleet.fleet_document(document)
+        return _json(document)
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

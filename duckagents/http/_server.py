@@ -23,7 +23,7 @@ from ..config import Config
 from ..errors import ConfigError
 from ..gateway import Gatekeeper, is_loopback_host
 from ._auth import Guard
-from ._door import DashboardLink, FrontDoor, RouterLike
+from ._door import DashboardLink, FleetStatus, FrontDoor, RouterLike
 from ._metrics import Metrics
 
 __all__ = ["DRAIN_TIMEOUT", "HttpServer", "open_http", "serve_http"]
@@ -46,7 +46,12 @@ class HttpServer:
     """
 
     def __init__(
-        self, router: RouterLike, config: Config, *, environ: Mapping[str, str] | None = None
+        self,
+        router: RouterLike,
+        config: Config,
+        *,
+        environ: Mapping[str, str] | None = None,
+        fleet: FleetStatus | None = None,
     ) -> None:
         self.config = config.http
         gatekeeper = Gatekeeper(config.gateway, environ)
@@ -57,7 +62,8 @@ class HttpServer:
             )
         self._router = router
         self.metrics = Metrics(router.bus, config.providers, in_flight=lambda: router.in_flight)
-        self.door = FrontDoor(router, config, Guard(gatekeeper, config.gateway.allowed_origins), self.metrics)
+        guard = Guard(gatekeeper, config.gateway.allowed_origins)
+        self.door = FrontDoor(router, config, guard, self.metrics, fleet)
         self.port = 0
         self._socket: socket.socket | None = None
         self._stop = trio.Event()
@@ -176,9 +182,11 @@ async def open_http(
     *,
     environ: Mapping[str, str] | None = None,
     drain_timeout: float = DRAIN_TIMEOUT,
+    fleet: FleetStatus | None = None,
 ) -> AsyncIterator[HttpServer]:
-    """Run the front door for the block; leaving it drains, then stops (see :meth:`HttpServer.aclose`)."""
-    server = HttpServer(router, config, environ=environ)
+    """Run the front door for the block; leaving it drains, then stops (see :meth:`HttpServer.aclose`).
+    ``fleet``: this process's fleet replica, whose agents ``GET /v1/status`` then lists with its own."""
+    server = HttpServer(router, config, environ=environ, fleet=fleet)
     await server.bind()
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)

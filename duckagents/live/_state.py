@@ -234,6 +234,12 @@ class LiveState:
             if isinstance(entry.get("restarts"), int):
                 agent.restarts = max(agent.restarts, entry["restarts"])
             self._from_detail(agent, detail)
+        # A fleet's document lists its replicas too (docs/fleet.md): whether each reaches Redis.
+        replicas = document.get("replicas")
+        for listed in replicas if isinstance(replicas, list) else ():
+            if isinstance(listed, Mapping) and isinstance(listed.get("instance"), str):
+                replica = self._touch_replica(listed["instance"], now)
+                replica.degraded = listed.get("degraded") is True
 
     def apply(self, event: Mapping[str, Any], now: float) -> None:
         """One CloudEvents envelope; types this view does not use are ignored."""
@@ -263,10 +269,11 @@ class LiveState:
             if isinstance(data.get("draining"), bool):
                 agent.draining = data["draining"]
             self._breaker(agent, data.get("breaker_state"), None, now)
-        elif kind == "fleet_degraded":
+        elif kind in ("fleet_degraded", "fleet_rejoined"):
+            # A replica lost the fleet's Redis (fleet_degraded, with why) or reaches it again.
             replica = self._touch_replica(str(data.get("instance") or instance or "?"), now)
-            replica.degraded = bool(data.get("degraded"))
-            replica.reason = str(data.get("reason") or "")
+            replica.degraded = kind == "fleet_degraded"
+            replica.reason = str(data.get("reason") or "") if replica.degraded else ""
 
     def note_missed(self, count: int) -> None:
         """Signals the gateway dropped for this client (it read too slowly)."""

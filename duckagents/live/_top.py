@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import termios
 import time
@@ -47,7 +48,10 @@ SIGNAL_TYPES = (
     "provider_error",
     "control_reply",
     "fleet_degraded",
+    "fleet_rejoined",
 )
+#: A fleet stream id (``<milliseconds>-<sequence>``), the only kind of id a subscription resumes after.
+_STREAM_ID = re.compile(r"\d+-\d+")
 QUIT_KEYS = frozenset(b"qQ")
 SPARK = " ▁▂▃▄▅▆▇█"
 BREAKER_STYLE = {
@@ -124,8 +128,10 @@ async def _stream(ws: trio_websocket.WebSocketConnection, state: LiveState, link
                 "v": PROTOCOL_VERSION,
                 "filter": {"types": list(SIGNAL_TYPES)},
             }
-            if frame.get("resume") and state.last_event_id:  # a fleet gateway keeping a stream
-                subscribe["after"] = state.last_event_id
+            # A fleet gateway keeping a stream replays what was missed, after the last stream id seen
+            # (signals delivered while its replica was degraded carry local ids: not resumable).
+            if frame.get("resume") and _STREAM_ID.fullmatch(state.last_event_id or ""):
+                subscribe["since"] = state.last_event_id
             await ws.send_message(json.dumps(subscribe))
             await ws.send_message(json.dumps({"type": "status", "id": "status", "v": PROTOCOL_VERSION}))
         elif kind == "ack" and frame.get("id") == "status" and isinstance(frame.get("status"), dict):

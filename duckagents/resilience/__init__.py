@@ -1,4 +1,5 @@
-"""Pure resilience state machines: a circuit breaker and a rate limiter, driven by a ``now`` passed in."""
+"""Pure resilience state machines: a circuit breaker and a rate limiter, driven by a ``now`` passed in;
+and :class:`Gate`, the interface of the same two kept outside the process (a fleet's Redis)."""
 
 from ._breaker import (
     DEFAULT_TRIPPING_KINDS,
@@ -8,6 +9,7 @@ from ._breaker import (
     BreakerState,
     CircuitBreaker,
 )
+from ._gate import BreakerSwitch, Gate, GateAnswer, Verdict
 from ._ratelimit import Admission, RateLimiter, RateLimitInfo, RateLimits, Reservation
 
 __all__ = [
@@ -17,9 +19,13 @@ __all__ = [
     "BreakerConfig",
     "BreakerSnapshot",
     "BreakerState",
+    "BreakerSwitch",
     "CircuitBreaker",
+    "Gate",
+    "GateAnswer",
     "RateLimitInfo",
     "RateLimiter",
     "RateLimits",
     "Reservation",
+    "Verdict",
 ]

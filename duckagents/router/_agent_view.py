@@ -243,8 +243,9 @@ class AgentView:
     # --- updates from signals ----------------------------------------------------------------------
 
     def observe_status(self, status: ProviderStatus) -> None:
-        """A ``provider_status``: the agent is up; adopt its breaker state and limiter block. Models it
-        reported missing are tried again (one may have been pulled since)."""
+        """A ``provider_status``: the agent is up; adopt its breaker state and limiter block (its limiter's
+        word now: also an earlier end of a block, as when a fleet replica re-joins the shared limits).
+        Models it reported missing are tried again (one may have been pulled since)."""
         self.status = status
         self.up = True
         self.missing.clear()
@@ -254,8 +255,8 @@ class AgentView:
             self.breaker_retry_at = float(retry) if retry is not None else None
         except ValueError:
             self.breaker_retry_at = None
-        if status.headroom.retry_at is not None:
-            self.cooldown_until = max(self.cooldown_until, status.headroom.retry_at)
+        retry_at = status.headroom.retry_at
+        self.cooldown_until = retry_at if retry_at is not None else -math.inf
 
     def observe_features(self, reply: FeatureReply, default: bool) -> None:
         """A ``feature_reply`` for ``reply.model`` (``default``: asked for the default model)."""

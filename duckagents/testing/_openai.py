@@ -13,12 +13,15 @@ is cheap. Point any OpenAI client at :attr:`OpenAIServer.base_url`::
 from __future__ import annotations
 
 import itertools
+import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
+import trio
 
 from ..messages import FinishReason, ToolCall
 from ._common import WireServer, serve
@@ -39,6 +42,8 @@ _FINISH = {
     FinishReason.OTHER: "stop",
 }
 _JSON = "application/json"
+#: Arrival times of chat completions kept (:attr:`OpenAIServer.served_at`).
+MAX_SERVED_TIMES = 100_000
 _MALFORMED_BODY = b'{"id": "chatcmpl-broken", "object": "chat.completion", "choices": [{"message": {"conte'
 _GARBAGE_EVENT = b'data: {"id": "chatcmpl-broken", "choices": [{"delta": {"content": \n\n'
 
@@ -53,6 +58,28 @@ class OpenAIRateLimits:
     reset_tokens: str = "0s"
 
 
+class _Bucket:
+    """A token bucket of ``capacity`` requests refilled over ``seconds``."""
+
+    def __init__(self, capacity: int, seconds: float) -> None:
+        if capacity < 1 or not seconds > 0:
+            raise ValueError("enforce is (requests >= 1, seconds > 0)")
+        self.capacity = capacity
+        self.rate = capacity / seconds
+        self.level = float(capacity)
+        self.since: float | None = None
+
+    def take(self, now: float) -> float:
+        """Take one request: 0 when admitted, else the seconds until one would be."""
+        if self.since is not None:
+            self.level = min(self.capacity, self.level + (now - self.since) * self.rate)
+        self.since = now
+        if self.level >= 1:
+            self.level -= 1
+            return 0.0
+        return (1 - self.level) / self.rate
+
+
 class OpenAIServer(WireServer):
     """The app; start it with :func:`open_openai_server`. ``models=None`` accepts any model name."""
 
@@ -64,8 +91,18 @@ class OpenAIServer(WireServer):
         context_window: int = 128_000,
         rate_limits: OpenAIRateLimits = OpenAIRateLimits(),
         stream_interval: float = 0.0,
+        enforce: tuple[int, float] | None = None,
     ) -> None:
         super().__init__()
+        #: The server's own limit on chat completions, when given as ``(requests, seconds)``: a token
+        #: bucket of ``requests`` refilled over ``seconds`` (Trio clock; its own code, so that it checks
+        #: the clients' limiting independently), and what lies beyond it gets the API's 429
+        #: ``rate_limit_exceeded`` with a ``retry-after``.
+        self.enforced = None if enforce is None else _Bucket(*enforce)
+        #: When each chat completion it answered arrived (Trio clock), most recent last (bounded).
+        self.served_at: deque[float] = deque(maxlen=MAX_SERVED_TIMES)
+        #: Chat completions refused with 429 because of :attr:`enforced`.
+        self.refused = 0
         self.api_key = api_key
         self.models = tuple(models) if models is not None else None
         self.context_window = context_window
@@ -99,6 +136,8 @@ class OpenAIServer(WireServer):
             if fault is not None and fault.status is not None:
                 raise error_for_fault(fault, self.context_window)
             self._check_auth(request)
+            if request.method == "POST" and request.path == "/v1/chat/completions":
+                self._admit()
             reply = self._route(request, n, fault)
         except (TypeError, AttributeError, KeyError, ValueError):
             # A body of the wrong shape somewhere the rules do not look: the API's generic schema refusal.
@@ -119,6 +158,22 @@ class OpenAIServer(WireServer):
             "x-ratelimit-reset-requests": limits.reset_requests,
             "x-ratelimit-reset-tokens": limits.reset_tokens,
         }
+
+    def _admit(self) -> None:
+        """The server's own request limit (``enforce``): beyond it, the API's 429."""
+        now = trio.current_time()
+        if self.enforced is not None:
+            wait = self.enforced.take(now)
+            if wait > 0:
+                self.refused += 1
+                raise APIError(
+                    429,
+                    "Rate limit reached for requests. Please try again later.",
+                    type="requests",
+                    code="rate_limit_exceeded",
+                    headers={"retry-after": f"{max(1, math.ceil(wait))}"},
+                )
+        self.served_at.append(now)
 
     def _check_auth(self, request: HTTPRequest) -> None:
         if self.api_key is None:

@@ -6,9 +6,10 @@ import attrs
 import pytest
 import trio
 
+from duckagents.bus import SignalBus
 from duckagents.codec import dumps_signal, loads_signal
 from duckagents.errors import FleetUnavailable
-from duckagents.fleet import SignalStream, open_fleet, parse_stream_id
+from duckagents.fleet import SignalBridge, SignalStream, open_fleet, parse_stream_id
 from duckagents.messages import Usage
 from duckagents.signals import ProviderChunk, ProviderResponse, Signal, make_signal
 from duckagents.testing import RedisServer
@@ -40,9 +41,13 @@ async def test_signals_of_all_replicas_come_back_in_order_with_stream_ids(redis_
     assert [e.id for e in batch.events] == ids and batch.last_id == ids[-1]
     assert [e.instance for e in batch.events] == ["a", "c", "a", "c", "a"]
     for event, original in zip(batch.events, sent, strict=True):
-        # The CloudEvents id on the fleet stream is the stream id; the rest is the codec's round trip.
+        # The CloudEvents id on the fleet stream is the stream id, the replica is named; the rest is the
+        # codec's round trip.
         assert event.signal.id == event.id and event.origin_id == original.id
-        assert event.signal == attrs.evolve(loads_signal(dumps_signal(original)), id=event.id)
+        assert event.signal.instance == event.instance
+        assert event.signal == attrs.evolve(
+            loads_signal(dumps_signal(original)), id=event.id, instance=event.instance
+        )
     # Per request, in order:
     assert [
         e.signal.data.index
@@ -138,3 +143,30 @@ async def test_a_dead_redis_fails_fast(own_redis: RedisServer) -> None:
             with pytest.raises(FleetUnavailable):
                 await stream.read("0-0", block=0.2)
             assert fleet.health.degraded
+
+
+async def test_the_bridge_appends_signals_close_together_in_one_round_trip(redis_server: RedisServer) -> None:
+    batches: list[int] = []
+    with trio.fail_after(BOUND):
+        async with open_fleet(fleet_config(redis_server.url)) as fleet:
+            stream = SignalStream(fleet)
+            publish_many = stream.publish_many
+
+            async def counting(signals: list[Signal], *, skip_invalid: bool = False) -> list[str]:
+                batches.append(len(signals))
+                return await publish_many(signals, skip_invalid=skip_invalid)
+
+            stream.publish_many = counting  # type: ignore[method-assign]
+            bus = SignalBus()
+            bridge = SignalBridge(fleet, stream, bus)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(bridge.run)
+                # One request's signals, each published in a scheduler turn of its own.
+                for n in range(4):
+                    await bus.deliver(chunk("r1", n))
+                    await trio.lowlevel.checkpoint()
+                await bridge.wait_idle()
+                nursery.cancel_scope.cancel()
+            read = await stream.read("0-0")
+    assert batches == [4] and bridge.written == 4 and bridge.dropped == 0
+    assert [e.signal.data.index for e in read.events] == [0, 1, 2, 3]  # type: ignore[union-attr]

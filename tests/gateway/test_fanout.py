@@ -11,9 +11,10 @@ import trio_websocket
 
 from duckagents.bus import SignalBus, SignalFilter
 from duckagents.gateway import _fanout as fanout_module
-from duckagents.gateway._fanout import PACE, Fanout, Route
+from duckagents.gateway._fanout import PACE, Fanout
 from duckagents.gateway._outbox import Outbox, SlowConsumer
 from duckagents.gateway._protocol import signal_prefix
+from duckagents.gateway._route import Route
 from duckagents.gateway._wire import FrameCache
 from duckagents.signals import ProviderChunk, ProviderStatus, Signal, make_signal
 

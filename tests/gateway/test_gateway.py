@@ -28,6 +28,7 @@ async def test_hello_announces_version_scopes_and_limits() -> None:
     assert hello["scopes"] == ["admin", "request", "subscribe"]
     assert hello["limits"]["max_in_flight"] == 3
     assert hello["limits"]["slow_consumer"] == "drop_oldest"
+    assert "resume" not in hello and "fleet" not in hello  # an in-process gateway keeps no history
     assert gateway.url.startswith("ws://127.0.0.1:") and gateway.port > 0
 
 
@@ -77,6 +78,17 @@ async def test_unsubscribe_stops_the_stream_after_its_ack() -> None:
         again = await client.call({"type": "unsubscribe", "id": "u2", "subscription": "s"})
     assert [f["event"]["data"]["index"] for f in client.backlog] == [0]
     assert again["code"] == "unknown_subscription"
+
+
+async def test_resuming_needs_a_fleet_gateway() -> None:
+    async with fake_router() as router, running_gateway(router) as gateway, connect(gateway) as client:
+        refused = await client.call({"type": "subscribe", "id": "s", "since": "1700000000000-0"})
+        bad = await client.call({"type": "subscribe", "id": "t", "since": "yesterday"})
+        # The connection stays usable: a plain subscription works.
+        ack = await client.call({"type": "subscribe", "id": "u"})
+    assert refused["code"] == "unavailable" and "[fleet]" in refused["message"]
+    assert bad["code"] == "invalid_message" and "$.since" in bad["message"]
+    assert ack["type"] == "ack"
 
 
 async def test_request_streams_chunks_then_exactly_one_terminal() -> None:

@@ -169,20 +169,30 @@ def test_the_status_document_is_a_snapshot_and_fleet_replicas_are_kept_apart() -
             {"not": "an agent"},
         ],
         "in_flight": 4,
+        "replicas": [{"instance": "eu-2", "degraded": False}, {"instance": "eu-3", "degraded": True},
+                     {"no": "instance"}],
     }  # fmt: skip
     state.apply_status_document(document, T0)
     assert set(state.agents) == {"alpha", "eu-2/alpha"}
+    assert state.replicas["eu-3"].degraded and not state.replicas["eu-2"].degraded
     alpha = state.agents["alpha"]
     assert (alpha.breaker, alpha.draining, alpha.in_flight(T0), alpha.model) == ("disabled", True, 4, "gpt-x")
     assert (alpha.requests, alpha.spend) == (10, 0.25)
-    assert state.agents["eu-2/alpha"].up is False and set(state.replicas) == {"eu-2"}
+    assert state.agents["eu-2/alpha"].up is False and set(state.replicas) == {"eu-2", "eu-3"}
     degraded = {
         "type": "fleet_degraded",
         "instance": "eu-2",
-        "data": {"instance": "eu-2", "degraded": True, "reason": "redis timeout"},
+        "data": {"instance": "eu-2", "reason": "redis timeout", "expected_replicas": 3},
     }
     state.apply(degraded, T0 + 1)
     assert state.replicas["eu-2"].degraded and state.replicas["eu-2"].reason == "redis timeout"
+    rejoined = {
+        "type": "fleet_rejoined",
+        "instance": "eu-2",
+        "data": {"instance": "eu-2", "degraded_for": 4.5, "dropped_signals": 0},
+    }
+    state.apply(rejoined, T0 + 2)
+    assert not state.replicas["eu-2"].degraded and state.replicas["eu-2"].reason == ""
 
 
 def test_everything_kept_is_bounded() -> None:
@@ -213,7 +223,8 @@ JSON = st.recursive(
 )
 KEYS = st.sampled_from(["type", "id", "subject", "instance", "data", "source"])
 TYPES = st.sampled_from(["provider_status", "supervisor_event", "provider_request", "provider_response",
-                         "provider_error", "control_reply", "fleet_degraded", "other"])  # fmt: skip
+                         "provider_error", "control_reply", "fleet_degraded", "fleet_rejoined",
+                         "other"])  # fmt: skip
 DATA_KEYS = st.sampled_from(["provider", "request_id", "detail", "headroom", "metrics", "latency",
                              "usage", "supervisor", "child", "event", "restarts", "attempt", "kind",
                              "health"])  # fmt: skip

@@ -188,6 +188,17 @@ def test_official_client_retries_after_429_honouring_retry_after_ms(wire: Thread
     assert done.choices[0].message.content == "echo: again"
 
 
+def test_an_enforced_limit_answers_the_apis_429_beyond_it() -> None:
+    with ThreadedServer(OpenAIServer(api_key=KEY, enforce=(2, 3600.0))) as wire:
+        with openai.OpenAI(base_url=wire.server.base_url, api_key=KEY, max_retries=0, timeout=30) as c:
+            for _ in range(2):
+                c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+            with pytest.raises(openai.RateLimitError) as info:
+                c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.code == "rate_limit_exceeded" and int(info.value.response.headers["retry-after"]) >= 1
+    assert wire.server.refused == 1 and len(wire.server.served_at) == 2
+
+
 def test_official_client_models(client: openai.OpenAI) -> None:
     ids = [m.id for m in client.models.list()]
     assert "gpt-4o" in ids and all(isinstance(i, str) for i in ids)

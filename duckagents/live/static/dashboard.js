@@ -14,7 +14,7 @@
   const STALE_ATTEMPT_MS = 15 * 60 * 1000;  // an attempt whose terminal never came (dropped frames)
   const FLASH_MS = 1600;
   const TYPES = ["provider_status", "supervisor_event", "provider_request", "provider_response",
-                 "provider_error", "control_reply", "fleet_degraded"];
+                 "provider_error", "control_reply", "fleet_degraded", "fleet_rejoined"];
   const BREAKER_TEXT = {closed: "closed", half_open: "half-open", open: "open", forced_open: "forced open",
                         disabled: "disabled"};
   const PALETTE = ["#e8590c", "#c92a2a", "#9c36b5", "#1971c2", "#0c8599", "#5c940d", "#e67700", "#862e9c",
@@ -149,7 +149,8 @@
         $("server").textContent = `${frame.server || config.server || ""}${fleet}`;
         const subscribe = {type: "subscribe", id: "live", filter: {types: TYPES}};
         // A fleet gateway that keeps a stream can replay what this page missed (docs/dashboard.md).
-        if (frame.resume && state.lastEventId) subscribe.after = state.lastEventId;
+        // (Signals delivered while its replica was degraded carry local ids, which cannot resume.)
+        if (frame.resume && /^\d+-\d+$/.test(state.lastEventId || "")) subscribe.since = state.lastEventId;
         send(subscribe);
         send({type: "status", id: "status"});
         break;
@@ -279,10 +280,12 @@
           setBreaker(agent, data.breaker_state, null, now);
         }
         break;
-      case "fleet_degraded": {
+      case "fleet_degraded":
+      case "fleet_rejoined": {
+        // A replica lost the fleet's Redis (with why) or reaches it again (docs/signals.md).
         const replica = touchReplica(data.instance || instance || "?", now);
-        replica.degraded = !!data.degraded;
-        replica.reason = data.reason || "";
+        replica.degraded = event.type === "fleet_degraded";
+        replica.reason = replica.degraded ? (data.reason || "") : "";
         break;
       }
     }
