@@ -187,6 +187,37 @@ def run_replica(params: dict[str, Any]) -> dict[str, Any]:
 # --- orchestrator side -----------------------------------------------------------------------------
 
 
+#: Calls timed by the round-trip floor.
+ROUND_TRIPS = 2000
+
+
+def run_round_trip(params: dict[str, Any]) -> dict[str, Any]:
+    """The floor under the fleet's added latency: one awaited coredis round trip from Trio (``PING``,
+    and ``EVALSHA`` of a script that does nothing), timed one at a time. An admit cannot cost less."""
+    import coredis
+    import trio
+
+    async def main() -> dict[str, Any]:
+        client: Any = coredis.Redis.from_url(params["redis_url"], decode_responses=True)
+        out: dict[str, Any] = {}
+        async with client:
+            script = client.register_script("return {ARGV[1]}")
+            calls = {"ping": lambda: client.ping(), "evalsha": lambda: script(keys=["{b}:k"], args=["1"])}
+            for name, call in calls.items():
+                for _ in range(100):
+                    await call()
+                times = []
+                for _ in range(ROUND_TRIPS):
+                    started = time.perf_counter()
+                    await call()
+                    times.append(time.perf_counter() - started)
+                out[f"{name}_p50_ms"] = 1000 * statistics.median(times)
+        return out
+
+    result: dict[str, Any] = trio.run(main)
+    return result
+
+
 def _rotated(items: list[str], shift: int) -> list[str]:
     shift %= len(items)
     return [*items[shift:], *items[:shift]]
@@ -284,11 +315,14 @@ def run_fleet_section(
         log(
             f"  fleet: {FLEET_REPLICAS} replicas against one limit of {FLEET_RATE} req/s, {window:g} s window"
         )
+        floor = run_worker({"kind": "fleet_round_trip", "params": {"redis_url": redis.url}})
+        floor = floor.get("result", floor)
+        log(f"  fleet: one coredis round trip from Trio (p50 ms): {floor}")
         shared = _shared_limit(upstream, redis.url, max(warmup, 1.0), window, run_worker)
         log(f"    with [fleet]: {_admitted(shared)}")
         separate = _shared_limit(upstream, None, max(warmup, 1.0), window, run_worker)
         log(f"    without:      {_admitted(separate)}")
-    return {"runs": runs, "shared_limit": shared, "separate_limits": separate}
+    return {"runs": runs, "round_trip": floor, "shared_limit": shared, "separate_limits": separate}
 
 
 def _progress(record: dict[str, Any]) -> str:
@@ -356,5 +390,6 @@ def fleet_summary(section: Any) -> dict[str, Any] | None:
         "throughput_vs_in_process_c32": paired(32, "throughput_rps", "ratio"),
         "shared_limit": section.get("shared_limit"),
         "separate_limits": section.get("separate_limits"),
+        "round_trip": section.get("round_trip"),
         "failed_runs": len(section["runs"]) - len(runs),
     }

@@ -290,11 +290,18 @@ def _fleet_section(section: Any) -> str:
                 + f"; errors {errors}, degraded {degraded}",
             ]
         )
+    floor = fleet.get("round_trip") if isinstance(fleet.get("round_trip"), dict) else {}
     side_by_side = table(
-        ["added p50 ms, c=1", "fleet req/s / in-process, c=32", "3 replicas admitted / shared limit"],
+        [
+            "added p50 ms, c=1",
+            "floor: one coredis PING / EVALSHA p50 ms",
+            "fleet req/s / in-process, c=32",
+            "3 replicas admitted / shared limit",
+        ],
         [
             [
                 fmt(fleet["added_p50_ms_c1"], 3),
+                f"{fmt(floor.get('ping_p50_ms'), 3)} / {fmt(floor.get('evalsha_p50_ms'), 3)}",
                 _pct(fleet["throughput_vs_in_process_c32"]) + " %",
                 _pct((fleet["shared_limit"] or {}).get("vs_limit")) + " %",
             ]

@@ -24,6 +24,7 @@ SCENARIOS: dict[str, str] = {
     "profile": "benchmarks.profiling:run",
     "fleet_http": "benchmarks.fleet:run_http_job",
     "fleet_replica": "benchmarks.fleet:run_replica",
+    "fleet_round_trip": "benchmarks.fleet:run_round_trip",
 }
 
 
