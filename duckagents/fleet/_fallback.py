@@ -31,7 +31,14 @@ from ._breaker import SharedBreaker
 from ._fleet import Fleet
 from ._ratelimit import SharedRateLimiter
 
-__all__ = ["BreakerPermit", "FleetBreaker", "FleetRateLimiter", "FleetReservation", "local_share"]
+__all__ = [
+    "BreakerPermit",
+    "FleetBreaker",
+    "FleetRateLimiter",
+    "FleetReservation",
+    "local_share",
+    "observed_share",
+]
 
 
 def local_share(limits: RateLimits, replicas: int) -> RateLimits:
@@ -44,6 +51,18 @@ def local_share(limits: RateLimits, replicas: int) -> RateLimits:
         return None if limit is None else max(1, limit // replicas)
 
     return attrs.evolve(limits, requests=share(limits.requests), tokens=share(limits.tokens))
+
+
+def observed_share(info: RateLimitInfo, replicas: int) -> RateLimitInfo:
+    """What a replica's local fallback adopts of the limits an upstream states: its share of each (a
+    stated limit of 0 or less says nothing)."""
+
+    def share(limit: int | None) -> int | None:
+        return None if limit is None or limit <= 0 else max(1, limit // replicas)
+
+    return attrs.evolve(
+        info, limit_requests=share(info.limit_requests), limit_tokens=share(info.limit_tokens)
+    )
 
 
 @attrs.frozen
@@ -95,7 +114,7 @@ class FleetRateLimiter:
     def adopt(self, info: RateLimitInfo, period: float = 60.0) -> bool:
         """Start limiting a dimension left unlimited at the limit the upstream states (the local
         fallback at its share of it); see ``RateLimiter.adopt``."""
-        self.local.adopt(self._share(info), period)
+        self.local.adopt(observed_share(info, self.fleet.config.expected_replicas), period)
         return self.shared.adopt(info, period)
 
     async def settle(
@@ -124,19 +143,8 @@ class FleetRateLimiter:
             # The upstream's word applies locally too: a replica that degrades in the middle of a 429
             # block keeps honouring it.
             if adopt:
-                self.local.adopt(self._share(observed))
+                self.local.adopt(observed_share(observed, self.fleet.config.expected_replicas))
             self.local.observe(now, observed)
-
-    def _share(self, info: RateLimitInfo) -> RateLimitInfo:
-        # What the local fallback adopts: this replica's share of the limits the upstream states.
-        replicas = self.fleet.config.expected_replicas
-
-        def share(limit: int | None) -> int | None:
-            return None if limit is None or limit <= 0 else max(1, limit // replicas)
-
-        return attrs.evolve(
-            info, limit_requests=share(info.limit_requests), limit_tokens=share(info.limit_tokens)
-        )
 
     async def cancel(self, reservation: Reservation, now: float) -> None:
         """Refund a reservation whose request never reached the upstream."""

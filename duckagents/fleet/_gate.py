@@ -35,7 +35,7 @@ from ..resilience import (
 )
 from ..signals import Headroom
 from ._breaker import BreakerNotice, SharedBreaker
-from ._fallback import FleetReservation, local_share
+from ._fallback import FleetReservation, local_share, observed_share
 from ._fleet import Fleet, ScriptCall, number
 from ._ratelimit import SharedRateLimiter, observe_args
 
@@ -138,7 +138,7 @@ class FleetGate:
         if observed is not None:
             # The upstream's word applies locally at once, whoever admitted the call (after the settle,
             # as RateLimiter requires): a replica that degrades during a 429 block keeps honouring it.
-            self.local_limiter.adopt(self._share(observed))
+            self.local_limiter.adopt(observed_share(observed, self.fleet.config.expected_replicas))
             self.local_limiter.observe(now, observed)
         if not shared:
             breaker = self.local_breaker
@@ -295,17 +295,6 @@ class FleetGate:
                 self.shared_limiter.read_reply(reply, now, f"rate limit observe ({self.provider})")
             except FleetUnavailable:
                 pass
-
-    def _share(self, info: RateLimitInfo) -> RateLimitInfo:
-        # What the local fallback adopts: this replica's share of the limits the upstream states.
-        replicas = self.fleet.config.expected_replicas
-
-        def share(limit: int | None) -> int | None:
-            return None if limit is None or limit <= 0 else max(1, limit // replicas)
-
-        return attrs.evolve(
-            info, limit_requests=share(info.limit_requests), limit_tokens=share(info.limit_tokens)
-        )
 
     def _half_open_at(self, snapshot: BreakerSnapshot, now: float) -> bool:
         return (
