@@ -148,28 +148,42 @@ def run_duckagents_door(upstream: Upstream) -> Iterator[Door]:
 def run_door_floor(upstream: Upstream) -> Iterator[Door]:
     """The floor (:mod:`benchmarks.door_floor`): bare hypercorn on Trio forwarding with httpx."""
     with tempfile.TemporaryDirectory(prefix="duckagents-bench-floor-") as tmp:
-        out = Path(tmp) / "out.txt"
         port = free_port()
-        upstream_bases = (upstream.json_base, upstream.sse_base)
-        with out.open("w") as sink:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.door_floor", str(port), *upstream_bases],
-                stdin=subprocess.DEVNULL,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                cwd=str(ROOT),
-            )
-        try:
-            deadline = time.monotonic() + STARTUP_TIMEOUT
-            while not _ready(port, "/health"):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the hypercorn floor did not start: {_tail(out)}")
-                time.sleep(0.05)
-            yield Door(
-                "door-floor", f"http://127.0.0.1:{port}/v1", proc.pid, "bare hypercorn/Trio + httpx forwarder"
-            )
-        finally:
-            _stop(proc)
+        bases = (upstream.json_base, upstream.sse_base)
+        argv = [sys.executable, "-m", "benchmarks.door_floor", str(port), *bases]
+        with _listening(argv, Path(tmp), port, "/health", "the hypercorn floor", cwd=ROOT, poll=0.05) as pid:
+            note = "bare hypercorn/Trio + httpx forwarder"
+            yield Door("door-floor", f"http://127.0.0.1:{port}/v1", pid, note)
+
+
+@contextmanager
+def _listening(
+    argv: list[str],
+    tmp: Path,
+    port: int,
+    ready_path: str,
+    what: str,
+    *,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    poll: float,
+) -> Iterator[int]:
+    """Run ``argv`` (output to a file in ``tmp``) until ``GET ready_path`` on ``port`` answers 200; yield
+    its process id; stop it on exit."""
+    out = tmp / "out.txt"
+    with out.open("w") as sink:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=str(cwd)
+        )
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not _ready(port, ready_path):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start: {_tail(out)}")
+            time.sleep(poll)
+        yield proc.pid
+    finally:
+        _stop(proc)
 
 
 def find_litellm() -> str | None:
@@ -185,31 +199,17 @@ def run_litellm_proxy(upstream: Upstream) -> Iterator[Door]:
     if binary is None:
         raise RuntimeError("the litellm command is not installed (pip install 'litellm[proxy]')")
     with tempfile.TemporaryDirectory(prefix="duckagents-bench-litellm-") as tmp:
-        config, out = Path(tmp) / "litellm.yaml", Path(tmp) / "out.txt"
+        config = Path(tmp) / "litellm.yaml"
         config.write_text(litellm_config(upstream))
         # The cost map is otherwise fetched from the internet at start; no telemetry either.
         env = dict(os.environ) | {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False"}
         port = free_port()
-        with out.open("w") as sink:
-            proc = subprocess.Popen(
-                [binary, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
-                stdin=subprocess.DEVNULL,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=tmp,
-            )
-        try:
-            deadline = time.monotonic() + STARTUP_TIMEOUT
-            while not _ready(port, "/health/liveliness"):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"litellm proxy did not start: {_tail(out)}")
-                time.sleep(0.2)
-            yield Door(
-                "door-litellm", f"http://127.0.0.1:{port}/v1", proc.pid, "litellm proxy (uvicorn, 1 worker)"
-            )
-        finally:
-            _stop(proc)
+        argv = [binary, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+        with _listening(
+            argv, Path(tmp), port, "/health/liveliness", "litellm proxy", cwd=Path(tmp), env=env, poll=0.2
+        ) as pid:
+            note = "litellm proxy (uvicorn, 1 worker)"
+            yield Door("door-litellm", f"http://127.0.0.1:{port}/v1", pid, note)
 
 
 def peak_rss_mib(pid: int) -> float | None:
